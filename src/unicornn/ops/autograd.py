@@ -22,7 +22,8 @@ from __future__ import annotations
 import importlib
 import numbers
 import warnings
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -207,7 +208,7 @@ torch.library.register_autograd("unicornn::scan", _backward, setup_context=_setu
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_float(name: str, value, low: float, high: Optional[float], low_open: bool) -> float:
+def _check_float(name: str, value, low: float, high: float | None, low_open: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     v = float(value)
@@ -230,7 +231,7 @@ def check_alpha(alpha, name: str = "alpha") -> float:
     return _check_float(name, alpha, 0.0, None, low_open=False)
 
 
-def _check_state(name: str, state: Optional[Tensor], B: int, M: int, x: Tensor) -> None:
+def _check_state(name: str, state: Tensor | None, B: int, M: int, x: Tensor) -> None:
     if state is None:
         return
     if not isinstance(state, Tensor):
@@ -247,8 +248,8 @@ def unicornn_scan(
     c: Tensor,
     dt: float,
     alpha: float,
-    y0: Optional[Tensor] = None,
-    z0: Optional[Tensor] = None,
+    y0: Tensor | None = None,
+    z0: Tensor | None = None,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run one UnICORNN layer's recurrence over a whole sequence.
