@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from .adding import AddingTask
 from .base import Splits, Task, TaskSpec, resolve_options
+from .mnist import MnistTask
 
 TASKS: dict[str, Task] = {
     "adding": AddingTask(),
+    "psmnist": MnistTask(permuted=True),
+    "smnist": MnistTask(permuted=False),
 }
 
 
