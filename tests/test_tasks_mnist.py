@@ -133,6 +133,19 @@ def test_missing_train_images_offline(tmp_path, monkeypatch):
     assert sorted(p.name for p in (root / "mnist").iterdir()) == sorted(MNIST_FILES[k].name for k in REAL)
 
 
+def test_every_missing_file_is_named_offline(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(download.urllib.request, "urlopen", offline)
+    with pytest.raises(DataUnavailableError) as info:
+        get_task("smnist").build({}, tmp_path, seed=0)
+    msg = str(info.value)
+    assert all(f.name in msg for f in MNIST_FILES.values())
+    assert str(tmp_path / "mnist") in msg
+    assert list((tmp_path / "mnist").iterdir()) == []
+
+
 def _write_idx_gz(path, array):
     header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     with gzip.open(path, "wb", compresslevel=1) as f:
