@@ -3,47 +3,51 @@
 Importing this module registers the kernel pair ``"cpu"`` with :func:`unicornn.ops.autograd.register_kernels`;
 it raises :class:`ImportError` when numba is missing, so ``backend="auto"`` falls back to the reference loop.
 The kernels follow :func:`~unicornn.ops.reference.scan_forward_loop` and
-:func:`~unicornn.ops.reference.scan_backward_loop` exactly: the forward pass runs all N steps in one pass per
-unit and stores ``y``; the backward pass runs once from n = N down to 1, reads the stored ``y`` and rebuilds
-``z`` by the inverse recurrence (paper eq. 7). Nothing per step is stored besides ``y``.
+:func:`~unicornn.ops.reference.scan_backward_loop`: the forward pass runs all N steps in one pass per unit and
+stores ``y``; the backward pass runs once from n = N down to 1, reads the stored ``y`` and rebuilds ``z`` by
+the inverse recurrence (paper eq. 7). Nothing per step is stored besides ``y``.
+
+Precision. Tensors are read and written in the compute dtype (float32 or float64; fp16/bf16 inputs are
+converted to float32 around the kernels and ``y``/``grad_x`` are returned in the input dtype), but the
+per-unit state -- y, z, the adjoints and the running sums for ``grad_w``/``grad_c`` -- is held in float64
+registers for every dtype. For float32 this costs little (the loop is bound by memory traffic and by tanh,
+which is evaluated in float64 anyway, see below) and removes the accumulation of float32 rounding over long
+sequences: the float32 results carry essentially only the rounding of the stored values, which is well inside
+the DESIGN.md section 2 contract (1.5x the error of float32 autograd) even at N = 17,984.
+
+tanh. float32 kernels use :func:`_tanh_rational`, ``t * P(t^2) / Q(t^2)`` with P, Q of degree 5, fitted for
+this project to tanh on [0, 9.5] (linearised weighted least squares of the relative error with Lawson
+reweighting; relative fit error 7e-11) and evaluated in float64 with inputs clamped to [-9.5, 9.5] (beyond,
+float32 tanh rounds to +-1). It is branch-free, so the loop vectorises, and rounded to float32 it is within
+0.502 ulp of the exact tanh over the float32 range (tested). float64 kernels call libm's ``tanh``: full
+accuracy, not vectorised; the float64 path is for verification and gradcheck rather than speed.
 
 Layout and vectorisation. ``x`` is (N, B, M) contiguous, i.e. (N, U) with U = B*M independent units. The units
 are cut into contiguous ranges, one per thread, and each range into blocks of at most ``_BLOCK`` units whose
-state (y, z, adjoints, w, s) lives in small local arrays. For every time step the innermost loop runs over the
-units of a block, so each step reads and writes one contiguous slice of ``x``/``y`` and LLVM vectorises the
-loop (AVX2/AVX-512 on x86). Two details are needed for that: ``error_model="numpy"`` (numba's default Python
-error model puts a zero-division branch around every ``/``) and a branch-free ``tanh``.
+state lives in small local arrays. For every time step the innermost loop runs over the units of a block, so
+each step reads and writes one contiguous slice of ``x``/``y`` and LLVM vectorises it (AVX2 / AVX-512 on x86).
+That needs ``error_model="numpy"`` (numba's default error model puts a zero-division branch around every
+``/``) and the branch-free tanh.
 
-tanh. float32 kernels use :func:`_tanh32`, a rational approximation ``t * P(t^2) / Q(t^2)`` of degree (5, 5)
-in ``t^2``, fitted for this project to tanh on [0, 9.5] (linearised weighted least squares of the relative
-error with Lawson reweighting; relative fit error 7e-11), evaluated in float64 and rounded once to float32.
-Inputs are clamped to [-9.5, 9.5], where float32 tanh already rounds to +-1. Over all float32 inputs
-it is within 0.502 ulp of the exact tanh (tested), i.e. as accurate as a correctly rounded float32 tanh up to
-rare ties, and it vectorises. float64 kernels call libm's ``tanh`` (full accuracy, not vectorised): the float64
-path exists for verification and gradcheck, not speed. The per-step arithmetic is otherwise carried out in the
-compute dtype, as in the reference loop (float32 state for float32 input). fp16/bf16 inputs are converted to
-float32 around the kernels and ``y`` is returned in the input dtype.
-
-Threads. The kernels are compiled ``nogil`` (not ``parallel=True``) and the unit ranges are run on a small
-thread pool, one range per thread, with ``torch.get_num_threads()`` threads (small problems use fewer, down to
-one). Measured on a 2-core machine this is as fast as numba's ``prange`` (the units never interact), it needs no
-numba threading layer (so it is safe to call from several Python threads and after ``fork``), it follows the
-thread count users already set for PyTorch, and it compiles faster. The batch reductions of ``grad_w`` and
-``grad_c`` happen after the parallel part, sequentially over the batch in float64: results are bitwise
-independent of the thread count.
+Threads. The kernels are compiled ``nogil`` (not ``parallel=True``) and the unit ranges run on a small thread
+pool, one range per thread, ``torch.get_num_threads()`` threads (fewer for small problems, down to one). The
+units never interact, so this scales like numba's ``prange``; it needs no numba threading layer (safe to call
+from several Python threads and in forked processes), follows the thread count users already set for PyTorch,
+and compiles faster. The batch reductions of ``grad_w`` and ``grad_c`` run afterwards, sequentially over the
+batch in float64: results are bitwise independent of the number of threads.
 
 Why numba rather than a C++ extension: numba is already a runtime dependency, needs no compiler on the user's
-machine, and its cache works for read-only installs (below). A ``torch.utils.cpp_extension`` build needs a C++
-toolchain at first use and takes tens of seconds to compile, while both end up as the same LLVM/GCC vectorised
-loop over units; the measured numba kernels reach about 1e9 float32 unit-steps per second per core forward
-(see ``benchmarks/cpu_speed.py``), which is well past the bandwidth the surrounding PyTorch ops need.
+machine and has a cache that works for read-only installs, while a ``torch.utils.cpp_extension`` build needs a
+C++ toolchain at first use and tens of seconds of compilation. Both end up as the same vectorised loop over
+units, which already moves data at a rate the surrounding PyTorch ops cannot keep up with (measured in
+``benchmarks/cpu_speed.py`` and ``docs/cpu_backend.md``).
 
 JIT cache. Kernels are compiled lazily, per dtype, on first use, with numba's ``cache=True``. numba stores the
 cache next to this file (``__pycache__``) when that directory is writable, otherwise in the user-wide cache
-directory (``$NUMBA_CACHE_DIR`` if set, else ``~/.cache/numba``); a read-only install therefore works and still
-caches. If no cache location is usable at all the kernels are compiled without a cache. A first call with an
-empty cache compiles one dtype's forward and backward kernels in a few seconds; later processes load them from
-the cache in well under a second.
+directory (``$NUMBA_CACHE_DIR`` if set, else ``~/.cache/numba``): a read-only install works and still caches
+(tested). If no location is writable the kernels are compiled without a cache. With an empty cache the first
+call compiles one dtype's forward and backward kernels in a few seconds; later processes load them from the
+cache.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ from .autograd import register_kernels
 
 __all__ = ["scan_forward", "scan_backward", "tanh32"]
 
-#: Units per block: the state of one block stays in L1 (7 arrays x 256 x 8 bytes at most).
+#: Units per block: the state of one block stays in L1 (7 float64 arrays of 256 at most: 14 KiB).
 _BLOCK = 256
 #: Ranges are multiples of this many units so threads never write the same cache line.
 _ALIGN = 16
@@ -114,7 +118,7 @@ def _tanh_rational(a):
 
 
 def _tanh(a, storage):  # pragma: no cover - only called from compiled code
-    """tanh of the float64 ``a`` as accurate as ``storage``'s dtype needs (rational for float32, libm else)."""
+    """tanh of the float64 ``a`` as accurate as the dtype of ``storage`` needs (float32: rational)."""
     return math.tanh(a)
 
 
