@@ -199,10 +199,13 @@ INTERPRETED = type(_scan_fwd_kernel).__name__ == "InterpretedFunction"
 def launch_config(units: int, device: torch.device) -> tuple[int, int]:
     """Default ``(block, num_warps)`` for ``units = B * M`` independent units on ``device``.
 
-    Blocks of up to 256 units, halved (down to 32) until there are about four programs per streaming
-    multiprocessor, one unit per thread.
+    On CUDA: blocks of up to 256 units, halved (down to 32) until there are about four programs per
+    streaming multiprocessor, one unit per thread. Under the interpreter (CPU tensors), whose cost is per
+    program and step rather than per unit: the fewest programs, blocks of up to 256 units.
     """
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    if device.type != "cuda":
+        return min(_MAX_BLOCK, max(_MIN_BLOCK, triton.next_power_of_2(units))), 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
     block = _MAX_BLOCK
     while block > _MIN_BLOCK and triton.cdiv(units, block) < 4 * sms:
         block //= 2
