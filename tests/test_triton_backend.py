@@ -88,7 +88,7 @@ def test_forward_and_every_gradient_match_reference(N, B, M, dt, alpha, state):
     ref = run_scan("reference", F64, inputs, grads, dt, alpha)
     r32 = run_scan("reference", torch.float32, inputs, grads, dt, alpha)
     out = run_scan("triton", torch.float32, inputs, grads, dt, alpha)
-    for name, a, b, r in zip(NAMES, out, r32, ref):
+    for name, a, b, r in zip(NAMES, out, r32, ref, strict=True):
         if r is None:
             assert a is None, name
             continue
@@ -125,11 +125,11 @@ def test_block_size_does_not_change_results(block):
     grads = tk.scan_backward(gy, gyN, gzN, x, y, w, c, y0, zN, dt, alpha, block=block, num_warps=1)
     y_d, yN_d, zN_d = tk.scan_forward(x, w, c, y0, z0, dt, alpha)
     grads_d = tk.scan_backward(gy, gyN, gzN, x, y_d, w, c, y0, zN_d, dt, alpha)
-    for a, b in zip((y, yN, zN, *grads), (y_d, yN_d, zN_d, *grads_d)):
+    for a, b in zip((y, yN, zN, *grads), (y_d, yN_d, zN_d, *grads_d), strict=True):
         assert torch.equal(a, b)
     y_l, yN_l, zN_l = ag._loop_forward(x, w, c, y0, z0, dt, alpha)
     grads_l = ag._loop_backward(gy, gyN, gzN, x, y_l, w, c, y0, zN_l, dt, alpha)
-    for a, b in zip((y, yN, zN, *grads), (y_l, yN_l, zN_l, *grads_l)):
+    for a, b in zip((y, yN, zN, *grads), (y_l, yN_l, zN_l, *grads_l), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -139,7 +139,7 @@ def test_gradients_are_deterministic():
     y, yN, zN = tk.scan_forward(x, w, c, y0, z0, 0.2, 1.0)
     first = tk.scan_backward(gy, gyN, gzN, x, y, w, c, y0, zN, 0.2, 1.0)
     second = tk.scan_backward(gy, gyN, gzN, x, y, w, c, y0, zN, 0.2, 1.0)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
 
 
@@ -202,7 +202,7 @@ def test_half_precision_matches_loop_kernels(dtype):
     grads_l = ag._loop_backward(gyh, gyN, gzN, xh, y_l, w, c, y0, zN_l, dt, alpha)
     assert grads[0].dtype == dtype and all(g.dtype == torch.float32 for g in grads[1:])
     torch.testing.assert_close(grads[0].float(), grads_l[0].float(), rtol=ulp, atol=ulp * 1e-2)
-    for a, b in zip(grads[1:], grads_l[1:]):
+    for a, b in zip(grads[1:], grads_l[1:], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -223,7 +223,7 @@ def test_half_precision_through_autograd_against_float64(dtype):
     ulp = HALF_ULP[dtype]
     out = [y, yN, zN] + [t.grad for t in leaves]
     assert out[3].dtype == dtype
-    for name, a, r in zip(NAMES, out, ref):
+    for name, a, r in zip(NAMES, out, ref, strict=True):
         # Half-precision rounding of y feeds the rebuilt z in the backward: a few ulps over these lengths.
         assert rel(a.detach(), r) <= 4 * ulp, name
 
@@ -268,10 +268,10 @@ def test_non_contiguous_inputs():
     assert not x_bf.is_contiguous() and not w_wide[:, 0].is_contiguous() and not y0_t.is_contiguous()
     a = unicornn_scan(x_bf, w_wide[:, 0], c.float(), 0.3, 1.0, y0_t, z0.float(), backend="triton")
     b = unicornn_scan(x.float(), w.float(), c.float(), 0.3, 1.0, y0.float(), z0.float(), backend="triton")
-    for u, v in zip(a, b):
+    for u, v in zip(a, b, strict=True):
         assert torch.equal(u, v)
     a = tk.scan_forward(x_bf, w_wide[:, 0], c.float(), y0_t, z0.float(), 0.3, 1.0)
-    for u, v in zip(a, b):
+    for u, v in zip(a, b, strict=True):
         assert torch.equal(u, v)
 
 
@@ -312,7 +312,7 @@ def test_torch_compile_captures_the_op():
     loss = f(*leaves)
     loss.backward()
     want = [loss.detach()] + [t.grad for t in leaves]
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
@@ -330,7 +330,7 @@ def test_module_with_lengths_matches_reference_module():
     (out.sum() + yn.sum() * 0.5 + zn.sum()).backward()
     for a, b in ((out, out_r), (yn, yr), (zn, zr)):
         torch.testing.assert_close(a.double(), b.detach(), rtol=1e-5, atol=1e-6)
-    for (name, p), q in zip(mod.named_parameters(), ref.parameters()):
+    for (name, p), q in zip(mod.named_parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p.grad.double(), q.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
