@@ -133,6 +133,20 @@ def test_block_size_does_not_change_results(block):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("N", range(1, 11))
+def test_every_sequence_length_modulo_the_chunk(N):
+    """The kernels walk time in chunks of 4 plus single steps: every N mod 4, with and without a chunk."""
+    B, M, dt, alpha = 2, 3, 0.7, 4.0
+    (x, w, c, y0, z0), (gy, gyN, gzN) = make_inputs(N, B, M, seed=100 + N)
+    x, w, c, y0, z0, gy, gyN, gzN = (t.float() for t in (x, w, c, y0, z0, gy, gyN, gzN))
+    y, yN, zN = tk.scan_forward(x, w, c, y0, z0, dt, alpha)
+    grads = tk.scan_backward(gy, gyN, gzN, x, y, w, c, y0, zN, dt, alpha)
+    y_l, yN_l, zN_l = ag._loop_forward(x, w, c, y0, z0, dt, alpha)
+    grads_l = ag._loop_backward(gy, gyN, gzN, x, y_l, w, c, y0, zN_l, dt, alpha)
+    for a, b in zip((y, yN, zN, *grads), (y_l, yN_l, zN_l, *grads_l), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_gradients_are_deterministic():
     (x, w, c, y0, z0), (gy, gyN, gzN) = make_inputs(13, 5, 37, seed=3)
     x, w, c, y0, z0, gy, gyN, gzN = (t.float() for t in (x, w, c, y0, z0, gy, gyN, gzN))

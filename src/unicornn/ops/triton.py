@@ -12,9 +12,11 @@ Design:
   units and walks the N steps inside the kernel, so every step's loads and stores are coalesced along M.
   The block is at most 256 units and shrinks (down to one warp, 32 units) until there are about four
   programs per streaming multiprocessor; ``num_warps`` gives one unit per thread.
-* **Latency.** Each step's new input (forward: ``x_{n+1}``; backward: ``x_{n-1}``, ``grad_y_{n-1}`` and
-  ``y_{n-2}``) is loaded before the current step is computed, so the global-memory latency overlaps the
-  dependent arithmetic of the step.
+* **Latency.** A unit's steps form a dependent chain, so memory latency, not bandwidth, would bound a
+  step-by-step loop. The kernels walk time in chunks of 4 steps and issue the loads of the next chunk
+  (forward: 4 of ``x``; backward: 4 each of ``x``, ``grad_y`` and the stored ``y``) before computing the
+  current one: several loads per unit are in flight while the arithmetic runs. The ``N mod 4`` leftover
+  steps run one at a time (forward: first; backward: last, before step 0, which reads ``y0``).
 * **Backward.** Reads the stored outputs ``y`` and rebuilds only ``z`` by the inverse (paper eq. 7) from
   the final ``z_N``; nothing per step is stored besides ``grad_x`` (DESIGN.md section 2).
 * **Deterministic reductions.** ``grad_weight_hh`` and ``grad_c`` are sums over the batch. Each unit
@@ -75,6 +77,32 @@ def _tanh(a):
 
 
 @triton.jit
+def _fwd_step(xv, yv, zv, w, s, alpha):
+    """One forward step of one unit (float32): returns y_n, z_n."""
+    th = _tanh(w * yv + xv)
+    zv = zv - s * (th + alpha * yv)
+    yv = yv + s * zv
+    return yv, zv
+
+
+@triton.jit
+def _bwd_step(xv, gv, yp, gy, gz, z, gw, ds, w, s, alpha):
+    """One backward step n (float32), ``yp`` = y_{n-1}; ``z`` = z_n becomes z_{n-1} by the inverse.
+
+    Returns grad_x_n and the updated (gy, gz, z, gw, ds)."""
+    gy = gy + gv
+    th = _tanh(w * yp + xv)
+    force = th + alpha * yp
+    g = gz + s * gy
+    ds += gy * z - g * force
+    gx = -g * s * (1.0 - th * th)
+    gw += gx * yp
+    gy = gy + gx * w - g * s * alpha
+    z = z + s * force
+    return gx, gy, g, z, gw, ds
+
+
+@triton.jit
 def _scan_fwd_kernel(
     x_ptr,  # (N, B, M) input, io dtype
     y_ptr,  # (N, B, M) output y_1..y_N, io dtype
@@ -97,20 +125,42 @@ def _scan_fwd_kernel(
     s = tl.load(s_ptr + m, mask=mask, other=0.0)
     yv = tl.load(y0_ptr + offs, mask=mask, other=0.0)
     zv = tl.load(z0_ptr + offs, mask=mask, other=0.0)
-    x_p = x_ptr + offs  # pointers advance by BM per step: 64-bit addresses, no int32 overflow in N * BM
+    out_ty = y_ptr.dtype.element_ty
+    # Pointers to the current step; they advance by BM per step (64-bit addresses: no int32 overflow).
+    x_p = x_ptr + offs
     y_p = y_ptr + offs
-    x_cur = tl.load(x_p, mask=mask, other=0.0).to(tl.float32)
-    for n in range(N):
+    # Head: the first N % 4 steps one at a time.
+    Q = N // 4
+    for _ in range(N - 4 * Q):
+        yv, zv = _fwd_step(tl.load(x_p, mask=mask, other=0.0).to(tl.float32), yv, zv, w, s, alpha)
+        tl.store(y_p, yv.to(out_ty), mask=mask)
         x_p += BM
-        # Next step's input, issued early. (The step condition enters the mask through the scalar bound
-        # because `vector_mask & scalar_bool` is mistyped by the interpreter.)
-        x_nxt = tl.load(x_p, mask=offs < tl.where(n + 1 < N, BM, 0), other=0.0)
-        th = _tanh(w * yv + x_cur)
-        zv = zv - s * (th + alpha * yv)
-        yv = yv + s * zv
-        tl.store(y_p, yv.to(y_ptr.dtype.element_ty), mask=mask)
         y_p += BM
-        x_cur = x_nxt.to(tl.float32)
+    # Body: chunks of 4 steps; the 4 inputs of the next chunk are loaded before the current chunk is
+    # computed, so several loads per unit are in flight while the dependent arithmetic runs. (Step
+    # conditions enter masks through a scalar bound: the interpreter mistypes `vector & scalar_bool`.)
+    live = offs < tl.where(Q > 0, BM, 0)
+    x0 = tl.load(x_p, mask=live, other=0.0)
+    x1 = tl.load(x_p + BM, mask=live, other=0.0)
+    x2 = tl.load(x_p + 2 * BM, mask=live, other=0.0)
+    x3 = tl.load(x_p + 3 * BM, mask=live, other=0.0)
+    for q in range(Q):
+        x_p += 4 * BM
+        live = offs < tl.where(q + 1 < Q, BM, 0)
+        n0 = tl.load(x_p, mask=live, other=0.0)
+        n1 = tl.load(x_p + BM, mask=live, other=0.0)
+        n2 = tl.load(x_p + 2 * BM, mask=live, other=0.0)
+        n3 = tl.load(x_p + 3 * BM, mask=live, other=0.0)
+        yv, zv = _fwd_step(x0.to(tl.float32), yv, zv, w, s, alpha)
+        tl.store(y_p, yv.to(out_ty), mask=mask)
+        yv, zv = _fwd_step(x1.to(tl.float32), yv, zv, w, s, alpha)
+        tl.store(y_p + BM, yv.to(out_ty), mask=mask)
+        yv, zv = _fwd_step(x2.to(tl.float32), yv, zv, w, s, alpha)
+        tl.store(y_p + 2 * BM, yv.to(out_ty), mask=mask)
+        yv, zv = _fwd_step(x3.to(tl.float32), yv, zv, w, s, alpha)
+        tl.store(y_p + 3 * BM, yv.to(out_ty), mask=mask)
+        y_p += 4 * BM
+        x0, x1, x2, x3 = n0, n1, n2, n3
     tl.store(yN_ptr + offs, yv, mask=mask)
     tl.store(zN_ptr + offs, zv, mask=mask)
 
@@ -143,49 +193,106 @@ def _scan_bwd_kernel(
     m = offs % M
     w = tl.load(w_ptr + m, mask=mask, other=0.0)
     s = tl.load(s_ptr + m, mask=mask, other=0.0)
-    y0 = tl.load(y0_ptr + offs, mask=mask, other=0.0)
     gy = tl.load(gyN_ptr + offs, mask=mask, other=0.0)
     gz = tl.load(gzN_ptr + offs, mask=mask, other=0.0)
     z = tl.load(zN_ptr + offs, mask=mask, other=0.0)
     gw = tl.zeros([BLOCK], dtype=tl.float32)
     ds = tl.zeros([BLOCK], dtype=tl.float32)
-    # Pointers at step n = N - 1; y_p points at y[n - 1] (the stored y_{n}, 0-based y[n - 1]).
+    out_ty = gx_ptr.dtype.element_ty
+    # Pointers to the current step n (walking N - 1 down to 0); yp_p points at y_{n-1}, stored 0-based at
+    # y[n - 1]. Steps N-1..1 read y_{n-1} from the stored outputs, step 0 uses y0.
     x_p = x_ptr + last + offs
     g_p = gy_ptr + last + offs
     gx_p = gx_ptr + last + offs
-    y_p = y_ptr + last + offs - BM
-    x_c = tl.load(x_p, mask=mask, other=0.0).to(tl.float32)
-    g_c = tl.load(g_p, mask=mask, other=0.0).to(tl.float32)
-    have_prev = offs < tl.where(N > 1, BM, 0)
-    yp_c = tl.where(have_prev, tl.load(y_p, mask=have_prev, other=0.0).to(tl.float32), y0)
-    for i in range(N):
-        n = N - 1 - i
-        # Issue the loads of step n - 1 (x, grad_y) and of y[n - 2] before computing step n.
+    yp_p = y_ptr + last + offs - BM
+    # Body: steps N-1 .. N-4Q in chunks of 4; the 12 loads of the next chunk are issued before the
+    # current chunk is computed.
+    Q = (N - 1) // 4
+    live = offs < tl.where(Q > 0, BM, 0)
+    x0 = tl.load(x_p, mask=live, other=0.0)
+    x1 = tl.load(x_p - BM, mask=live, other=0.0)
+    x2 = tl.load(x_p - 2 * BM, mask=live, other=0.0)
+    x3 = tl.load(x_p - 3 * BM, mask=live, other=0.0)
+    g0 = tl.load(g_p, mask=live, other=0.0)
+    g1 = tl.load(g_p - BM, mask=live, other=0.0)
+    g2 = tl.load(g_p - 2 * BM, mask=live, other=0.0)
+    g3 = tl.load(g_p - 3 * BM, mask=live, other=0.0)
+    y0_ = tl.load(yp_p, mask=live, other=0.0)
+    y1_ = tl.load(yp_p - BM, mask=live, other=0.0)
+    y2_ = tl.load(yp_p - 2 * BM, mask=live, other=0.0)
+    y3_ = tl.load(yp_p - 3 * BM, mask=live, other=0.0)
+    for q in range(Q):
+        x_p -= 4 * BM
+        g_p -= 4 * BM
+        yp_p -= 4 * BM
+        live = offs < tl.where(q + 1 < Q, BM, 0)
+        nx0 = tl.load(x_p, mask=live, other=0.0)
+        nx1 = tl.load(x_p - BM, mask=live, other=0.0)
+        nx2 = tl.load(x_p - 2 * BM, mask=live, other=0.0)
+        nx3 = tl.load(x_p - 3 * BM, mask=live, other=0.0)
+        ng0 = tl.load(g_p, mask=live, other=0.0)
+        ng1 = tl.load(g_p - BM, mask=live, other=0.0)
+        ng2 = tl.load(g_p - 2 * BM, mask=live, other=0.0)
+        ng3 = tl.load(g_p - 3 * BM, mask=live, other=0.0)
+        ny0 = tl.load(yp_p, mask=live, other=0.0)
+        ny1 = tl.load(yp_p - BM, mask=live, other=0.0)
+        ny2 = tl.load(yp_p - 2 * BM, mask=live, other=0.0)
+        ny3 = tl.load(yp_p - 3 * BM, mask=live, other=0.0)
+        gx, gy, gz, z, gw, ds = _bwd_step(
+            x0.to(tl.float32), g0.to(tl.float32), y0_.to(tl.float32), gy, gz, z, gw, ds, w, s, alpha
+        )
+        tl.store(gx_p, gx.to(out_ty), mask=mask)
+        gx, gy, gz, z, gw, ds = _bwd_step(
+            x1.to(tl.float32), g1.to(tl.float32), y1_.to(tl.float32), gy, gz, z, gw, ds, w, s, alpha
+        )
+        tl.store(gx_p - BM, gx.to(out_ty), mask=mask)
+        gx, gy, gz, z, gw, ds = _bwd_step(
+            x2.to(tl.float32), g2.to(tl.float32), y2_.to(tl.float32), gy, gz, z, gw, ds, w, s, alpha
+        )
+        tl.store(gx_p - 2 * BM, gx.to(out_ty), mask=mask)
+        gx, gy, gz, z, gw, ds = _bwd_step(
+            x3.to(tl.float32), g3.to(tl.float32), y3_.to(tl.float32), gy, gz, z, gw, ds, w, s, alpha
+        )
+        tl.store(gx_p - 3 * BM, gx.to(out_ty), mask=mask)
+        gx_p -= 4 * BM
+        x0, x1, x2, x3 = nx0, nx1, nx2, nx3
+        g0, g1, g2, g3 = ng0, ng1, ng2, ng3
+        y0_, y1_, y2_, y3_ = ny0, ny1, ny2, ny3
+    # Tail: the remaining (N - 1) % 4 steps down to step 1, one at a time.
+    for _ in range(N - 1 - 4 * Q):
+        gx, gy, gz, z, gw, ds = _bwd_step(
+            tl.load(x_p, mask=mask, other=0.0).to(tl.float32),
+            tl.load(g_p, mask=mask, other=0.0).to(tl.float32),
+            tl.load(yp_p, mask=mask, other=0.0).to(tl.float32),
+            gy,
+            gz,
+            z,
+            gw,
+            ds,
+            w,
+            s,
+            alpha,
+        )
+        tl.store(gx_p, gx.to(out_ty), mask=mask)
         x_p -= BM
         g_p -= BM
-        y_p -= BM
-        have_next = offs < tl.where(n >= 1, BM, 0)
-        have_prev = offs < tl.where(n >= 2, BM, 0)
-        x_nx = tl.load(x_p, mask=have_next, other=0.0)
-        g_nx = tl.load(g_p, mask=have_next, other=0.0)
-        y_nx = tl.load(y_p, mask=have_prev, other=0.0)
-
-        gy = gy + g_c
-        th = _tanh(w * yp_c + x_c)
-        force = th + alpha * yp_c
-        g = gz + s * gy
-        ds += gy * z - g * force
-        gx = -g * s * (1.0 - th * th)
-        tl.store(gx_p, gx.to(gx_ptr.dtype.element_ty), mask=mask)
+        yp_p -= BM
         gx_p -= BM
-        gw += gx * yp_c
-        gy = gy + gx * w - g * s * alpha
-        gz = g
-        z = z + s * force  # inverse step: z_{n-1}
-
-        x_c = x_nx.to(tl.float32)
-        g_c = g_nx.to(tl.float32)
-        yp_c = tl.where(have_prev, y_nx.to(tl.float32), y0)
+    # Step 0: y_{-1} is the initial state y0.
+    gx, gy, gz, z, gw, ds = _bwd_step(
+        tl.load(x_p, mask=mask, other=0.0).to(tl.float32),
+        tl.load(g_p, mask=mask, other=0.0).to(tl.float32),
+        tl.load(y0_ptr + offs, mask=mask, other=0.0),
+        gy,
+        gz,
+        z,
+        gw,
+        ds,
+        w,
+        s,
+        alpha,
+    )
+    tl.store(gx_p, gx.to(out_ty), mask=mask)
     tl.store(gw_ptr + offs, gw, mask=mask)
     tl.store(ds_ptr + offs, ds, mask=mask)
     tl.store(gy0_ptr + offs, gy, mask=mask)
@@ -233,8 +340,8 @@ def _check(tensors: dict[str, Tensor], io: tuple[str, ...]) -> torch.device:
         want = x.dtype if name in io else torch.float32
         if t.dtype != want:
             raise TypeError(f"backend 'triton' expects {name} of dtype {want}, got {t.dtype}")
-    if x.numel() >= 2**62 or x.shape[1] * x.shape[2] >= 2**31:
-        raise ValueError(f"B * M must be < 2**31 for backend 'triton', got shape {tuple(x.shape)}")
+    if x.shape[1] * x.shape[2] >= 2**29:  # in-kernel offsets up to 4 * B * M are int32
+        raise ValueError(f"B * M must be < 2**29 for backend 'triton', got shape {tuple(x.shape)}")
     return device
 
 
