@@ -59,7 +59,7 @@ _MIN_BLOCK = 32
 
 @triton.jit
 def _tanh(a):
-    """float32 tanh from exp only (libdevice is unavailable under the interpreter)."""
+    # float32 tanh from exp only (libdevice's tanh does not run under the interpreter).
     b = tl.abs(a)
     # |a| >= 0.55: no cancellation in (1 - t) / (1 + t) since t = exp(-2|a|) <= 0.333.
     t = tl.exp(-2.0 * b)
@@ -78,7 +78,7 @@ def _tanh(a):
 
 @triton.jit
 def _fwd_step(xv, yv, zv, w, s, alpha):
-    """One forward step of one unit (float32): returns y_n, z_n."""
+    # One forward step (float32): returns y_n, z_n.
     th = _tanh(w * yv + xv)
     zv = zv - s * (th + alpha * yv)
     yv = yv + s * zv
@@ -87,9 +87,8 @@ def _fwd_step(xv, yv, zv, w, s, alpha):
 
 @triton.jit
 def _bwd_step(xv, gv, yp, gy, gz, z, gw, ds, w, s, alpha):
-    """One backward step n (float32), ``yp`` = y_{n-1}; ``z`` = z_n becomes z_{n-1} by the inverse.
-
-    Returns grad_x_n and the updated (gy, gz, z, gw, ds)."""
+    # One backward step n (float32), yp = y_{n-1}; z = z_n becomes z_{n-1} by the inverse (eq. 7).
+    # Returns grad_x_n and the updated (gy, gz, z, gw, ds).
     gy = gy + gv
     th = _tanh(w * yp + xv)
     force = th + alpha * yp
