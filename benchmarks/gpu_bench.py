@@ -117,6 +117,30 @@ def rel(a, ref):
 # --------------------------------------------------------------------------------------------------
 
 
+def tanh_accuracy():
+    """Largest relative error of the kernels' tanh over [-10, 10], in units of 2**-24."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def tanh_kernel(a_ptr, o_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        tl.store(o_ptr + offs, tk._tanh(tl.load(a_ptr + offs, mask=mask)), mask=mask)
+
+    a = torch.linspace(-10, 10, 1001 if SMOKE else 2_000_001, device=DEV)
+    a = a[a != 0]
+    out = torch.empty_like(a)
+    tanh_kernel[(triton.cdiv(a.numel(), 1024),)](a, out, a.numel(), BLOCK=1024)
+    ref = torch.tanh(a.double())
+    torch_err = ((torch.tanh(a).double() - ref).abs() / ref.abs()).max().item()
+    err = ((out.double() - ref).abs() / ref.abs()).max().item()
+    return {
+        "kernel_tanh_max_rel_err_in_2^-24": err / 2**-24,
+        "torch_tanh_max_rel_err_in_2^-24": torch_err / 2**-24,
+    }
+
+
 def section_a():
     """Correctness vs the float64 reference, next to float32 autograd (DESIGN.md section 2)."""
     cases = [("psMNIST", 1000, 0.19, 30.65), ("EigenWorms", 17984, 0.0343, 0.0)]
@@ -148,6 +172,7 @@ def section_a():
             row[key] = {"triton": e, "float32_autograd": e32, "ratio": e / e32, "ok": e <= limit * e32}
         rows.append(row)
         del ref, r32, tri
+    rows.append({"case": "tanh", **tanh_accuracy()})
     return rows
 
 
@@ -394,6 +419,12 @@ def fmt(v, spec=".3g"):
 def print_tables(results):
     print(f"\n== device: {results['meta'].get('device_name', results['meta']['device'])}")
     for row in results.get("correctness", []) or []:
+        if row.get("case") == "tanh":
+            print(
+                f"\n(a) tanh max relative error / 2^-24: kernel {fmt(row['kernel_tanh_max_rel_err_in_2^-24'])}, "
+                f"torch {fmt(row['torch_tanh_max_rel_err_in_2^-24'])}"
+            )
+            continue
         print(f"\n(a) correctness {row['case']} N={row['N']}: relative error vs float64 (float32 autograd)")
         for key in ("y", "grad_x", "grad_w", "grad_c"):
             r = row[key]
@@ -404,6 +435,9 @@ def print_tables(results):
             f"  {'N':>6} {'width':>5} {'triton':>9} {'lstm':>9} {'reference':>10} {'x lstm':>7} {'x ref':>7}"
         )
         for row in results["paper_setting"]:
+            if "error" in row:
+                print(f"  N={row['N']} width={row['input_width']}: failed")
+                continue
             g = row.get
             print(
                 f"  {row['N']:>6} {row['input_width']:>5} "
@@ -413,11 +447,14 @@ def print_tables(results):
                 f"{fmt(g('speedup_vs_lstm_cudnn')):>7} {fmt(g('speedup_vs_unicornn_reference')):>7}"
             )
     if results.get("recurrence"):
-        print("\n(c) recurrence alone, N=2000: GB/s (fraction of copy bandwidth)")
+        print("\n(c) recurrence alone: GB/s (fraction of copy bandwidth)")
         for row in results["recurrence"]:
+            if "error" in row:
+                print(f"  B*M={row['units']}: failed")
+                continue
             f, b = row["fwd_unicornn_scan"], row["bwd_kernel"]
             print(
-                f"  B*M={row['units']:>7}: copy {fmt(row['copy_GBps'], '.0f')} GB/s | "
+                f"  N={row['N']} B*M={row['units']:>7}: copy {fmt(row['copy_GBps'], '.0f')} GB/s | "
                 f"fwd {fmt(f['median_ms'])} ms {fmt(f['GBps'], '.0f')} GB/s ({fmt(f['frac_of_copy'], '.2f')}) | "
                 f"bwd {fmt(b['median_ms'])} ms {fmt(b['GBps'], '.0f')} GB/s ({fmt(b['frac_of_copy'], '.2f')})"
             )
