@@ -252,11 +252,12 @@ def section_b():
 
 
 def _scan_bytes(N, B, M, elt=4):
-    """Bytes the kernels move: forward reads x, writes y (plus w, c, y0, z0 in; y_N, z_N out);
-    backward reads grad_y, x, y (plus states and parameters), writes grad_x (plus partial sums, states)."""
-    big = N * B * M * elt
-    fwd = 2 * big + 4 * (2 * M + 4 * B * M)
-    bwd = 4 * big + 4 * (2 * M + 4 * B * M) + 4 * (4 * B * M)
+    """Bytes the kernels move: forward reads x (N rows), writes y (N rows), reads w, s, y0, z0 and writes
+    y_N, z_N; backward reads grad_y and x (N rows each) and y (rows 1..N-1), writes grad_x (N rows), reads
+    w, s, grad_y_N, grad_z_N, z_N, y0 and writes the two partial sums and grad_y0, grad_z0."""
+    row = B * M * elt
+    fwd = 2 * N * row + 4 * (2 * M + 4 * B * M)
+    bwd = (4 * N - 1) * row + 4 * (2 * M + 8 * B * M)
     return fwd, bwd
 
 
