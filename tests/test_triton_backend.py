@@ -391,6 +391,11 @@ def test_module_with_lengths_matches_reference_module():
         torch.testing.assert_close(p.grad.double(), q.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="backend='auto' picks Triton only for CUDA tensors")
+def test_auto_picks_triton_for_cuda_tensors():
+    assert ag.resolve_backend("auto", DEVICE) == "triton"
+
+
 # --------------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------------
