@@ -33,7 +33,8 @@ if DEVICE.type == "cpu" and not tk.INTERPRETED:
 F64 = torch.float64
 FLOOR = 3e-7  # about five float32 ulps of an O(1) quantity
 
-# (N, B, M, dt, alpha): odd batch and width; M = 70 spans several blocks of 16/32/64 units.
+# (N, B, M, dt, alpha): odd batch and width. B * M = 210 spans several programs on a GPU; under the
+# interpreter one program takes it (test_block_size_does_not_change_results splits it explicitly).
 SHAPES = [
     (7, 3, 5, 0.19, 30.65),
     (23, 3, 70, 0.5, 0.0),
