@@ -141,37 +141,51 @@ def tanh_accuracy():
     }
 
 
+def _accuracy_once(N, B, M, dt, alpha, seed):
+    """Relative errors (triton, float32 autograd) vs float64 of y and the gradients of x, w, c."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, B, M, generator=g, dtype=torch.float64).to(DEV)
+    w = torch.rand(M, generator=g, dtype=torch.float64).to(DEV)
+    c = ((torch.rand(M, generator=g, dtype=torch.float64) - 0.5) * 0.2).to(DEV)
+    gy = torch.randn(N, B, M, generator=g, dtype=torch.float64).to(DEV)
+
+    def run(backend, dtype):
+        leaves = [t.detach().to(dtype).requires_grad_() for t in (x, w, c)]
+        y, _, _ = unicornn_scan(*leaves, dt, alpha, backend=backend)
+        (y.double() * gy).sum().backward()
+        return [y.detach()] + [t.grad for t in leaves]
+
+    ref = run("reference", torch.float64)
+    r32 = run("reference", torch.float32)
+    tri = run("triton", torch.float32)
+    return [(rel(tri[i], ref[i]), rel(r32[i], ref[i])) for i in range(4)]
+
+
 def section_a():
-    """Correctness vs the float64 reference, next to float32 autograd (DESIGN.md section 2)."""
+    """Correctness vs the float64 reference, next to float32 autograd (DESIGN.md section 2).
+
+    At long lengths the float32 error is one draw of a widely spread random variable: any change in the
+    rounding sequence (another tanh, fused multiply-adds) gives another draw, and single-seed ratios range
+    over a factor of several. So each case runs several seeds; the contract is checked on the median ratio.
+    """
     cases = [("psMNIST", 1000, 0.19, 30.65), ("EigenWorms", 17984, 0.0343, 0.0)]
-    B, M = 4, 32
+    B, M, seeds = 4, 32, 3
     if SMOKE:
         cases = [("psMNIST", 24, 0.19, 30.65), ("EigenWorms", 40, 0.0343, 0.0)]
-        B, M = 2, 8
+        B, M, seeds = 2, 8, 2
     rows = []
     for name, N, dt, alpha in cases:
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(N, B, M, generator=g, dtype=torch.float64).to(DEV)
-        w = torch.rand(M, generator=g, dtype=torch.float64).to(DEV)
-        c = ((torch.rand(M, generator=g, dtype=torch.float64) - 0.5) * 0.2).to(DEV)
-        gy = torch.randn(N, B, M, generator=g, dtype=torch.float64).to(DEV)
-
-        def run(backend, dtype, x=x, w=w, c=c, gy=gy, dt=dt, alpha=alpha):
-            leaves = [t.detach().to(dtype).requires_grad_() for t in (x, w, c)]
-            y, _, _ = unicornn_scan(*leaves, dt, alpha, backend=backend)
-            (y.double() * gy).sum().backward()
-            return [y.detach()] + [t.grad for t in leaves]
-
-        ref = run("reference", torch.float64)
-        r32 = run("reference", torch.float32)
-        tri = run("triton", torch.float32)
-        row = {"case": name, "N": N, "B": B, "M": M, "dt": dt, "alpha": alpha}
+        runs = [_accuracy_once(N, B, M, dt, alpha, seed) for seed in range(seeds)]
+        row = {"case": name, "N": N, "B": B, "M": M, "dt": dt, "alpha": alpha, "seeds": seeds}
         for i, key in enumerate(("y", "grad_x", "grad_w", "grad_c")):
-            e, e32 = rel(tri[i], ref[i]), rel(r32[i], ref[i])
+            tri = [r[i][0] for r in runs]
+            f32 = [r[i][1] for r in runs]
+            ratios = [a / b for a, b in zip(tri, f32, strict=True)]
             limit = 2.0 if key == "y" else 1.5
-            row[key] = {"triton": e, "float32_autograd": e32, "ratio": e / e32, "ok": e <= limit * e32}
+            med = statistics.median(ratios)
+            row[key] = {"triton": tri, "float32_autograd": f32, "ratios": ratios, "median_ratio": med}
+            row[key]["ok"] = med <= limit
         rows.append(row)
-        del ref, r32, tri
     rows.append({"case": "tanh", **tanh_accuracy()})
     return rows
 
@@ -426,10 +440,17 @@ def print_tables(results):
                 f"torch {fmt(row['torch_tanh_max_rel_err_in_2^-24'])}"
             )
             continue
-        print(f"\n(a) correctness {row['case']} N={row['N']}: relative error vs float64 (float32 autograd)")
+        print(
+            f"\n(a) correctness {row['case']} N={row['N']}, {row['seeds']} seeds: relative error vs float64, "
+            "triton (float32 autograd), median ratio"
+        )
         for key in ("y", "grad_x", "grad_w", "grad_c"):
             r = row[key]
-            print(f"  {key:7s} {fmt(r['triton'], '.2e')} ({fmt(r['float32_autograd'], '.2e')}) ok={r['ok']}")
+            pairs = " ".join(
+                f"{fmt(a, '.1e')}({fmt(b, '.1e')})"
+                for a, b in zip(r["triton"], r["float32_autograd"], strict=True)
+            )
+            print(f"  {key:7s} {pairs}  median ratio {fmt(r['median_ratio'], '.2f')} ok={r['ok']}")
     if results.get("paper_setting"):
         print("\n(b) paper setting, forward+backward median ms (speedup of Triton)")
         print(
