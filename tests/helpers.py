@@ -21,6 +21,11 @@ def fused_backends() -> list[str]:
     return names
 
 
+def device_for(backend: str) -> str:
+    """Where a backend's module tests run: Triton on CUDA when there is a GPU (else its interpreter on CPU)."""
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+
+
 def random_scan_inputs(N, B, M, dtype=torch.float64, seed=0, requires_grad=True, states=True):
     """x ~ N(0,1) (N,B,M), w ~ U(0,1), c ~ U(-0.1,0.1) (M,), y0, z0 ~ N(0,1) (B,M) or None."""
     g = torch.Generator().manual_seed(seed)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import fused_backends, rel_err
+from helpers import device_for, fused_backends, rel_err
 
 from unicornn import UnICORNN, dropout_over_time, unicornn_scan
 
@@ -18,7 +18,7 @@ def make(backend="reference", dtype=torch.float64, seed=0, **kw):
     torch.manual_seed(seed)
     cfg = dict(input_size=3, hidden_size=7, num_layers=3, dt=[0.3, 0.15, 0.2], alpha=2.0)
     cfg.update(kw)
-    return UnICORNN(**cfg, backend=backend).to(dtype)
+    return UnICORNN(**cfg, backend=backend).to(dtype=dtype, device=device_for(backend))
 
 
 def test_output_and_state_shapes():
@@ -58,7 +58,7 @@ def test_batch_first():
 def test_state_carrying_equals_one_run(backend):
     dtype = torch.float64 if backend != "triton" else torch.float32
     m = make(backend=backend, dtype=dtype)
-    x = torch.randn(24, 3, 3, dtype=dtype)
+    x = torch.randn(24, 3, 3, dtype=dtype, device=device_for(backend))
     out, (y, z) = m(x)
     out1, st = m(x[:10])
     out2, (y2, z2) = m(x[10:], st)
@@ -85,12 +85,13 @@ def test_lengths_give_each_sequence_its_own_result(backend):
     m = make(backend=backend, dtype=dtype, residual_skip=2, num_layers=4, dt=0.2)
     N, B = 15, 5
     lengths = torch.tensor([15, 4, 9, 9, 1])
-    x = torch.randn(N, B, 3, dtype=dtype)
+    dev = device_for(backend)
+    x = torch.randn(N, B, 3, dtype=dtype, device=dev)
     x_noisy = x.clone()
     for b in range(B):
-        x_noisy[lengths[b] :, b] = 1e3 * torch.randn(N - lengths[b], 3, dtype=dtype)  # padding is garbage
-    y0 = torch.randn(4, B, 7, dtype=dtype)
-    z0 = torch.randn(4, B, 7, dtype=dtype)
+        x_noisy[lengths[b] :, b] = 1e3 * torch.randn(N - lengths[b], 3, dtype=dtype, device=dev)  # garbage
+    y0 = torch.randn(4, B, 7, dtype=dtype, device=dev)
+    z0 = torch.randn(4, B, 7, dtype=dtype, device=dev)
     out, (y, z) = m(x_noisy, (y0, z0), lengths=lengths)
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
     for b in range(B):
@@ -188,11 +189,12 @@ def test_gradcheck_module():
 def test_fused_backend_matches_reference_on_whole_module(backend):
     dtype = torch.float64 if backend == "cpu" else torch.float32
     kw = dict(num_layers=4, residual_skip=2, dt=[0.05, 0.3, 0.2, 0.1], dropout=0.25, hidden_size=9)
-    ref = make(backend="reference", dtype=dtype, **kw)
+    dev = device_for(backend)
+    ref = make(backend="reference", dtype=dtype, **kw).to(dev)  # the same device: the same dropout masks
     fused = make(backend=backend, dtype=dtype, **kw)
     fused.load_state_dict(ref.state_dict())
-    x = torch.randn(13, 3, 3, dtype=dtype)
-    state = (torch.randn(4, 3, 9, dtype=dtype), torch.randn(4, 3, 9, dtype=dtype))
+    x = torch.randn(13, 3, 3, dtype=dtype, device=dev)
+    state = (torch.randn(4, 3, 9, dtype=dtype, device=dev), torch.randn(4, 3, 9, dtype=dtype, device=dev))
     lengths = torch.tensor([13, 6, 10])
     results = []
     for m in (ref, fused):

@@ -287,6 +287,8 @@ def unicornn_scan(
     dt = check_dt(dt)
     alpha = check_alpha(alpha)
     name = resolve_backend(backend, x.device)
+    if backend == "auto" and name == "triton" and x.dtype == torch.float64:
+        name = "reference"  # the Triton kernels compute in float32
 
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     weight_hh = weight_hh.to(compute)
