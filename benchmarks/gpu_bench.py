@@ -371,7 +371,11 @@ def section_d():
         t = bench(lambda: unicornn_scan(x, w, c, 0.042, 2.7, backend="triton"), warmup=2, reps=5)
         row["unicornn_scan_triton"] = {**t, "us_per_step": t["median_ms"] * 1e3 / N}
         lstm = nn.LSTM(M, M).to(DEV)
-        t = bench(lambda: lstm(x), warmup=1, reps=3)
+        try:
+            t = bench(lambda: lstm(x), warmup=1, reps=3)
+        except RuntimeError as err:  # cuDNN may refuse very long sequences: keep the UnICORNN timing
+            row["lstm_cudnn"] = {"error": str(err)[:300]}
+            return row
         row["lstm_cudnn"] = {**t, "us_per_step": t["median_ms"] * 1e3 / N}
     row["speedup_vs_lstm"] = row["lstm_cudnn"]["median_ms"] / row["unicornn_scan_triton"]["median_ms"]
     return row
