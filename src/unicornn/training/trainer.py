@@ -277,6 +277,7 @@ def train_run(
     quiet: bool = False,
     stop_after_epoch: int | None = None,
     log=None,
+    tensorboard: bool = True,
 ) -> dict[str, Any]:
     """Train one seed of ``task`` into ``run_dir`` and return the result (see module docstring).
 
@@ -292,6 +293,7 @@ def train_run(
         stop_after_epoch: stop (as if interrupted) once this many epochs are done; for tests and for
             splitting long jobs.
         log: callable taking one line of text (default: print to stderr on rank 0).
+        tensorboard: also write TensorBoard events (when ``tensorboard`` is installed).
 
     Returns:
         A dict with ``status`` ("finished" or "stopped"), ``epochs_done``, ``best`` (epoch, valid, test
@@ -428,7 +430,7 @@ def train_run(
 
     metric = spec.metric
     tq = _progress(quiet, main)
-    writer = _tensorboard(run_dir, start_epoch) if main else None
+    writer = _tensorboard(run_dir, start_epoch) if main and tensorboard else None
     epoch_bar = (
         tq(total=cfg["epochs"], initial=start_epoch, desc=f"{spec.name} seed {seed}", unit="epoch")
         if tq is not None
