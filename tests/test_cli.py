@@ -61,7 +61,17 @@ def test_help_explains_every_option(capsys):
         main(["train", "--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for opt in ("--preset", "--set", "--runs", "--device", "--data-dir", "--out", "--resume", "--quiet"):
+    for opt in (
+        "--preset",
+        "--set",
+        "--runs",
+        "--device",
+        "--data-dir",
+        "--out",
+        "--resume",
+        "--quiet",
+        "--no-tensorboard",
+    ):
         assert opt in text
     for key in TRAIN_DEFAULTS:
         assert key in text

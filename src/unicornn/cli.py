@@ -150,6 +150,7 @@ def _cmd_train(args) -> int:
                     ctx=ctx,
                     resume=args.resume,
                     quiet=args.quiet,
+                    tensorboard=not args.no_tensorboard,
                 )
             )
     except DataUnavailableError as err:
@@ -370,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument(
         "--quiet", action="store_true", help="no progress bars: one plain line per epoch (for log files)"
+    )
+    tr.add_argument(
+        "--no-tensorboard",
+        action="store_true",
+        help="do not write TensorBoard events (metrics.jsonl is always written)",
     )
     tr.set_defaults(func=_cmd_train)
 
