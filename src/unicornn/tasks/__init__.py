@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from .adding import AddingTask
 from .base import Splits, Task, TaskSpec, resolve_options
+from .lorenz96 import Lorenz96Task
+from .mnist import MnistTask
 
 TASKS: dict[str, Task] = {
     "adding": AddingTask(),
+    "psmnist": MnistTask(permuted=True),
+    "smnist": MnistTask(permuted=False),
+    "lorenz96": Lorenz96Task(),
 }
 
 

@@ -9,6 +9,10 @@ Each sequence has ``T`` steps and two input channels:
 The target is the sum of the two marked values (float32, shape ``(1,)``), learned with MSE. Predicting the
 constant 1 gives an expected MSE of 1/6 ≈ 0.167 (the variance of a sum of two U(0, 1)), the baseline to beat.
 
+Options (defaults): ``T`` = 1000, ``n_train`` = 50,000, ``n_valid`` = 1,000, ``n_test`` = 1,000 sequences.
+(The coRNN scripts draw fresh batches at every step instead; a fixed training set of 50,000 keeps epochs,
+validation-based selection and exact resumption well defined.)
+
 Sequences are generated lazily: item ``i`` of a split comes from its own generator
 ``numpy.random.default_rng([split_seed, stream, i])``, so the sets take no memory, are identical across
 processes and epochs, and any item is drawn in O(T). Train (stream 0) and validation (stream 1) use the

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
 import pathlib
 import secrets
@@ -25,6 +26,7 @@ DEFAULT_ROOT = pathlib.Path("~/.cache/unicornn")
 """Default data directory (``~`` expanded at call time)."""
 
 _CHUNK = 1 << 20
+_log = logging.getLogger(__name__)
 _USER_AGENT = "unicornn-data-fetch/1"
 
 
@@ -186,14 +188,17 @@ def fetch(
     for url in urls:
         part = directory / f"{dest.name}.part-{secrets.token_hex(6)}"
         try:
+            _log.info("downloading %s to %s", url, dest)
             try:
                 _download(url, part, timeout)
             except OSError as err:  # URLError and HTTPError are OSErrors
                 failures.append(f"{url} ({_describe(err)})")
+                _log.warning("download of %s failed: %s", url, _describe(err))
                 continue
             problem = _mismatch(part, expected)
             if problem is not None:
                 mismatches.append(f"{url} gave {problem}")
+                _log.warning("checksum mismatch for %s from %s: %s", dest.name, url, problem)
                 continue
             os.replace(part, dest)
             _fsync_dir(directory)
