@@ -98,6 +98,15 @@ def test_tasks_lists_tasks_presets_and_sources(capsys):
     assert "Table 6" in out and "paper-128" in out and "not implemented yet" in out
 
 
+def test_task_options_with_a_setting_name_need_the_task_prefix():
+    from unicornn.cli import parse_sets
+
+    settings, options = parse_sets(["dt=0.2", "task.dt=0.01", "T=50"], {"dt": 0.1}, {"dt": 0.01, "T": 1000})
+    assert settings == {"dt": 0.2} and options == {"dt": 0.01, "T": 50}
+    with pytest.raises(Exception, match="unknown task option 'x'"):
+        parse_sets(["task.x=1"], {"dt": 0.1}, {"dt": 0.01})
+
+
 def test_parse_value():
     assert parse_value("none") is None
     assert parse_value("3") == 3 and parse_value("3.5e-3") == 3.5e-3

@@ -71,7 +71,14 @@ def parse_sets(items: Sequence[str], train_keys: dict, option_keys: dict) -> tup
         if "=" not in item:
             raise CLIError(f"--set expects key=value, got {item!r}")
         key, text = (s.strip() for s in item.split("=", 1))
-        if key in train_keys:
+        if key.startswith("task."):  # explicit task option (needed when it shares a setting's name)
+            opt = key[len("task.") :]
+            if opt not in option_keys:
+                raise CLIError(
+                    f"unknown task option {opt!r}; valid task options: {', '.join(option_keys) or '(none)'}"
+                )
+            options[opt] = _coerce(opt, parse_value(text), option_keys[opt])
+        elif key in train_keys:
             settings[key] = _coerce(key, parse_value(text), train_keys[key])
         elif key in option_keys:
             options[key] = _coerce(key, parse_value(text), option_keys[key])
@@ -301,6 +308,7 @@ def _settings_epilog() -> str:
     lines += [
         "",
         "task options (e.g. T for the adding problem) are also set with --set; `unicornn tasks` lists them.",
+        "a task option with a setting's name (lorenz96's integration step dt) is set as task.NAME (task.dt=0.01).",
         "values: numbers, none, true/false, or a comma list (dt=0.0066,0.205: one dt per layer).",
         "",
         "examples:",
