@@ -228,13 +228,13 @@ def _cmd_eval(args) -> int:
     names = ["valid", "test"] if args.split == "both" else [args.split]
     metric = task.spec.metric
     results = {}
-    for i, name in enumerate(names):
-        ds = _subset(getattr(splits, name), cfg["eval_subset"], cfg["seed"] + 1 + (name == "test"))
+    for name in names:
+        seed_offset = 1 if name == "valid" else 2  # the subsets drawn by the trainer
+        ds = _subset(getattr(splits, name), cfg["eval_subset"], cfg["seed"] + seed_offset)
         with torch.no_grad():
             results[name] = evaluate(
                 model, ds, task.spec, batch_size=args.batch_size or cfg["eval_batch_size"], device=device
             )
-        _ = i
     print(f"{path} (task {record['task']}, epoch {ckpt['epoch']}):")
     for name, m in results.items():
         print(f"  {name}: {metric} {m[metric]:.6g}  loss {m['loss']:.6g}")
