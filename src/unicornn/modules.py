@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .lean import lean_stack
 from .ops.autograd import BACKENDS, check_alpha, check_dt, unicornn_scan
 
 __all__ = ["UnICORNN", "dropout_over_time"]
@@ -65,6 +66,10 @@ class UnICORNN(nn.Module):
         residual_skip: ``S`` in [2, num_layers) for the residual stacking of the paper's Appendix C.5
             (layer ``l > S`` also receives ``Lambda^l y^{l-S-1}``), or None.
         backend: ``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"`` (see :func:`unicornn.unicornn_scan`).
+        memory: ``"standard"`` (autograd keeps every layer's sequences) or ``"lean"`` (training keeps only the
+            input, the dropout masks and every layer's state every ``checkpoint_every`` steps, and recomputes
+            the rest chunk by chunk in the backward pass; see :mod:`unicornn.lean`).
+        checkpoint_every: chunk length ``K`` of the lean mode.
 
     Shapes (``N`` steps, ``B`` batch, ``M`` = hidden_size, ``L`` = num_layers):
         - input: (N, B, input_size), or (B, N, input_size) with ``batch_first``.
@@ -90,6 +95,8 @@ class UnICORNN(nn.Module):
         bias: bool = True,
         residual_skip: int | None = None,
         backend: str = "auto",
+        memory: str = "standard",
+        checkpoint_every: int = 1024,
     ) -> None:
         super().__init__()
         self.input_size = _check_int("input_size", input_size, 1)
@@ -125,6 +132,10 @@ class UnICORNN(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
+        if memory not in ("standard", "lean"):
+            raise ValueError(f"memory must be 'standard' or 'lean', got {memory!r}")
+        self.memory = memory
+        self.checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1)
 
         M = self.hidden_size
         for k in range(self.num_layers):
@@ -190,6 +201,8 @@ class UnICORNN(nn.Module):
             s += ", bias=False"
         if self.residual_skip is not None:
             s += f", residual_skip={self.residual_skip}"
+        if self.memory != "standard":
+            s += f", memory={self.memory!r}, checkpoint_every={self.checkpoint_every}"
         return s + f", backend={self.backend!r}"
 
     # ------------------------------------------------------------------------------------------
@@ -237,43 +250,91 @@ class UnICORNN(nn.Module):
                 lengths = None  # nothing is padded
         return y0, z0, lengths
 
-    def _scan(self, k: int, x: Tensor, y0: Tensor | None, z0: Tensor | None, lengths: Tensor | None):
-        """Layer ``k``'s recurrence on projected input x (N, B, M) -> (y, y_n, z_n)."""
-        p = self.layer_parameters(k)
-        dt = self.dt[k]
-        if lengths is None:
-            return unicornn_scan(x, p["weight_hh"], p["c"], dt, self.alpha, y0, z0, backend=self.backend)
-        return _scan_padded(x, p["weight_hh"], p["c"], dt, self.alpha, y0, z0, lengths, self.backend)
+    def dropout_masks(self, B: int, device, dtype) -> list[Tensor | None]:
+        """One over-time dropout mask (B, M) per layer, scaled by 1/(1-p); None where no dropout applies
+        (the top layer, evaluation mode, p = 0)."""
+        masks: list[Tensor | None] = [None] * self.num_layers
+        if self.training and self.dropout > 0.0:
+            keep = 1.0 - self.dropout
+            for k in range(self.num_layers - 1):
+                shape = (B, self.hidden_size)
+                masks[k] = torch.empty(shape, device=device, dtype=dtype).bernoulli_(keep) / keep
+        return masks
+
+    def run_stack(
+        self,
+        u: Tensor,
+        y0: list[Tensor | None],
+        z0: list[Tensor | None],
+        lengths: Tensor | None,
+        masks: list[Tensor | None],
+        params: list[dict[str, Tensor | None]] | None = None,
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """All layers over one stretch of time: the single place where the stack is computed.
+
+        Args:
+            u: (T, B, input_size) time-major input.
+            y0, z0: per layer, (B, M) state at the stretch's start or None for zeros.
+            lengths: (B,) int64 on CPU, each sequence's number of valid steps within the stretch (0..T),
+                or None when all T steps are valid.
+            masks: per layer, the (B, M) dropout mask applied to its output, or None.
+            params: per layer, the parameters by role (default: this module's, see ``layer_parameters``).
+
+        Returns:
+            top layer's y (T, B, M), and per layer y_T and z_T (B, M).
+        """
+        if params is None:
+            params = [self.layer_parameters(k) for k in range(self.num_layers)]
+        sequences = [u]  # [u, y^1, ..., y^L] after dropout, for the residual connections
+        y_last, z_last = [], []
+        for k in range(self.num_layers):
+            p = params[k]
+            x = F.linear(sequences[-1], p["weight_ih"], p["bias_ih"])
+            source = self.skip_source(k)
+            if source is not None:
+                x = x + F.linear(sequences[source], p["weight_skip"])
+            args = (p["weight_hh"], p["c"], self.dt[k], self.alpha, y0[k], z0[k])
+            if lengths is None:
+                y, yN, zN = unicornn_scan(x, *args, backend=self.backend)
+            else:
+                y, yN, zN = _scan_padded(x, *args, lengths, self.backend)
+            y_last.append(yN)
+            z_last.append(zN)
+            if masks[k] is not None:
+                y = y * masks[k].to(y.dtype)
+            sequences.append(y)
+        return sequences[-1], y_last, z_last
 
     def forward(
         self,
         input: Tensor,
         state: tuple[Tensor, Tensor] | None = None,
         lengths: Tensor | Sequence[int] | None = None,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Run the stack. See the class docstring for shapes. Returns ``(output, (y_n, z_n))``."""
+        return_sequence: bool = True,
+    ) -> tuple[Tensor | None, tuple[Tensor, Tensor]]:
+        """Run the stack. See the class docstring for shapes. Returns ``(output, (y_n, z_n))``.
+
+        With ``return_sequence=False`` the output sequence is not returned (``output`` is None): in
+        ``memory="lean"`` mode this keeps training memory independent of the sequence length.
+        """
         y0, z0, lengths = self._check_inputs(input, state, lengths)
         u = input.transpose(0, 1) if self.batch_first else input
-        sequences = [u]  # [u, y^1, ..., y^L] after dropout, for the residual connections
-        y_last, z_last = [], []
-        below = u
-        for k in range(self.num_layers):
-            p = self.layer_parameters(k)
-            x = F.linear(below, p["weight_ih"], p["bias_ih"])
-            source = self.skip_source(k)
-            if source is not None:
-                x = x + F.linear(sequences[source], p["weight_skip"])
-            y, yN, zN = self._scan(
-                k, x, None if y0 is None else y0[k], None if z0 is None else z0[k], lengths
+        masks = self.dropout_masks(u.shape[1], u.device, self.layer_parameters(0)["weight_ih"].dtype)
+        if self.memory == "lean":
+            output, y_n, z_n = lean_stack(
+                self, u, y0, z0, lengths, masks, self.checkpoint_every, return_sequence
             )
-            y_last.append(yN)
-            z_last.append(zN)
-            if k < self.num_layers - 1:
-                y = dropout_over_time(y, self.dropout, self.training)
-            sequences.append(y)
-            below = y
-        output = below.transpose(0, 1) if self.batch_first else below
-        return output, (torch.stack(y_last), torch.stack(z_last))
+        else:
+            L = self.num_layers
+            y0s = [None] * L if y0 is None else list(y0.unbind(0))
+            z0s = [None] * L if z0 is None else list(z0.unbind(0))
+            output, ys, zs = self.run_stack(u, y0s, z0s, lengths, masks)
+            y_n, z_n = torch.stack(ys), torch.stack(zs)
+            if not return_sequence:
+                output = None
+        if output is not None and self.batch_first:
+            output = output.transpose(0, 1)
+        return output, (y_n, z_n)
 
 
 def _scan_padded(x, weight_hh, c, dt, alpha, y0, z0, lengths, backend):
@@ -281,16 +342,20 @@ def _scan_padded(x, weight_hh, c, dt, alpha, y0, z0, lengths, backend):
 
     The batch is cut at each distinct length: every segment runs only the sequences still active, so padding
     never enters a computation, and each sequence's final state is taken at its own last step. Costs one
-    scan per distinct length. x: (N, B, M); lengths: (B,) int64 on CPU. Returns y (N, B, M) zero past each
-    length, and y_n, z_n (B, M).
+    scan per distinct length. x: (N, B, M); lengths: (B,) int64 on CPU in [0, N] (0: the state passes
+    through unchanged). Returns y (N, B, M) zero past each length, and y_n, z_n (B, M).
     """
     N, B, M = x.shape
+    if int(lengths.min()) >= N:
+        return unicornn_scan(x, weight_hh, c, dt, alpha, y0, z0, backend=backend)
     device = x.device
     yc = x.new_zeros(B, M) if y0 is None else y0.to(x.dtype)
     zc = x.new_zeros(B, M) if z0 is None else z0.to(x.dtype)
     pieces = []
     start = 0
     for end in torch.unique(lengths).tolist():
+        if end == 0:
+            continue  # sequences that already ended: their state passes through
         active = torch.nonzero(lengths >= end).flatten().to(device)
         y_seg, yN, zN = unicornn_scan(
             x[start:end].index_select(1, active), weight_hh, c, dt, alpha,

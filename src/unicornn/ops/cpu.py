@@ -1,0 +1,361 @@
+"""Fused CPU kernels for the UnICORNN recurrence (numba).
+
+Importing this module registers the kernel pair ``"cpu"`` with :func:`unicornn.ops.autograd.register_kernels`;
+it raises :class:`ImportError` when numba is missing, so ``backend="auto"`` falls back to the reference loop.
+The kernels follow :func:`~unicornn.ops.reference.scan_forward_loop` and
+:func:`~unicornn.ops.reference.scan_backward_loop`: the forward pass runs all N steps in one pass per unit and
+stores ``y``; the backward pass runs once from n = N down to 1, reads the stored ``y`` and rebuilds ``z`` by
+the inverse recurrence (paper eq. 7). Nothing per step is stored besides ``y``.
+
+Precision. Tensors are read and written in the compute dtype (float32 or float64; fp16/bf16 inputs are
+converted to float32 around the kernels and ``y``/``grad_x`` are returned in the input dtype), but the
+per-unit state -- y, z, the adjoints and the running sums for ``grad_w``/``grad_c`` -- is held in float64
+registers for every dtype. For float32 this costs little (the loop is bound by memory traffic and by tanh,
+which is evaluated in float64 anyway, see below) and removes the accumulation of float32 rounding over long
+sequences: the float32 results carry essentially only the rounding of the stored values, which is well inside
+the DESIGN.md section 2 contract (1.5x the error of float32 autograd) even at N = 17,984.
+
+tanh. float32 kernels use :func:`_tanh_rational`, ``t * P(t^2) / Q(t^2)`` with P, Q of degree 5, fitted for
+this project to tanh on [0, 9.5] (linearised weighted least squares of the relative error with Lawson
+reweighting; relative fit error 7e-11) and evaluated in float64 with inputs clamped to [-9.5, 9.5] (beyond,
+float32 tanh rounds to +-1). It is branch-free, so the loop vectorises, and rounded to float32 it is within
+0.502 ulp of the exact tanh over the float32 range (tested). float64 kernels call libm's ``tanh``: full
+accuracy, not vectorised; the float64 path is for verification and gradcheck rather than speed.
+
+Layout and vectorisation. ``x`` is (N, B, M) contiguous, i.e. (N, U) with U = B*M independent units. The units
+are cut into contiguous ranges, one per thread, and each range into blocks of at most ``_BLOCK`` units whose
+state lives in small local arrays. For every time step the innermost loop runs over the units of a block, so
+each step reads and writes one contiguous slice of ``x``/``y`` and LLVM vectorises it (AVX2 / AVX-512 on x86).
+That needs ``error_model="numpy"`` (numba's default error model puts a zero-division branch around every
+``/``) and the branch-free tanh.
+
+Threads. The kernels are compiled ``nogil`` (not ``parallel=True``) and the unit ranges run on a small thread
+pool, one range per thread, ``torch.get_num_threads()`` threads (fewer for small problems, down to one). The
+units never interact, so this scales like numba's ``prange``; it needs no numba threading layer (safe to call
+from several Python threads and in forked processes), follows the thread count users already set for PyTorch,
+and compiles faster. The batch reductions of ``grad_w`` and ``grad_c`` run afterwards, sequentially over the
+batch in float64: results are bitwise independent of the number of threads.
+
+Why numba rather than a C++ extension: numba is already a runtime dependency, needs no compiler on the user's
+machine and has a cache that works for read-only installs, while a ``torch.utils.cpp_extension`` build needs a
+C++ toolchain at first use and tens of seconds of compilation. Both end up as the same vectorised loop over
+units, which already moves data at a rate the surrounding PyTorch ops cannot keep up with (measured in
+``benchmarks/cpu_speed.py`` and ``docs/cpu_backend.md``).
+
+JIT cache. Kernels are compiled lazily, per dtype, on first use, with numba's ``cache=True``. numba stores the
+cache next to this file (``__pycache__``) when that directory is writable, otherwise in the user-wide cache
+directory (``$NUMBA_CACHE_DIR`` if set, else ``~/.cache/numba``): a read-only install works and still caches
+(tested). If no location is writable the kernels are compiled without a cache. With an empty cache the first
+call compiles one dtype's forward and backward kernels in a few seconds; later processes load them from the
+cache.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+try:
+    import numba
+    import numpy as np
+    from numba.extending import overload
+except ImportError as err:  # pragma: no cover - exercised when numba is absent
+    raise ImportError(f"the fused CPU backend needs numba (pip install numba): {err}") from err
+
+import torch
+
+from .autograd import register_kernels
+
+__all__ = ["scan_forward", "scan_backward", "tanh32"]
+
+#: Units per block: the state of one block stays in L1 (7 float64 arrays of 256 at most: 14 KiB).
+_BLOCK = 256
+#: Ranges are multiples of this many units so threads never write the same cache line.
+_ALIGN = 16
+#: Below this many unit-steps a call runs on the calling thread only.
+_MIN_PARALLEL_WORK = 1 << 16
+
+# Rational approximation of tanh on [0, 9.5] (see the module docstring): tanh(t) ~ t * P(t^2) / Q(t^2).
+_P0 = 9.9999999993035593e-01
+_P1 = 1.4081561727843259e-01
+_P2 = 4.4024429364468475e-03
+_P3 = 4.1669202865660933e-05
+_P4 = 1.0772404926744526e-07
+_P5 = 3.4612724132084012e-11
+_Q1 = 4.7414894986905576e-01
+_Q2 = 2.9118760867499035e-02
+_Q3 = 4.9631579059614996e-04
+_Q4 = 2.5478097872233203e-06
+_Q5 = 2.8237988757305462e-09
+_CLAMP = 9.5
+
+
+def _jit(**options):
+    """``numba.njit`` with a cache when numba finds a writable location, without one otherwise."""
+
+    def wrap(fn):
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return numba.njit(cache=False, **options)(fn)
+
+    return wrap
+
+
+_FAST = {"nogil": True, "error_model": "numpy", "fastmath": {"contract"}}
+
+
+@_jit(inline="always", **_FAST)
+def _tanh_rational(a):
+    """tanh of a float64 to float32 accuracy (relative error 7e-11), branch-free and vectorisable."""
+    t = min(max(a, -_CLAMP), _CLAMP)
+    u = t * t
+    p = ((((_P5 * u + _P4) * u + _P3) * u + _P2) * u + _P1) * u + _P0
+    q = ((((_Q5 * u + _Q4) * u + _Q3) * u + _Q2) * u + _Q1) * u + 1.0
+    return t * p / q
+
+
+def _tanh(a, storage):  # pragma: no cover - only called from compiled code
+    """tanh of the float64 ``a`` as accurate as the dtype of ``storage`` needs (float32: rational)."""
+    return math.tanh(a)
+
+
+@overload(_tanh, inline="always")
+def _tanh_overload(a, storage):
+    if storage.dtype == numba.types.float32:
+        return lambda a, storage: _tanh_rational(a)
+    return lambda a, storage: math.tanh(a)
+
+
+@_jit(**_FAST)
+def _forward_range(x, w, s, alpha, y0, z0, y, yN, zN, u0, u1):
+    """Forward recurrence for units [u0, u1). x, y: (N, U); w, s: (M,); y0, z0, yN, zN: (U,)."""
+    N = x.shape[0]
+    M = w.shape[0]
+    yb = np.empty(_BLOCK, np.float64)
+    zb = np.empty(_BLOCK, np.float64)
+    wb = np.empty(_BLOCK, np.float64)
+    sb = np.empty(_BLOCK, np.float64)
+    for b0 in range(u0, u1, _BLOCK):
+        L = min(_BLOCK, u1 - b0)
+        for k in range(L):
+            j = (b0 + k) % M
+            yb[k] = y0[b0 + k]
+            zb[k] = z0[b0 + k]
+            wb[k] = w[j]
+            sb[k] = s[j]
+        for n in range(N):
+            xr = x[n, b0 : b0 + L]
+            yr = y[n, b0 : b0 + L]
+            for k in range(L):
+                yk = yb[k]
+                sk = sb[k]
+                zk = zb[k] - sk * (_tanh(wb[k] * yk + xr[k], x) + alpha * yk)
+                yk = yk + sk * zk
+                zb[k] = zk
+                yb[k] = yk
+                yr[k] = yk
+        for k in range(L):
+            yN[b0 + k] = yb[k]
+            zN[b0 + k] = zb[k]
+
+
+@_jit(**_FAST)
+def _backward_range(grad_y, grad_yN, grad_zN, x, y, w, s, alpha, y0, zN, gx, gy0, gz0, gw_u, ds_u, u0, u1):
+    """Appendix-B backward for units [u0, u1), z rebuilt by inversion from the stored y.
+
+    grad_y, x, y, gx: (N, U); w, s: (M,); grad_yN, grad_zN, y0, zN, gy0, gz0: (U,);
+    gw_u, ds_u: (U,) float64 per-unit sums over time of dL/dw and dL/ds (reduced over the batch later).
+    """
+    N = x.shape[0]
+    M = w.shape[0]
+    gyb = np.empty(_BLOCK, np.float64)
+    gzb = np.empty(_BLOCK, np.float64)
+    zb = np.empty(_BLOCK, np.float64)
+    wb = np.empty(_BLOCK, np.float64)
+    sb = np.empty(_BLOCK, np.float64)
+    gwb = np.empty(_BLOCK, np.float64)
+    dsb = np.empty(_BLOCK, np.float64)
+    for b0 in range(u0, u1, _BLOCK):
+        L = min(_BLOCK, u1 - b0)
+        for k in range(L):
+            j = (b0 + k) % M
+            gyb[k] = grad_yN[b0 + k]
+            gzb[k] = grad_zN[b0 + k]
+            zb[k] = zN[b0 + k]
+            wb[k] = w[j]
+            sb[k] = s[j]
+            gwb[k] = 0
+            dsb[k] = 0
+        for n in range(N - 1, -1, -1):
+            xr = x[n, b0 : b0 + L]
+            gyr = grad_y[n, b0 : b0 + L]
+            gxr = gx[n, b0 : b0 + L]
+            ypr = y[n - 1, b0 : b0 + L] if n > 0 else y0[b0 : b0 + L]
+            for k in range(L):
+                sk = sb[k]
+                yp = ypr[k]
+                g_y = gyb[k] + gyr[k]
+                th = _tanh(wb[k] * yp + xr[k], x)
+                force = th + alpha * yp
+                g = gzb[k] + sk * g_y
+                dsb[k] += g_y * zb[k] - g * force
+                gxk = -g * sk * (1.0 - th * th)
+                gxr[k] = gxk
+                gwb[k] += gxk * yp
+                gyb[k] = g_y + gxk * wb[k] - g * sk * alpha
+                gzb[k] = g
+                zb[k] = zb[k] + sk * force
+        for k in range(L):
+            gy0[b0 + k] = gyb[k]
+            gz0[b0 + k] = gzb[k]
+            gw_u[b0 + k] = gwb[k]
+            ds_u[b0 + k] = dsb[k]
+
+
+@_jit(**_FAST)
+def _batch_sum(a, M):
+    """(B*M,) float64 -> (M,) float64, summed over the batch in a fixed order."""
+    out = np.zeros(M, np.float64)
+    for i in range(a.shape[0]):
+        out[i % M] += a[i]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Threads
+# ----------------------------------------------------------------------------------------------------------
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
+_POOL_PID = 0
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    global _POOL, _POOL_SIZE, _POOL_PID
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_SIZE < workers or _POOL_PID != os.getpid():
+            # A pool inherited through fork has no live threads: start a new one (never reuse it).
+            old = _POOL if _POOL_PID == os.getpid() else None
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unicornn-cpu")
+            _POOL_SIZE, _POOL_PID = workers, os.getpid()
+            if old is not None:
+                old.shutdown(wait=False)
+        return _POOL
+
+
+def _ranges(U: int, N: int) -> list[tuple[int, int]]:
+    """Split units [0, U) into contiguous ranges, one per thread, aligned to ``_ALIGN`` units."""
+    threads = max(1, torch.get_num_threads())
+    if U * N < _MIN_PARALLEL_WORK:
+        threads = 1
+    threads = min(threads, max(1, U // _ALIGN))
+    per = -(-U // threads)
+    per = -(-per // _ALIGN) * _ALIGN
+    return [(a, min(a + per, U)) for a in range(0, U, per)]
+
+
+def _run(kernel, args, U: int, N: int) -> None:
+    ranges = _ranges(U, N)
+    if len(ranges) == 1:
+        kernel(*args, 0, U)
+        return
+    pool = _pool(len(ranges) - 1)
+    futures = [pool.submit(kernel, *args, a, b) for a, b in ranges[1:]]
+    kernel(*args, *ranges[0])
+    for f in futures:
+        f.result()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Kernel pair
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _np(t: torch.Tensor, shape=None) -> np.ndarray:
+    a = t.detach().contiguous().numpy()
+    return a if shape is None else a.reshape(shape)
+
+
+def scan_forward(x, weight_hh, c, y0, z0, dt, alpha):
+    """Fused forward pass: x (N, B, M); weight_hh, c (M,); y0, z0 (B, M) -> y (N, B, M), y_N, z_N (B, M).
+
+    ``y`` has x's dtype; the states have the compute dtype (``y0.dtype``: float32 or float64).
+    """
+    cd = y0.dtype
+    if cd not in (torch.float32, torch.float64):
+        raise TypeError(f"the CPU backend computes in float32 or float64, got states of dtype {cd}")
+    N, B, M = x.shape
+    U = B * M
+    xc = x.to(cd)
+    s = dt * torch.sigmoid(c.to(cd))
+    y = torch.empty((N, B, M), dtype=cd)
+    yN = torch.empty((B, M), dtype=cd)
+    zN = torch.empty((B, M), dtype=cd)
+    args = (_np(xc, (N, U)), _np(weight_hh.to(cd)), _np(s), float(alpha), _np(y0, U), _np(z0, U))
+    args += (y.numpy().reshape(N, U), yN.numpy().reshape(U), zN.numpy().reshape(U))
+    _run(_forward_range, args, U, N)
+    return y.to(x.dtype), yN, zN
+
+
+def scan_backward(grad_y, grad_yN, grad_zN, x, y, weight_hh, c, y0, zN, dt, alpha):
+    """Fused backward pass (Appendix B, z rebuilt by inversion from the stored ``y``).
+
+    Shapes as in :func:`~unicornn.ops.reference.scan_backward_loop`. Returns grad_x (N, B, M) in x's dtype and
+    grad_weight_hh, grad_c (M,), grad_y0, grad_z0 (B, M) in the compute dtype.
+    """
+    cd = y0.dtype
+    if cd not in (torch.float32, torch.float64):
+        raise TypeError(f"the CPU backend computes in float32 or float64, got states of dtype {cd}")
+    N, B, M = x.shape
+    U = B * M
+    c = c.to(cd)
+    sig = torch.sigmoid(c)
+    s = dt * sig
+    gx = torch.empty((N, B, M), dtype=cd)
+    gy0 = torch.empty((B, M), dtype=cd)
+    gz0 = torch.empty((B, M), dtype=cd)
+    gw_u = np.empty(U, np.float64)
+    ds_u = np.empty(U, np.float64)
+    args = (
+        _np(grad_y.to(cd), (N, U)),
+        _np(grad_yN.to(cd), U),
+        _np(grad_zN.to(cd), U),
+        _np(x.to(cd), (N, U)),
+        _np(y.to(cd), (N, U)),
+        _np(weight_hh.to(cd)),
+        _np(s),
+        float(alpha),
+        _np(y0, U),
+        _np(zN.to(cd), U),
+        gx.numpy().reshape(N, U),
+        gy0.numpy().reshape(U),
+        gz0.numpy().reshape(U),
+        gw_u,
+        ds_u,
+    )
+    _run(_backward_range, args, U, N)
+    grad_w = torch.from_numpy(_batch_sum(gw_u, M)).to(cd)
+    ds = torch.from_numpy(_batch_sum(ds_u, M)).to(cd)
+    grad_c = ds * dt * sig * (1.0 - sig)
+    return gx.to(x.dtype), grad_w, grad_c, gy0, gz0
+
+
+def tanh32(a: np.ndarray) -> np.ndarray:
+    """The kernels' float32 tanh applied elementwise to a float32 array (for tests and inspection)."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return _tanh32_array(a.reshape(-1)).reshape(a.shape)
+
+
+@_jit(**_FAST)
+def _tanh32_array(a):
+    out = np.empty_like(a)
+    for i in range(a.shape[0]):
+        out[i] = _tanh_rational(np.float64(a[i]))
+    return out
+
+
+register_kernels("cpu", scan_forward, scan_backward)
