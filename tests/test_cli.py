@@ -43,6 +43,7 @@ def run(capsys, *argv):
         (["train", "imdb"], "data pipeline of task 'imdb' is not implemented yet"),
         (["train", "adding", "--set", "dt=2.0"], "'dt' must be in (0, 1]"),
         (["train", "adding", "--runs", "0"], "--runs must be >= 1"),
+        (["train", "adding", "--threads", "0"], "--threads must be >= 1"),
         (["report", "does/not/exist"], "does not exist"),
         (["eval", "does/not/exist.pt"], "does not exist"),
     ],

@@ -136,6 +136,12 @@ def _cmd_train(args) -> int:
     if args.runs < 1:
         raise CLIError(f"--runs must be >= 1, got {args.runs}")
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CLIError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         ctx = init_distributed(args.device)
     except ValueError as err:
