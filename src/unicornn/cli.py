@@ -387,6 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--quiet", action="store_true", help="no progress bars: one plain line per epoch (for log files)"
     )
     tr.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for PyTorch's own operations (default: PyTorch's choice); 1 is often fastest for "
+        "small models or on a busy machine",
+    )
+    tr.add_argument(
         "--no-tensorboard",
         action="store_true",
         help="do not write TensorBoard events (metrics.jsonl is always written)",
