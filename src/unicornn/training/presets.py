@@ -327,7 +327,9 @@ _PRESET_LIST: list[Preset] = [
     _p(
         "lorenz96",
         "small",
-        "this package: CPU-sized Lorenz-96 run (F = 0.9, 32 units)",
+        "this package: CPU-sized Lorenz-96 run (F = 0.9, 2 x 32 units, 100 epochs with lr/10 after 70); "
+        "about 2 minutes on 2 CPU cores, test NRMSE ~0.7 (the paper's 90-unit model reaches 2.2e-2 after "
+        "500 epochs)",
         dict(
             hidden_size=32,
             num_layers=2,
@@ -337,7 +339,8 @@ _PRESET_LIST: list[Preset] = [
             dt=0.1,
             alpha=1.0,
             eval_batch_size=128,
-            epochs=5,
+            epochs=100,
+            lr_reduce_epoch=70,
         ),
         task_options={"F": 0.9},
     ),
