@@ -344,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a task with a preset (the paper's hyper-parameters or a small CPU run)",
         description="Train TASK for --runs seeds into OUT/TASK/seed-K/ (config.json, metrics.jsonl, "
         "checkpoint.pt written every epoch, best.pt, result.json, tensorboard/). Model selection uses the "
-        "validation split; the reported test metric is the one at the best validation epoch.",
+        "validation split; the reported test metric is the one at the best validation epoch. Under "
+        "`torchrun --nproc_per_node=K -m unicornn train ...` the run uses DistributedDataParallel (NCCL on GPUs, "
+        "gloo on CPUs); batch_size stays the global batch and only rank 0 writes files (across nodes, put --out "
+        "on a shared filesystem so that --resume finds the checkpoint everywhere).",
         epilog=_settings_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

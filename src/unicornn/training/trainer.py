@@ -13,7 +13,9 @@ One call of :func:`train_run` trains one seed into one run directory::
 
 Under ``torchrun`` every process calls :func:`train_run`; the model is wrapped in DistributedDataParallel,
 the training set is split by a DistributedSampler (the configured batch size is the global one), metrics
-are summed over processes, and only rank 0 writes files and prints.
+are summed over processes, and only rank 0 writes files and prints. Every process reads the run directory
+(to resume), so across nodes it must be on a shared filesystem. The training set is split exactly when its size
+is a multiple of the number of processes (otherwise DistributedSampler repeats a few items to even it out).
 """
 
 from __future__ import annotations
