@@ -75,7 +75,8 @@ class UnICORNN(nn.Module):
         - input: (N, B, input_size), or (B, N, input_size) with ``batch_first``.
         - state: optional pair ``(y_0, z_0)``, each (L, B, M); zeros when omitted.
         - lengths: optional (B,) integers in [1, N] for right-padded batches.
-        - output: the top layer's ``y_1..y_N``, (N, B, M) or (B, N, M); zero past each sequence's length.
+        - output: the top layer's ``y_1..y_N``, (N, B, M) or (B, N, M); zero past each sequence's length;
+          None when ``forward(..., return_sequence=False)``.
         - ``(y_n, z_n)``: each (L, B, M), every layer's state at each sequence's own last step.
 
     Parameters of layer ``k`` (0-based): ``weight_ih_l{k}`` (M, in), ``bias_ih_l{k}`` (M,),
