@@ -1,0 +1,72 @@
+"""SequenceModel: shapes, read-outs, head initialisation, over-time dropout on the top layer."""
+
+import pytest
+import torch
+
+from unicornn.models import SequenceModel
+
+
+def make(readout="last", dropout=0.0, **kw):
+    args = dict(
+        input_size=3,
+        output_size=4,
+        hidden_size=16,
+        num_layers=2,
+        dt=0.1,
+        alpha=1.0,
+        dropout=dropout,
+        readout=readout,
+        backend="reference",
+    )
+    args.update(kw)
+    return SequenceModel(**args)
+
+
+def test_shapes():
+    torch.manual_seed(0)
+    x = torch.randn(5, 7, 3)
+    assert make("last")(x).shape == (5, 4)
+    assert make("all")(x).shape == (5, 7, 4)
+    assert make("last", dt=[0.01, 0.2])(x).shape == (5, 4)
+
+
+def test_last_readout_uses_top_layer_final_state():
+    torch.manual_seed(0)
+    m = make("last").eval()
+    x = torch.randn(2, 6, 3)
+    out, (yN, _) = m.rnn(x.transpose(0, 1))
+    torch.testing.assert_close(m(x), m.head(yN[-1]))
+    torch.testing.assert_close(m(x), m.head(out[-1]))
+
+
+def test_head_initialisation():
+    torch.manual_seed(0)
+    m = make(hidden_size=256, output_size=64)
+    assert torch.count_nonzero(m.head.bias) == 0
+    # Kaiming normal (fan_in, gain sqrt(2)): std = sqrt(2 / 256)
+    assert m.head.weight.std().item() == pytest.approx((2 / 256) ** 0.5, rel=0.05)
+
+
+def test_top_layer_dropout_is_over_time():
+    torch.manual_seed(0)
+    m = make("all", dropout=0.5).train()
+    seen = {}
+    m.head.register_forward_hook(lambda mod, inp, out: seen.setdefault("x", inp[0]))
+    m(torch.randn(4, 9, 3))
+    h = seen["x"]  # (N, B, M) input of the head
+    zero = h == 0
+    assert zero.any() and not zero.all()
+    assert torch.equal(zero, zero[:1].expand_as(zero))  # the same units dropped at every step
+    m.eval()
+    seen.clear()
+    m(torch.randn(4, 9, 3))
+    assert not (seen["x"] == 0).any()
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="readout"):
+        make("first")
+    with pytest.raises(ValueError, match="dropout"):
+        make(dropout=1.0)
+    with pytest.raises(ValueError, match=r"\(B, N, d\)"):
+        make()(torch.randn(4, 3))
