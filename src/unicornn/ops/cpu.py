@@ -107,7 +107,7 @@ def _jit(**options):
 _FAST = {"nogil": True, "error_model": "numpy", "fastmath": {"contract"}}
 
 
-@_jit(inline="always", **_FAST)
+@_jit(**_FAST)
 def _tanh_rational(a):
     """tanh of a float64 to float32 accuracy (relative error 7e-11), branch-free and vectorisable."""
     t = min(max(a, -_CLAMP), _CLAMP)
@@ -122,7 +122,7 @@ def _tanh(a, storage):  # pragma: no cover - only called from compiled code
     return math.tanh(a)
 
 
-@overload(_tanh, inline="always")
+@overload(_tanh)
 def _tanh_overload(a, storage):
     if storage.dtype == numba.types.float32:
         return lambda a, storage: _tanh_rational(a)
@@ -213,15 +213,6 @@ def _backward_range(grad_y, grad_yN, grad_zN, x, y, w, s, alpha, y0, zN, gx, gy0
             gz0[b0 + k] = gzb[k]
             gw_u[b0 + k] = gwb[k]
             ds_u[b0 + k] = dsb[k]
-
-
-@_jit(**_FAST)
-def _batch_sum(a, M):
-    """(B*M,) float64 -> (M,) float64, summed over the batch in a fixed order."""
-    out = np.zeros(M, np.float64)
-    for i in range(a.shape[0]):
-        out[i % M] += a[i]
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -338,8 +329,9 @@ def scan_backward(grad_y, grad_yN, grad_zN, x, y, weight_hh, c, y0, zN, dt, alph
         ds_u,
     )
     _run(_backward_range, args, U, N)
-    grad_w = torch.from_numpy(_batch_sum(gw_u, M)).to(cd)
-    ds = torch.from_numpy(_batch_sum(ds_u, M)).to(cd)
+    # Sums over the batch: numpy, single-threaded, in float64 -- a fixed order, whatever the thread count.
+    grad_w = torch.from_numpy(gw_u.reshape(B, M).sum(axis=0)).to(cd)
+    ds = torch.from_numpy(ds_u.reshape(B, M).sum(axis=0)).to(cd)
     grad_c = ds * dt * sig * (1.0 - sig)
     return gx.to(x.dtype), grad_w, grad_c, gy0, gz0
 
