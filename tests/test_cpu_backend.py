@@ -254,7 +254,19 @@ def _loss_and_grads(model, u):
     return out.detach(), [p.grad.clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+# Inductor generates and compiles C++ for the surrounding ops, which takes minutes on a small CI machine; the
+# op itself is opaque to it, so aot_eager with fullgraph=True checks the same capture. Set
+# UNICORNN_TEST_INDUCTOR=1 to run the inductor case too.
+_INDUCTOR = pytest.param(
+    "inductor",
+    marks=pytest.mark.skipif(
+        os.environ.get("UNICORNN_TEST_INDUCTOR") != "1",
+        reason="slow C++ compile; set UNICORNN_TEST_INDUCTOR=1",
+    ),
+)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", _INDUCTOR])
 def test_torch_compile_matches_eager(backend):
     torch.manual_seed(0)
     model = _Tiny().double()
