@@ -265,7 +265,8 @@ def unicornn_scan(
 
     Returns:
         ``(y, y_N, z_N)``: y (N, B, M) holds y_1..y_N; y_N and z_N are (B, M). Differentiable in x,
-        weight_hh, c, y0 and z0. float16/bfloat16 inputs are computed in float32 and returned in x's dtype.
+        weight_hh, c, y0 and z0. float16/bfloat16 inputs are computed in float32: y has x's dtype, the final
+        states stay in float32 (so that carrying them loses nothing).
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
@@ -295,11 +296,10 @@ def unicornn_scan(
 
     if name == "reference":
         y, yN, zN = scan_reference(x.to(compute), weight_hh, c, dt, alpha, y0, z0)
-        return y.to(x.dtype), yN.to(x.dtype), zN.to(x.dtype)
+        return y.to(x.dtype), yN, zN
     if N == 0:
-        return x.new_zeros(x.shape), y0.to(x.dtype), z0.to(x.dtype)
-    y, yN, zN = _scan_op(x.contiguous(), weight_hh, c, y0.contiguous(), z0.contiguous(), dt, alpha, name)
-    return y, yN.to(x.dtype), zN.to(x.dtype)
+        return x.new_zeros(x.shape), y0.clone(), z0.clone()
+    return _scan_op(x.contiguous(), weight_hh, c, y0.contiguous(), z0.contiguous(), dt, alpha, name)
 
 
 def _fused_scan(x, weight_hh, c, y0, z0, dt, alpha, kernels: str):

@@ -1,0 +1,370 @@
+"""``UnICORNN``: a stack of UnICORNN layers with the interface of :class:`torch.nn.LSTM`.
+
+Layer ``l`` (1-based) maps the sequence below it, ``y^{l-1}`` (``y^0`` = the input ``u``), to its own:
+
+    x^l_n = V^l y^{l-1}_n + b^l  (+ Lambda^l y^{l-S-1}_n for residual stacking, l > S)
+    z^l_n = z^l_{n-1} - s^l * (tanh(w^l * y^l_{n-1} + x^l_n) + alpha * y^l_{n-1})
+    y^l_n = y^l_{n-1} + s^l * z^l_n,        s^l = dt_l * sigmoid(c^l)
+
+The projection is one matmul over all steps; the recurrence runs through :func:`unicornn.unicornn_scan`.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .lean import lean_stack
+from .ops.autograd import BACKENDS, check_alpha, check_dt, unicornn_scan
+
+__all__ = ["UnICORNN", "dropout_over_time"]
+
+
+def dropout_over_time(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """Variational dropout: one Bernoulli mask per sequence and unit, shared by every time step.
+
+    Args:
+        x: (N, B, M) time-major sequence.
+        p: drop probability in [0, 1).
+        training: apply only when True.
+
+    Returns:
+        (N, B, M): ``x * mask / (1 - p)`` with ``mask`` of shape (B, M) broadcast over time.
+    """
+    if not training or p == 0.0:
+        return x
+    keep = 1.0 - p
+    mask = torch.empty(x.shape[1:], device=x.device, dtype=x.dtype).bernoulli_(keep) / keep
+    return x * mask
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+class UnICORNN(nn.Module):
+    r"""Multi-layer UnICORNN (Rusch & Mishra, ICML 2021), a drop-in for :class:`torch.nn.LSTM`.
+
+    Args:
+        input_size: features of the input ``u_n``.
+        hidden_size: units ``M`` per layer.
+        num_layers: stacked layers ``L``.
+        dt: nominal time step in (0, 1]; one float for all layers or a sequence of ``num_layers`` floats
+            (the paper's IMDB and EigenWorms runs give layer 1 its own ``dt``).
+        alpha: restoring-force coefficient >= 0, shared by all layers.
+        dropout: over-time (variational) dropout on each layer's output except the last, in [0, 1).
+        batch_first: input and output are (B, N, *) instead of (N, B, *).
+        bias: learn the projection bias ``b``.
+        residual_skip: ``S`` in [2, num_layers) for the residual stacking of the paper's Appendix C.5
+            (layer ``l > S`` also receives ``Lambda^l y^{l-S-1}``), or None.
+        backend: ``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"`` (see :func:`unicornn.unicornn_scan`).
+        memory: ``"standard"`` (autograd keeps every layer's sequences) or ``"lean"`` (training keeps only the
+            input, the dropout masks and every layer's state every ``checkpoint_every`` steps, and recomputes
+            the rest chunk by chunk in the backward pass; see :mod:`unicornn.lean`).
+        checkpoint_every: chunk length ``K`` of the lean mode.
+
+    Shapes (``N`` steps, ``B`` batch, ``M`` = hidden_size, ``L`` = num_layers):
+        - input: (N, B, input_size), or (B, N, input_size) with ``batch_first``.
+        - state: optional pair ``(y_0, z_0)``, each (L, B, M); zeros when omitted.
+        - lengths: optional (B,) integers in [1, N] for right-padded batches.
+        - output: the top layer's ``y_1..y_N``, (N, B, M) or (B, N, M); zero past each sequence's length.
+        - ``(y_n, z_n)``: each (L, B, M), every layer's state at each sequence's own last step.
+
+    Parameters of layer ``k`` (0-based): ``weight_ih_l{k}`` (M, in), ``bias_ih_l{k}`` (M,),
+    ``weight_hh_l{k}`` (M,) (the paper's ``w``), ``c_l{k}`` (M,), and for residual layers
+    ``weight_skip_l{k}`` (M, width of ``y^{k-S}``).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        dt: float | Sequence[float] = 0.1,
+        alpha: float = 0.0,
+        dropout: float = 0.0,
+        batch_first: bool = False,
+        bias: bool = True,
+        residual_skip: int | None = None,
+        backend: str = "auto",
+        memory: str = "standard",
+        checkpoint_every: int = 1024,
+    ) -> None:
+        super().__init__()
+        self.input_size = _check_int("input_size", input_size, 1)
+        self.hidden_size = _check_int("hidden_size", hidden_size, 1)
+        self.num_layers = _check_int("num_layers", num_layers, 1)
+        if isinstance(dt, (numbers.Real, Tensor)) and not isinstance(dt, bool):
+            dts = [dt] * self.num_layers
+        elif isinstance(dt, Sequence) and not isinstance(dt, str):
+            if len(dt) != self.num_layers:
+                raise ValueError(
+                    f"dt must be one float or {self.num_layers} floats (one per layer), got {len(dt)}"
+                )
+            dts = list(dt)
+        else:
+            raise TypeError(f"dt must be a float or a sequence of floats, got {type(dt).__name__}")
+        self.dt = tuple(check_dt(float(d) if isinstance(d, Tensor) else d, "dt") for d in dts)
+        self.alpha = check_alpha(alpha)
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
+        self.batch_first = bool(batch_first)
+        self.bias = bool(bias)
+        if residual_skip is not None:
+            if isinstance(residual_skip, bool) or not isinstance(residual_skip, numbers.Integral):
+                raise TypeError(f"residual_skip must be an int or None, got {type(residual_skip).__name__}")
+            if not 2 <= residual_skip < self.num_layers:
+                raise ValueError(
+                    f"residual_skip must be in [2, num_layers) = [2, {self.num_layers}) or None, "
+                    f"got {residual_skip}"
+                )
+            residual_skip = int(residual_skip)
+        self.residual_skip = residual_skip
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
+        if memory not in ("standard", "lean"):
+            raise ValueError(f"memory must be 'standard' or 'lean', got {memory!r}")
+        self.memory = memory
+        self.checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1)
+
+        M = self.hidden_size
+        for k in range(self.num_layers):
+            width = self.input_size if k == 0 else M
+            self.register_parameter(f"weight_ih_l{k}", nn.Parameter(torch.empty(M, width)))
+            self.register_parameter(f"bias_ih_l{k}", nn.Parameter(torch.empty(M)) if self.bias else None)
+            self.register_parameter(f"weight_hh_l{k}", nn.Parameter(torch.empty(M)))
+            self.register_parameter(f"c_l{k}", nn.Parameter(torch.empty(M)))
+            source = self.skip_source(k)
+            if source is not None:
+                skip_width = self.input_size if source == 0 else M
+                self.register_parameter(f"weight_skip_l{k}", nn.Parameter(torch.empty(M, skip_width)))
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------------------------------
+    def skip_source(self, k: int) -> int | None:
+        """Index into ``[u, y^1, ..., y^L]`` of the sequence the residual connection feeds into layer ``k``
+        (0-based), or None. Layer ``l = k + 1 > S`` receives ``y^{l-S-1}``."""
+        S = self.residual_skip
+        if S is None or k + 1 <= S:
+            return None
+        return k - S
+
+    def layer_parameters(self, k: int) -> dict[str, Tensor | None]:
+        """Parameters of layer ``k`` (0-based) by role: weight_ih, bias_ih, weight_hh, c, weight_skip."""
+        return {
+            "weight_ih": getattr(self, f"weight_ih_l{k}"),
+            "bias_ih": getattr(self, f"bias_ih_l{k}"),
+            "weight_hh": getattr(self, f"weight_hh_l{k}"),
+            "c": getattr(self, f"c_l{k}"),
+            "weight_skip": getattr(self, f"weight_skip_l{k}", None),
+        }
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The paper's initialisation (Appendix A): ``V`` (and ``Lambda``) Kaiming-uniform with ``a=8``
+        (fan_in), biases 0, ``w ~ U(0, 1)``, ``c ~ U(-0.1, 0.1)``."""
+        for k in range(self.num_layers):
+            p = self.layer_parameters(k)
+            nn.init.kaiming_uniform_(p["weight_ih"], a=8)
+            if p["bias_ih"] is not None:
+                nn.init.zeros_(p["bias_ih"])
+            nn.init.uniform_(p["weight_hh"], 0.0, 1.0)
+            nn.init.uniform_(p["c"], -0.1, 0.1)
+            if p["weight_skip"] is not None:
+                nn.init.kaiming_uniform_(p["weight_skip"], a=8)
+
+    @torch.no_grad()
+    def effective_time_steps(self) -> Tensor:
+        """Per-unit effective time steps ``dt_l * sigmoid(c^l)`` (the paper's Fig. 5), shape (L, M)."""
+        return torch.stack(
+            [self.dt[k] * torch.sigmoid(self.layer_parameters(k)["c"]) for k in range(self.num_layers)]
+        )
+
+    def extra_repr(self) -> str:
+        dt = self.dt[0] if len(set(self.dt)) == 1 else list(self.dt)
+        s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, dt={dt}, alpha={self.alpha}"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if not self.bias:
+            s += ", bias=False"
+        if self.residual_skip is not None:
+            s += f", residual_skip={self.residual_skip}"
+        if self.memory != "standard":
+            s += f", memory={self.memory!r}, checkpoint_every={self.checkpoint_every}"
+        return s + f", backend={self.backend!r}"
+
+    # ------------------------------------------------------------------------------------------
+    def _check_inputs(self, input, state, lengths) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        if not isinstance(input, Tensor):
+            raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+        layout = "(B, N, input_size)" if self.batch_first else "(N, B, input_size)"
+        if input.dim() != 3:
+            raise ValueError(f"input must be 3-D {layout}, got shape {tuple(input.shape)}")
+        if input.shape[-1] != self.input_size:
+            raise ValueError(
+                f"input's last dimension must be input_size={self.input_size}, got {input.shape[-1]}"
+            )
+        B = input.shape[0] if self.batch_first else input.shape[1]
+        N = input.shape[1] if self.batch_first else input.shape[0]
+        expected = (self.num_layers, B, self.hidden_size)
+        y0 = z0 = None
+        if state is not None:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError(
+                    "state must be a pair (y_0, z_0) of tensors, each (num_layers, B, hidden_size)"
+                )
+            y0, z0 = state
+            for name, t in (("state[0] (y_0)", y0), ("state[1] (z_0)", z0)):
+                if not isinstance(t, Tensor):
+                    raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+                if tuple(t.shape) != expected:
+                    raise ValueError(
+                        f"{name} must have shape (num_layers, B, hidden_size) = {expected}, "
+                        f"got {tuple(t.shape)}"
+                    )
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths)
+            if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
+                raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
+            if tuple(lengths.shape) != (B,):
+                raise ValueError(f"lengths must have shape (B,) = ({B},), got {tuple(lengths.shape)}")
+            if B and (int(lengths.min()) < 1 or int(lengths.max()) > N):
+                raise ValueError(
+                    f"lengths must lie in [1, N] = [1, {N}], got min {int(lengths.min())}, "
+                    f"max {int(lengths.max())}"
+                )
+            lengths = lengths.to(device="cpu", dtype=torch.long)
+            if B and int(lengths.min()) == N:
+                lengths = None  # nothing is padded
+        return y0, z0, lengths
+
+    def dropout_masks(self, B: int, device, dtype) -> list[Tensor | None]:
+        """One over-time dropout mask (B, M) per layer, scaled by 1/(1-p); None where no dropout applies
+        (the top layer, evaluation mode, p = 0)."""
+        masks: list[Tensor | None] = [None] * self.num_layers
+        if self.training and self.dropout > 0.0:
+            keep = 1.0 - self.dropout
+            for k in range(self.num_layers - 1):
+                shape = (B, self.hidden_size)
+                masks[k] = torch.empty(shape, device=device, dtype=dtype).bernoulli_(keep) / keep
+        return masks
+
+    def run_stack(
+        self,
+        u: Tensor,
+        y0: list[Tensor | None],
+        z0: list[Tensor | None],
+        lengths: Tensor | None,
+        masks: list[Tensor | None],
+        params: list[dict[str, Tensor | None]] | None = None,
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """All layers over one stretch of time: the single place where the stack is computed.
+
+        Args:
+            u: (T, B, input_size) time-major input.
+            y0, z0: per layer, (B, M) state at the stretch's start or None for zeros.
+            lengths: (B,) int64 on CPU, each sequence's number of valid steps within the stretch (0..T),
+                or None when all T steps are valid.
+            masks: per layer, the (B, M) dropout mask applied to its output, or None.
+            params: per layer, the parameters by role (default: this module's, see ``layer_parameters``).
+
+        Returns:
+            top layer's y (T, B, M), and per layer y_T and z_T (B, M).
+        """
+        if params is None:
+            params = [self.layer_parameters(k) for k in range(self.num_layers)]
+        sequences = [u]  # [u, y^1, ..., y^L] after dropout, for the residual connections
+        y_last, z_last = [], []
+        for k in range(self.num_layers):
+            p = params[k]
+            x = F.linear(sequences[-1], p["weight_ih"], p["bias_ih"])
+            source = self.skip_source(k)
+            if source is not None:
+                x = x + F.linear(sequences[source], p["weight_skip"])
+            args = (p["weight_hh"], p["c"], self.dt[k], self.alpha, y0[k], z0[k])
+            if lengths is None:
+                y, yN, zN = unicornn_scan(x, *args, backend=self.backend)
+            else:
+                y, yN, zN = _scan_padded(x, *args, lengths, self.backend)
+            y_last.append(yN)
+            z_last.append(zN)
+            if masks[k] is not None:
+                y = y * masks[k].to(y.dtype)
+            sequences.append(y)
+        return sequences[-1], y_last, z_last
+
+    def forward(
+        self,
+        input: Tensor,
+        state: tuple[Tensor, Tensor] | None = None,
+        lengths: Tensor | Sequence[int] | None = None,
+        return_sequence: bool = True,
+    ) -> tuple[Tensor | None, tuple[Tensor, Tensor]]:
+        """Run the stack. See the class docstring for shapes. Returns ``(output, (y_n, z_n))``.
+
+        With ``return_sequence=False`` the output sequence is not returned (``output`` is None): in
+        ``memory="lean"`` mode this keeps training memory independent of the sequence length.
+        """
+        y0, z0, lengths = self._check_inputs(input, state, lengths)
+        u = input.transpose(0, 1) if self.batch_first else input
+        masks = self.dropout_masks(u.shape[1], u.device, self.layer_parameters(0)["weight_ih"].dtype)
+        if self.memory == "lean":
+            output, y_n, z_n = lean_stack(
+                self, u, y0, z0, lengths, masks, self.checkpoint_every, return_sequence
+            )
+        else:
+            L = self.num_layers
+            y0s = [None] * L if y0 is None else list(y0.unbind(0))
+            z0s = [None] * L if z0 is None else list(z0.unbind(0))
+            output, ys, zs = self.run_stack(u, y0s, z0s, lengths, masks)
+            y_n, z_n = torch.stack(ys), torch.stack(zs)
+            if not return_sequence:
+                output = None
+        if output is not None and self.batch_first:
+            output = output.transpose(0, 1)
+        return output, (y_n, z_n)
+
+
+def _scan_padded(x, weight_hh, c, dt, alpha, y0, z0, lengths, backend):
+    """Recurrence over a right-padded batch, exact per sequence.
+
+    The batch is cut at each distinct length: every segment runs only the sequences still active, so padding
+    never enters a computation, and each sequence's final state is taken at its own last step. Costs one
+    scan per distinct length. x: (N, B, M); lengths: (B,) int64 on CPU in [0, N] (0: the state passes
+    through unchanged). Returns y (N, B, M) zero past each length, and y_n, z_n (B, M).
+    """
+    N, B, M = x.shape
+    if int(lengths.min()) >= N:
+        return unicornn_scan(x, weight_hh, c, dt, alpha, y0, z0, backend=backend)
+    device = x.device
+    yc = x.new_zeros(B, M) if y0 is None else y0.to(x.dtype)
+    zc = x.new_zeros(B, M) if z0 is None else z0.to(x.dtype)
+    pieces = []
+    start = 0
+    for end in torch.unique(lengths).tolist():
+        if end == 0:
+            continue  # sequences that already ended: their state passes through
+        active = torch.nonzero(lengths >= end).flatten().to(device)
+        y_seg, yN, zN = unicornn_scan(
+            x[start:end].index_select(1, active), weight_hh, c, dt, alpha,
+            yc.index_select(0, active), zc.index_select(0, active), backend=backend,
+        )  # fmt: skip
+        pieces.append(x.new_zeros(end - start, B, M).index_copy(1, active, y_seg))
+        yc = yc.index_copy(0, active, yN)
+        zc = zc.index_copy(0, active, zN)
+        start = end
+    if start < N:
+        pieces.append(x.new_zeros(N - start, B, M))
+    return torch.cat(pieces), yc, zc

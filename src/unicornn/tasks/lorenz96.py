@@ -1,0 +1,181 @@
+"""Lorenz-96 one-step-ahead prediction (paper Appendix D; Lorenz, 1996).
+
+The system, with N = 5 variables and cyclic indices (x_{-1} = x_{N-1}, x_N = x_0, ...):
+
+    dx_j/dt = (x_{j+1} - x_{j-2}) x_{j-1} - x_j + F,        j = 0, ..., N-1.
+
+The paper uses F = 0.9 (just past the Hopf bifurcation of the equilibrium x_j = F at F ≈ 0.894 for N = 5,
+so trajectories are not chaotic) and F = 8 (chaotic); option ``F`` (default 8.0).
+
+Data generation (deterministic from the seed):
+
+* initial conditions x_j(0) ~ U(F - 0.5, F + 0.5), i.i.d.;
+* integrated in float64 with the classical fixed-step 4th-order Runge-Kutta method, step ``dt / SUBSTEPS``
+  (:data:`SUBSTEPS` = 4), sampled every ``dt`` (option, default 0.01 time units); the map from one sample
+  to the next is accurate to about 5e-8 for F = 8 (checked against a finer integration in the tests),
+  below the float32 resolution of the stored data;
+* the first ``burn_in`` samples (option, default 0: sequences start at the random initial condition) are
+  dropped; then ``length + 1`` samples x_0 ... x_length (option ``length``, default 2000) are kept;
+* one sequence pairs inputs x_0 ... x_{length-1} with targets x_1 ... x_length: float32 ``(length, 5)``
+  each, readout at every step, MSE loss.
+
+The paper gives 128 sequences of length 2000 per split (defaults of ``n_train`` / ``n_valid`` /
+``n_test``) but not its solver, step or initial-condition law; the ones above are this package's. Initial
+conditions come from ``numpy.random.default_rng([seed, stream])``: train (stream 0) and validation
+(stream 1) from the run seed, the test set (stream 2) always from :data:`TEST_SEED`.
+
+Metric (:func:`nrmse`): RMSE over every element of a split (all sequences, steps and variables) divided by
+the population standard deviation (ddof = 0) of that split's targets over the same elements:
+
+    NRMSE = sqrt(mean((pred - y)^2)) / sqrt(mean((y - mean(y))^2)).
+
+Accumulated over batches: with S = sum((pred - y)^2), s1 = sum(y), s2 = sum(y^2) and n elements,
+NRMSE = sqrt(S / n) / sqrt(s2 / n - (s1 / n)^2) (accumulate in float64).
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .base import Splits, TaskSpec, check_float, check_int, check_seed, resolve_options
+
+N_VARIABLES = 5
+SUBSTEPS = 4
+"""RK4 steps per sampling interval ``dt``."""
+TEST_SEED = 19960901
+"""Seed of the Lorenz-96 test set, independent of the run seed."""
+
+_TRAIN, _VALID, _TEST = 0, 1, 2
+
+
+@functools.lru_cache(maxsize=8)
+def _neighbours(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    j = np.arange(n)
+    return (j + 1) % n, (j - 2) % n, (j - 1) % n
+
+
+def _rhs_first_axis(x: np.ndarray, F: float) -> np.ndarray:
+    """Right-hand side for states laid out variables-first, ``(N, ...)``."""
+    plus1, minus2, minus1 = _neighbours(x.shape[0])
+    return (x[plus1] - x[minus2]) * x[minus1] - x + F
+
+
+def lorenz96_rhs(x: np.ndarray, F: float) -> np.ndarray:
+    """Right-hand side of Lorenz-96 for states ``x`` of shape ``(..., N)`` (cyclic in the last axis)."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.moveaxis(_rhs_first_axis(np.moveaxis(x, -1, 0), F), 0, -1)
+
+
+def integrate(x0: np.ndarray, F: float, dt: float, n_samples: int, substeps: int = SUBSTEPS) -> np.ndarray:
+    """Classical RK4 with step ``dt / substeps`` from ``x0`` ``(B, N)``, vectorised over the B sequences.
+
+    Returns float64 ``(B, n_samples, N)``: the states at times 0, dt, ..., (n_samples - 1) dt.
+    """
+    x = np.array(x0, dtype=np.float64).T.copy()  # (N, B): row gathers are cheap
+    h = dt / substeps
+    out = np.empty((n_samples,) + x.shape, dtype=np.float64)
+    out[0] = x
+    for n in range(1, n_samples):
+        for _ in range(substeps):
+            k1 = _rhs_first_axis(x, F)
+            k2 = _rhs_first_axis(x + (0.5 * h) * k1, F)
+            k3 = _rhs_first_axis(x + (0.5 * h) * k2, F)
+            k4 = _rhs_first_axis(x + h * k3, F)
+            x = x + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        out[n] = x
+    return out.transpose(2, 0, 1).copy()
+
+
+def initial_conditions(F: float, n: int, seed: int, stream: int) -> np.ndarray:
+    """``n`` initial states ``(n, 5)`` drawn i.i.d. from U(F - 0.5, F + 0.5)."""
+    rng = np.random.default_rng([seed, stream])
+    return F - 0.5 + rng.random((n, N_VARIABLES))
+
+
+def nrmse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """NRMSE of ``pred`` against ``target`` (same shape, any): RMSE / population std of ``target``."""
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
+    p, y = pred.double(), target.double()
+    return ((p - y) ** 2).mean().sqrt() / y.std(correction=0)
+
+
+class TrajectoryDataset(Dataset):
+    """Sampled trajectories ``(n, length + 1, 5)``.
+
+    Item ``i`` is ``(x[i, :-1], x[i, 1:])``: inputs and one-step-ahead targets, float32 ``(length, 5)``.
+    """
+
+    def __init__(self, trajectories: np.ndarray | torch.Tensor) -> None:
+        traj = torch.as_tensor(trajectories, dtype=torch.float32)
+        if traj.ndim != 3 or traj.shape[1] < 2:
+            raise ValueError(
+                f"trajectories must have shape (n, length + 1, N) with length >= 1, got {tuple(traj.shape)}"
+            )
+        self.trajectories = traj
+
+    def __len__(self) -> int:
+        return self.trajectories.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        seq = self.trajectories[index]
+        return seq[:-1], seq[1:]
+
+
+class Lorenz96Task:
+    """Lorenz-96 (N = 5) one-step-ahead prediction; options F, length, dt, burn_in, n_train/n_valid/n_test."""
+
+    spec = TaskSpec(
+        name="lorenz96",
+        description="Lorenz-96 (5 variables, forcing F): predict x_{n+1} from x_0..x_n at every step",
+        input_size=N_VARIABLES,
+        output_size=N_VARIABLES,
+        readout="all",
+        loss="mse",
+        metric="nrmse",
+        higher_is_better=False,
+        default_options={
+            "F": 8.0,
+            "length": 2000,
+            "dt": 0.01,
+            "burn_in": 0,
+            "n_train": 128,
+            "n_valid": 128,
+            "n_test": 128,
+        },
+    )
+
+    def build(self, options: dict, data_dir: pathlib.Path | None, seed: int) -> Splits:
+        """Integrate the three splits in one vectorised run; nothing is read from ``data_dir``."""
+        opts = resolve_options(self.spec, options)
+        seed = check_seed(seed)
+        F = check_float("F", opts["F"])
+        dt = check_float("dt", opts["dt"])
+        if not 0 < dt <= 0.1:
+            raise ValueError(f"option 'dt' must be in (0, 0.1] (RK4 accuracy), got {dt}")
+        length = check_int("length", opts["length"], 1)
+        burn_in = check_int("burn_in", opts["burn_in"], 0)
+        sizes = [check_int(k, opts[k], 1) for k in ("n_train", "n_valid", "n_test")]
+        x0 = np.concatenate(
+            [
+                initial_conditions(F, sizes[0], seed, _TRAIN),
+                initial_conditions(F, sizes[1], seed, _VALID),
+                initial_conditions(F, sizes[2], TEST_SEED, _TEST),
+            ]
+        )
+        traj = integrate(x0, F, dt, burn_in + length + 1)[:, burn_in:]
+        if not np.isfinite(traj).all():
+            raise ValueError(f"Lorenz-96 integration diverged for F={F}, dt={dt}; use a smaller 'dt'")
+        a, b = sizes[0], sizes[0] + sizes[1]
+        return Splits(
+            train=TrajectoryDataset(traj[:a]),
+            valid=TrajectoryDataset(traj[a:b]),
+            test=TrajectoryDataset(traj[b:]),
+        )
