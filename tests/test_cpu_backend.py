@@ -476,3 +476,32 @@ tempfile.TemporaryFile = _refuse
     assert proc.returncode == 0, proc.stderr
     assert "run ok" in proc.stdout
     assert not list(site.rglob("*.nbi")) and not list((tmp_path / "xdg").rglob("*.nbi"))
+
+
+def _scan_in_child(queue):
+    cpu_ops._MIN_PARALLEL_WORK = 0
+    torch.set_num_threads(2)
+    x = torch.randn(9, 4, 16)
+    w = torch.rand(16)
+    c = torch.zeros(16)
+    y, _, _ = unicornn_scan(x, w, c, 0.3, 1.0, backend="cpu")
+    ref, _, _ = unicornn_scan(x, w, c, 0.3, 1.0, backend="reference")
+    queue.put(bool(torch.allclose(y, ref, rtol=1e-5, atol=1e-6)))
+
+
+def test_threads_work_in_a_forked_process(monkeypatch):
+    import multiprocessing
+
+    monkeypatch.setattr(cpu_ops, "_MIN_PARALLEL_WORK", 0)
+    with torch_threads(2):
+        unicornn_scan(torch.randn(5, 4, 16), torch.rand(16), torch.zeros(16), 0.3, 1.0, backend="cpu")
+    assert cpu_ops._POOL is not None  # the parent's pool exists and is inherited without its threads
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_scan_in_child, args=(queue,))
+    proc.start()
+    proc.join(timeout=120)
+    if proc.is_alive():
+        proc.terminate()
+        pytest.fail("the fused CPU backend hung in a forked child")
+    assert proc.exitcode == 0 and queue.get(timeout=5) is True
