@@ -101,6 +101,15 @@ def test_float64_matches_reference(N, B, M, dt, alpha):
         assert rel(a, b) < 1e-10, f"grad of {name}: {rel(a, b)}"
 
 
+@pytest.mark.parametrize("N,B,M", [(5, 0, 3), (5, 2, 0)])
+def test_empty_batch_or_width(N, B, M):
+    inp = make_inputs(N, B, M, seed=1)
+    out, grads = run(inp, "cpu", 0.5, 1.0)
+    out_ref, grads_ref = run(inp, "reference", 0.5, 1.0)
+    for a, b in zip(out + grads, out_ref + grads_ref, strict=True):
+        assert a.shape == b.shape and torch.equal(a, b)
+
+
 def test_kernel_pair_matches_loop_contract_float32():
     # The kernel pair itself against scan_forward_loop / scan_backward_loop in float64, fed float32 data.
     inp = make_inputs(50, 4, 9, seed=7)

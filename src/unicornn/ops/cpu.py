@@ -250,6 +250,8 @@ def _ranges(U: int, N: int) -> list[tuple[int, int]]:
 
 
 def _run(kernel, args, U: int, N: int) -> None:
+    if U == 0 or N == 0:
+        return
     ranges = _ranges(U, N)
     if len(ranges) == 1:
         kernel(*args, 0, U)
