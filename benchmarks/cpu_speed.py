@@ -144,22 +144,12 @@ def recurrence_alone(repeats: int) -> dict:
             bwd.append(t2 - t1)
         # Bare kernels into preallocated arrays (no tensor allocation / page faults).
         U = Br * M
-        s = (DT * torch.sigmoid(c)).numpy()
         xa, ya, ga = x.numpy().reshape(Nr, U), y.numpy().reshape(Nr, U), gy.numpy().reshape(Nr, U)
         gxa = np.empty_like(xa)
         z = np.zeros(U, np.float32)
-        fargs = (
-            xa,
-            w.numpy(),
-            s,
-            ALPHA,
-            z,
-            z,
-            np.empty_like(xa),
-            np.empty(U, np.float32),
-            np.empty(U, np.float32),
-        )
-        bargs = (ga, z, z, xa, ya, w.numpy(), s, ALPHA, z, zN.numpy().reshape(U), gxa)
+        fargs = (xa, w.numpy(), c.numpy(), DT, ALPHA, z, z, np.empty_like(xa), np.empty(U, np.float32))
+        fargs += (np.empty(U, np.float32),)
+        bargs = (ga, z, z, xa, ya, w.numpy(), c.numpy(), DT, ALPHA, z, zN.numpy().reshape(U), gxa)
         bargs += (np.empty(U, np.float32), np.empty(U, np.float32), np.empty(U), np.empty(U))
         kf, kb = [], []
         for _ in range(repeats):

@@ -10,10 +10,11 @@ the inverse recurrence (paper eq. 7). Nothing per step is stored besides ``y``.
 Precision. Tensors are read and written in the compute dtype (float32 or float64; fp16/bf16 inputs are
 converted to float32 around the kernels and ``y``/``grad_x`` are returned in the input dtype), but the
 per-unit state -- y, z, the adjoints and the running sums for ``grad_w``/``grad_c`` -- is held in float64
-registers for every dtype. For float32 this costs little (the loop is bound by memory traffic and by tanh,
-which is evaluated in float64 anyway, see below) and removes the accumulation of float32 rounding over long
-sequences: the float32 results carry essentially only the rounding of the stored values, which is well inside
-the DESIGN.md section 2 contract (1.5x the error of float32 autograd) even at N = 17,984.
+registers for every dtype, and the step sizes ``s = dt * sigmoid(c)`` are computed in float64 from ``c``. For
+float32 this costs little (the loop is bound by memory traffic and by tanh, which is evaluated in float64
+anyway, see below) and removes the accumulation of float32 rounding over long sequences: the float32 results
+carry essentially only the rounding of the stored values, which is well inside the DESIGN.md section 2
+contract (1.5x the error of float32 autograd) even at N = 17,984.
 
 tanh. float32 kernels use :func:`_tanh_rational`, ``t * P(t^2) / Q(t^2)`` with P, Q of degree 5, fitted for
 this project to tanh on [0, 9.5] (linearised weighted least squares of the relative error with Lawson
@@ -130,8 +131,8 @@ def _tanh_overload(a, storage):
 
 
 @_jit(**_FAST)
-def _forward_range(x, w, s, alpha, y0, z0, y, yN, zN, u0, u1):
-    """Forward recurrence for units [u0, u1). x, y: (N, U); w, s: (M,); y0, z0, yN, zN: (U,)."""
+def _forward_range(x, w, c, dt, alpha, y0, z0, y, yN, zN, u0, u1):
+    """Forward recurrence for units [u0, u1). x, y: (N, U); w, c: (M,); y0, z0, yN, zN: (U,)."""
     N = x.shape[0]
     M = w.shape[0]
     yb = np.empty(_BLOCK, np.float64)
@@ -145,7 +146,7 @@ def _forward_range(x, w, s, alpha, y0, z0, y, yN, zN, u0, u1):
             yb[k] = y0[b0 + k]
             zb[k] = z0[b0 + k]
             wb[k] = w[j]
-            sb[k] = s[j]
+            sb[k] = dt / (1.0 + math.exp(-np.float64(c[j])))  # s = dt * sigmoid(c), in float64
         for n in range(N):
             xr = x[n, b0 : b0 + L]
             yr = y[n, b0 : b0 + L]
@@ -163,10 +164,12 @@ def _forward_range(x, w, s, alpha, y0, z0, y, yN, zN, u0, u1):
 
 
 @_jit(**_FAST)
-def _backward_range(grad_y, grad_yN, grad_zN, x, y, w, s, alpha, y0, zN, gx, gy0, gz0, gw_u, ds_u, u0, u1):
+def _backward_range(
+    grad_y, grad_yN, grad_zN, x, y, w, c, dt, alpha, y0, zN, gx, gy0, gz0, gw_u, ds_u, u0, u1
+):
     """Appendix-B backward for units [u0, u1), z rebuilt by inversion from the stored y.
 
-    grad_y, x, y, gx: (N, U); w, s: (M,); grad_yN, grad_zN, y0, zN, gy0, gz0: (U,);
+    grad_y, x, y, gx: (N, U); w, c: (M,); grad_yN, grad_zN, y0, zN, gy0, gz0: (U,);
     gw_u, ds_u: (U,) float64 per-unit sums over time of dL/dw and dL/ds (reduced over the batch later).
     """
     N = x.shape[0]
@@ -186,7 +189,7 @@ def _backward_range(grad_y, grad_yN, grad_zN, x, y, w, s, alpha, y0, zN, gx, gy0
             gzb[k] = grad_zN[b0 + k]
             zb[k] = zN[b0 + k]
             wb[k] = w[j]
-            sb[k] = s[j]
+            sb[k] = dt / (1.0 + math.exp(-np.float64(c[j])))
             gwb[k] = 0
             dsb[k] = 0
         for n in range(N - 1, -1, -1):
@@ -284,11 +287,18 @@ def scan_forward(x, weight_hh, c, y0, z0, dt, alpha):
     N, B, M = x.shape
     U = B * M
     xc = x.to(cd)
-    s = dt * torch.sigmoid(c.to(cd))
     y = torch.empty((N, B, M), dtype=cd)
     yN = torch.empty((B, M), dtype=cd)
     zN = torch.empty((B, M), dtype=cd)
-    args = (_np(xc, (N, U)), _np(weight_hh.to(cd)), _np(s), float(alpha), _np(y0, U), _np(z0, U))
+    args = (
+        _np(xc, (N, U)),
+        _np(weight_hh.to(cd)),
+        _np(c.to(cd)),
+        float(dt),
+        float(alpha),
+        _np(y0, U),
+        _np(z0, U),
+    )
     args += (y.numpy().reshape(N, U), yN.numpy().reshape(U), zN.numpy().reshape(U))
     _run(_forward_range, args, U, N)
     return y.to(x.dtype), yN, zN
@@ -306,8 +316,6 @@ def scan_backward(grad_y, grad_yN, grad_zN, x, y, weight_hh, c, y0, zN, dt, alph
     N, B, M = x.shape
     U = B * M
     c = c.to(cd)
-    sig = torch.sigmoid(c)
-    s = dt * sig
     gx = torch.empty((N, B, M), dtype=cd)
     gy0 = torch.empty((B, M), dtype=cd)
     gz0 = torch.empty((B, M), dtype=cd)
@@ -320,7 +328,8 @@ def scan_backward(grad_y, grad_yN, grad_zN, x, y, weight_hh, c, y0, zN, dt, alph
         _np(x.to(cd), (N, U)),
         _np(y.to(cd), (N, U)),
         _np(weight_hh.to(cd)),
-        _np(s),
+        _np(c),
+        float(dt),
         float(alpha),
         _np(y0, U),
         _np(zN.to(cd), U),
@@ -333,8 +342,8 @@ def scan_backward(grad_y, grad_yN, grad_zN, x, y, weight_hh, c, y0, zN, dt, alph
     _run(_backward_range, args, U, N)
     # Sums over the batch: numpy, single-threaded, in float64 -- a fixed order, whatever the thread count.
     grad_w = torch.from_numpy(gw_u.reshape(B, M).sum(axis=0)).to(cd)
-    ds = torch.from_numpy(ds_u.reshape(B, M).sum(axis=0)).to(cd)
-    grad_c = ds * dt * sig * (1.0 - sig)
+    sig = 1.0 / (1.0 + np.exp(-c.numpy().astype(np.float64)))
+    grad_c = torch.from_numpy(ds_u.reshape(B, M).sum(axis=0) * (dt * sig * (1.0 - sig))).to(cd)
     return gx.to(x.dtype), grad_w, grad_c, gy0, gz0
 
 
