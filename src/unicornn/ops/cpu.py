@@ -10,10 +10,11 @@ the inverse recurrence (paper eq. 7). Nothing per step is stored besides ``y``.
 Precision. Tensors are read and written in the compute dtype (float32 or float64; fp16/bf16 inputs are
 converted to float32 around the kernels and ``y``/``grad_x`` are returned in the input dtype), but the
 per-unit state -- y, z, the adjoints and the running sums for ``grad_w``/``grad_c`` -- is held in float64
-registers for every dtype. For float32 this costs little (the loop is bound by memory traffic and by tanh,
-which is evaluated in float64 anyway, see below) and removes the accumulation of float32 rounding over long
-sequences: the float32 results carry essentially only the rounding of the stored values, which is well inside
-the DESIGN.md section 2 contract (1.5x the error of float32 autograd) even at N = 17,984.
+registers for every dtype, and the step sizes ``s = dt * sigmoid(c)`` are computed in float64 from ``c``. For
+float32 this costs little (the loop is bound by memory traffic and by tanh, which is evaluated in float64
+anyway, see below) and removes the accumulation of float32 rounding over long sequences: the float32 results
+carry essentially only the rounding of the stored values, which is well inside the DESIGN.md section 2
+contract (1.5x the error of float32 autograd) even at N = 17,984.
 
 tanh. float32 kernels use :func:`_tanh_rational`, ``t * P(t^2) / Q(t^2)`` with P, Q of degree 5, fitted for
 this project to tanh on [0, 9.5] (linearised weighted least squares of the relative error with Lawson
@@ -107,7 +108,7 @@ def _jit(**options):
 _FAST = {"nogil": True, "error_model": "numpy", "fastmath": {"contract"}}
 
 
-@_jit(inline="always", **_FAST)
+@_jit(**_FAST)
 def _tanh_rational(a):
     """tanh of a float64 to float32 accuracy (relative error 7e-11), branch-free and vectorisable."""
     t = min(max(a, -_CLAMP), _CLAMP)
@@ -122,7 +123,7 @@ def _tanh(a, storage):  # pragma: no cover - only called from compiled code
     return math.tanh(a)
 
 
-@overload(_tanh, inline="always")
+@overload(_tanh)
 def _tanh_overload(a, storage):
     if storage.dtype == numba.types.float32:
         return lambda a, storage: _tanh_rational(a)
@@ -130,8 +131,8 @@ def _tanh_overload(a, storage):
 
 
 @_jit(**_FAST)
-def _forward_range(x, w, s, alpha, y0, z0, y, yN, zN, u0, u1):
-    """Forward recurrence for units [u0, u1). x, y: (N, U); w, s: (M,); y0, z0, yN, zN: (U,)."""
+def _forward_range(x, w, c, dt, alpha, y0, z0, y, yN, zN, u0, u1):
+    """Forward recurrence for units [u0, u1). x, y: (N, U); w, c: (M,); y0, z0, yN, zN: (U,)."""
     N = x.shape[0]
     M = w.shape[0]
     yb = np.empty(_BLOCK, np.float64)
@@ -145,7 +146,7 @@ def _forward_range(x, w, s, alpha, y0, z0, y, yN, zN, u0, u1):
             yb[k] = y0[b0 + k]
             zb[k] = z0[b0 + k]
             wb[k] = w[j]
-            sb[k] = s[j]
+            sb[k] = dt / (1.0 + math.exp(-np.float64(c[j])))  # s = dt * sigmoid(c), in float64
         for n in range(N):
             xr = x[n, b0 : b0 + L]
             yr = y[n, b0 : b0 + L]
@@ -163,10 +164,12 @@ def _forward_range(x, w, s, alpha, y0, z0, y, yN, zN, u0, u1):
 
 
 @_jit(**_FAST)
-def _backward_range(grad_y, grad_yN, grad_zN, x, y, w, s, alpha, y0, zN, gx, gy0, gz0, gw_u, ds_u, u0, u1):
+def _backward_range(
+    grad_y, grad_yN, grad_zN, x, y, w, c, dt, alpha, y0, zN, gx, gy0, gz0, gw_u, ds_u, u0, u1
+):
     """Appendix-B backward for units [u0, u1), z rebuilt by inversion from the stored y.
 
-    grad_y, x, y, gx: (N, U); w, s: (M,); grad_yN, grad_zN, y0, zN, gy0, gz0: (U,);
+    grad_y, x, y, gx: (N, U); w, c: (M,); grad_yN, grad_zN, y0, zN, gy0, gz0: (U,);
     gw_u, ds_u: (U,) float64 per-unit sums over time of dL/dw and dL/ds (reduced over the batch later).
     """
     N = x.shape[0]
@@ -186,7 +189,7 @@ def _backward_range(grad_y, grad_yN, grad_zN, x, y, w, s, alpha, y0, zN, gx, gy0
             gzb[k] = grad_zN[b0 + k]
             zb[k] = zN[b0 + k]
             wb[k] = w[j]
-            sb[k] = s[j]
+            sb[k] = dt / (1.0 + math.exp(-np.float64(c[j])))
             gwb[k] = 0
             dsb[k] = 0
         for n in range(N - 1, -1, -1):
@@ -213,15 +216,6 @@ def _backward_range(grad_y, grad_yN, grad_zN, x, y, w, s, alpha, y0, zN, gx, gy0
             gz0[b0 + k] = gzb[k]
             gw_u[b0 + k] = gwb[k]
             ds_u[b0 + k] = dsb[k]
-
-
-@_jit(**_FAST)
-def _batch_sum(a, M):
-    """(B*M,) float64 -> (M,) float64, summed over the batch in a fixed order."""
-    out = np.zeros(M, np.float64)
-    for i in range(a.shape[0]):
-        out[i % M] += a[i]
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -259,6 +253,8 @@ def _ranges(U: int, N: int) -> list[tuple[int, int]]:
 
 
 def _run(kernel, args, U: int, N: int) -> None:
+    if U == 0 or N == 0:
+        return
     ranges = _ranges(U, N)
     if len(ranges) == 1:
         kernel(*args, 0, U)
@@ -291,11 +287,18 @@ def scan_forward(x, weight_hh, c, y0, z0, dt, alpha):
     N, B, M = x.shape
     U = B * M
     xc = x.to(cd)
-    s = dt * torch.sigmoid(c.to(cd))
     y = torch.empty((N, B, M), dtype=cd)
     yN = torch.empty((B, M), dtype=cd)
     zN = torch.empty((B, M), dtype=cd)
-    args = (_np(xc, (N, U)), _np(weight_hh.to(cd)), _np(s), float(alpha), _np(y0, U), _np(z0, U))
+    args = (
+        _np(xc, (N, U)),
+        _np(weight_hh.to(cd)),
+        _np(c.to(cd)),
+        float(dt),
+        float(alpha),
+        _np(y0, U),
+        _np(z0, U),
+    )
     args += (y.numpy().reshape(N, U), yN.numpy().reshape(U), zN.numpy().reshape(U))
     _run(_forward_range, args, U, N)
     return y.to(x.dtype), yN, zN
@@ -313,8 +316,6 @@ def scan_backward(grad_y, grad_yN, grad_zN, x, y, weight_hh, c, y0, zN, dt, alph
     N, B, M = x.shape
     U = B * M
     c = c.to(cd)
-    sig = torch.sigmoid(c)
-    s = dt * sig
     gx = torch.empty((N, B, M), dtype=cd)
     gy0 = torch.empty((B, M), dtype=cd)
     gz0 = torch.empty((B, M), dtype=cd)
@@ -327,7 +328,8 @@ def scan_backward(grad_y, grad_yN, grad_zN, x, y, weight_hh, c, y0, zN, dt, alph
         _np(x.to(cd), (N, U)),
         _np(y.to(cd), (N, U)),
         _np(weight_hh.to(cd)),
-        _np(s),
+        _np(c),
+        float(dt),
         float(alpha),
         _np(y0, U),
         _np(zN.to(cd), U),
@@ -338,9 +340,10 @@ def scan_backward(grad_y, grad_yN, grad_zN, x, y, weight_hh, c, y0, zN, dt, alph
         ds_u,
     )
     _run(_backward_range, args, U, N)
-    grad_w = torch.from_numpy(_batch_sum(gw_u, M)).to(cd)
-    ds = torch.from_numpy(_batch_sum(ds_u, M)).to(cd)
-    grad_c = ds * dt * sig * (1.0 - sig)
+    # Sums over the batch: numpy, single-threaded, in float64 -- a fixed order, whatever the thread count.
+    grad_w = torch.from_numpy(gw_u.reshape(B, M).sum(axis=0)).to(cd)
+    sig = 1.0 / (1.0 + np.exp(-c.numpy().astype(np.float64)))
+    grad_c = torch.from_numpy(ds_u.reshape(B, M).sum(axis=0) * (dt * sig * (1.0 - sig))).to(cd)
     return gx.to(x.dtype), grad_w, grad_c, gy0, gz0
 
 
