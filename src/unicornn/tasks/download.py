@@ -19,6 +19,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
+from .._files import fsync_dir
+
 ENV_VAR = "UNICORNN_DATA"
 """Environment variable that overrides the default data directory."""
 
@@ -123,19 +125,6 @@ def _download(url: str, part: pathlib.Path, timeout: float) -> None:
         raise OSError(f"download interrupted: received {received} of {expected_length} bytes")
 
 
-def _fsync_dir(directory: pathlib.Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _describe(err: BaseException) -> str:
     if isinstance(err, urllib.error.HTTPError):
         return f"HTTP {err.code} {err.reason}"
@@ -201,7 +190,7 @@ def fetch(
                 _log.warning("checksum mismatch for %s from %s: %s", dest.name, url, problem)
                 continue
             os.replace(part, dest)
-            _fsync_dir(directory)
+            fsync_dir(directory)
             return dest
         finally:
             part.unlink(missing_ok=True)
