@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import fused_backends, rel_err
+from helpers import device_for, fused_backends, rel_err
 
 from unicornn import UnICORNN
 
@@ -49,6 +49,20 @@ def test_lean_equals_standard_float64(backend, chunk, with_state, with_lengths):
     lengths = torch.tensor([17, 9, 4]) if with_lengths else None
     for a, b in zip(run(standard, x, state, lengths), run(lean, x, state, lengths)):
         assert rel_err(b, a) < 1e-9
+
+
+@pytest.mark.parametrize("backend", fused_backends())
+def test_lean_equals_standard_float32_on_every_fused_backend(backend):
+    """float32 on each fused backend (Triton on CUDA when present): the same kernels in both modes."""
+    dev = device_for(backend)
+    standard, lean = pair(backend, dtype=torch.float32, chunk=6)
+    standard.to(dev)
+    lean.to(dev)
+    x = torch.randn(23, 3, 3, device=dev)
+    state = (torch.randn(4, 3, 6, device=dev), torch.randn(4, 3, 6, device=dev))
+    lengths = torch.tensor([23, 11, 6])
+    for a, b in zip(run(standard, x, state, lengths), run(lean, x, state, lengths)):
+        assert rel_err(b, a) < 1e-5
 
 
 def test_lean_without_output_sequence_and_batch_first():
