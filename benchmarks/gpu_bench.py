@@ -495,7 +495,7 @@ def print_tables(results):
             f"\n(d) streaming B={row['B']} M={row['M']} N={row['N']}: triton "
             f"{fmt(row['unicornn_scan_triton']['median_ms'])} ms "
             f"({fmt(row['unicornn_scan_triton']['us_per_step'])} us/step), "
-            f"LSTM {fmt(row['lstm_cudnn']['median_ms'])} ms"
+            f"LSTM {fmt(row['lstm_cudnn'].get('median_ms'))} ms {row['lstm_cudnn'].get('error', '')}"
         )
     print("\ntargets:", json.dumps(results.get("targets", {})))
     if results.get("errors"):

@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 65536, 131072])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=2, help="timed steps after the warm-up step")
-    parser.add_argument("--checkpoint-every", type=int, default=1024, help="lean mode chunk length K")
+    parser.add_argument("--checkpoint-every", type=int, default=2048, help="lean mode chunk length K")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for memory.json and memory.png")
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -19,7 +19,7 @@ magnitude of accuracy), while re-running from the anchor reproduces exactly the 
 the lean gradients equal the standard ones to rounding. The cost is one extra forward pass.
 
 Memory is ``O(N B d)`` for the input, ``O(N/K * L B M)`` for the anchors and ``O(K * L B M)`` for one chunk's
-working set; with the default ``K = 1024`` the anchors are small next to the working set up to N of a few
+working set; with the default ``K = 2048`` the anchors are small next to the working set up to N of a few
 hundred thousand steps. ``return_sequence=False`` (read only ``y_n``) avoids materialising the ``N B M`` output.
 """
 

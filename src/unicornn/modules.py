@@ -97,7 +97,7 @@ class UnICORNN(nn.Module):
         residual_skip: int | None = None,
         backend: str = "auto",
         memory: str = "standard",
-        checkpoint_every: int = 1024,
+        checkpoint_every: int = 2048,
     ) -> None:
         super().__init__()
         self.input_size = _check_int("input_size", input_size, 1)
