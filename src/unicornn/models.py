@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from .modules import UnICORNN, dropout_over_time
@@ -26,6 +27,11 @@ class SequenceModel(nn.Module):
         hidden_size, num_layers, dt, alpha, dropout, residual_skip, backend: as in :class:`UnICORNN`;
             ``dt`` is a float or one float per layer.
         readout: ``"last"`` reads the top layer's ``y_N``; ``"all"`` reads every step.
+        input_gain: factor applied to the first layer's input projection ``V`` after the paper's
+            initialisation (1: unchanged). The paper's Kaiming-uniform ``a=8`` keeps ``tanh`` nearly linear for
+            inputs of order one; a gain of ~30 lets a marker input saturate it (the adding problem needs that).
+        memory: ``"standard"`` or ``"lean"`` (see :class:`UnICORNN`); with ``"last"`` the output sequence is
+            never materialised.
 
     Shapes:
         input (B, N, d), batch first (as a DataLoader yields it). Output (B, output_size) for ``"last"``,
@@ -44,6 +50,8 @@ class SequenceModel(nn.Module):
         readout: str,
         residual_skip: int | None = None,
         backend: str = "auto",
+        input_gain: float = 1.0,
+        memory: str = "standard",
     ) -> None:
         super().__init__()
         if readout not in READOUTS:
@@ -64,7 +72,12 @@ class SequenceModel(nn.Module):
             batch_first=False,
             residual_skip=residual_skip,
             backend=backend,
+            memory=memory,
         )
+        if not float(input_gain) > 0:
+            raise ValueError(f"input_gain must be > 0, got {input_gain!r}")
+        with torch.no_grad():
+            self.rnn.weight_ih_l0.mul_(float(input_gain))
         self.head = nn.Linear(hidden_size, output_size)
         nn.init.kaiming_normal_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -73,10 +86,11 @@ class SequenceModel(nn.Module):
         """input (B, N, d) -> (B, output_size) or (B, N, output_size)."""
         if input.dim() != 3:
             raise ValueError(f"input must be (B, N, d), got shape {tuple(input.shape)}")
-        out, _ = self.rnn(input.transpose(0, 1))  # (N, B, M)
         if self.readout == "last":
-            top = dropout_over_time(out[-1:], self.dropout, self.training)  # (1, B, M)
+            _, (y_n, _) = self.rnn(input.transpose(0, 1), return_sequence=False)
+            top = dropout_over_time(y_n[-1:], self.dropout, self.training)  # (1, B, M)
             return self.head(top[0])
+        out, _ = self.rnn(input.transpose(0, 1))  # (N, B, M)
         top = dropout_over_time(out, self.dropout, self.training)
         return self.head(top).transpose(0, 1)
 

@@ -141,6 +141,11 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"setting 'dropout' must be in [0, 1), got {out['dropout']!r}")
     if out["grad_clip"] is not None and (not _is_num(out["grad_clip"]) or out["grad_clip"] <= 0):
         raise ValueError(f"setting 'grad_clip' must be none or a positive number, got {out['grad_clip']!r}")
+    if not _is_num(out["input_gain"]) or out["input_gain"] <= 0:
+        raise ValueError(f"setting 'input_gain' must be a positive number, got {out['input_gain']!r}")
+    out["input_gain"] = float(out["input_gain"])
+    if out["memory"] not in ("standard", "lean"):
+        raise ValueError(f"setting 'memory' must be standard or lean, got {out['memory']!r}")
     if out["amp"] not in _AMP:
         raise ValueError(f"setting 'amp' must be one of {', '.join(_AMP)}, got {out['amp']!r}")
     from ..ops import BACKENDS
@@ -167,6 +172,8 @@ def build_model(spec, cfg: Mapping[str, Any]) -> SequenceModel:
         readout=spec.readout,
         residual_skip=cfg["residual_skip"],
         backend=cfg["backend"],
+        input_gain=cfg["input_gain"],
+        memory=cfg["memory"],
     )
 
 
