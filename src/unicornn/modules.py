@@ -37,9 +37,13 @@ def dropout_over_time(x: Tensor, p: float, training: bool = True) -> Tensor:
     """
     if not training or p == 0.0:
         return x
+    return x * _dropout_mask(x.shape[1:], p, x.device, x.dtype)
+
+
+def _dropout_mask(shape, p: float, device, dtype) -> Tensor:
+    """Bernoulli(1 - p) mask of ``shape`` scaled by 1 / (1 - p)."""
     keep = 1.0 - p
-    mask = torch.empty(x.shape[1:], device=x.device, dtype=x.dtype).bernoulli_(keep) / keep
-    return x * mask
+    return torch.empty(shape, device=device, dtype=dtype).bernoulli_(keep) / keep
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -256,10 +260,8 @@ class UnICORNN(nn.Module):
         (the top layer, evaluation mode, p = 0)."""
         masks: list[Tensor | None] = [None] * self.num_layers
         if self.training and self.dropout > 0.0:
-            keep = 1.0 - self.dropout
             for k in range(self.num_layers - 1):
-                shape = (B, self.hidden_size)
-                masks[k] = torch.empty(shape, device=device, dtype=dtype).bernoulli_(keep) / keep
+                masks[k] = _dropout_mask((B, self.hidden_size), self.dropout, device, dtype)
         return masks
 
     def run_stack(

@@ -133,6 +133,12 @@ EXPERIMENTS: dict[str, Experiment] = {
 _APPX_A_PSMNIST = "Appendix A: 650 epochs, then lr/10 for 3 x 650 more (2600 in all)"
 _APPX_A_OTHER = "Appendix A: 250 epochs, then lr/10 for 250 more (500 in all)"
 # Lorenz-96, both forcings: units and layers of Table 7; the paper gives no Table 6 row for this task.
+# Table 6 row "psMNIST (#units = 256)" with Table 1's 3 layers and the Appendix A schedule (also used for sMNIST).
+_PSMNIST_256 = dict(hidden_size=256, num_layers=3, lr=2.51e-3, dropout=0.1, batch_size=32, dt=0.19, alpha=30.65,
+                    eval_batch_size=1000, epochs=2600, lr_reduce_epoch=650)  # fmt: skip
+# CPU-sized MNIST runs (psMNIST and sMNIST): the Table 6 "#units = 128" dt, alpha on a 4,000-sequence subset.
+_MNIST_SMALL = dict(hidden_size=64, num_layers=2, lr=2e-3, dropout=0.0, batch_size=64, dt=0.482, alpha=12.53,
+                    eval_batch_size=500, epochs=3, train_subset=4000, eval_subset=1000)  # fmt: skip
 _LORENZ_SOURCE = (
     "90 units, 2 layers: Table 7; " + _APPX_A_OTHER + ". The paper has no Table 6 row for "
     "Lorenz-96: lr, batch size, dt and alpha are this package's choice"
@@ -209,18 +215,7 @@ _PRESET_LIST: list[Preset] = [
         "psmnist",
         "paper",
         "Table 6 row 'psMNIST (#units = 256)'; 256 units, 3 layers: Table 1; " + _APPX_A_PSMNIST,
-        dict(
-            hidden_size=256,
-            num_layers=3,
-            lr=2.51e-3,
-            dropout=0.1,
-            batch_size=32,
-            dt=0.19,
-            alpha=30.65,
-            eval_batch_size=1000,
-            epochs=2600,
-            lr_reduce_epoch=650,
-        ),
+        dict(_PSMNIST_256),
         paper_result="98.4% test accuracy (Table 1); 98.2% +- 0.22% over 10 seeds (Table 8)",
     ),
     _p(
@@ -246,19 +241,7 @@ _PRESET_LIST: list[Preset] = [
         "small",
         "this package: a CPU-sized version of the Table 6 'psMNIST (#units = 128)' row (same dt, alpha, lr) "
         "on a 4,000-sequence training subset",
-        dict(
-            hidden_size=64,
-            num_layers=2,
-            lr=2e-3,
-            dropout=0.0,
-            batch_size=64,
-            dt=0.482,
-            alpha=12.53,
-            eval_batch_size=500,
-            epochs=3,
-            train_subset=4000,
-            eval_subset=1000,
-        ),
+        dict(_MNIST_SMALL),
     ),
     # ---------------------------------------------------------------- sMNIST (not in the paper)
     _p(
@@ -266,36 +249,13 @@ _PRESET_LIST: list[Preset] = [
         "paper",
         "not a paper experiment: sequential MNIST with the hyper-parameters of the Table 6 row "
         "'psMNIST (#units = 256)' and its schedule (" + _APPX_A_PSMNIST + ")",
-        dict(
-            hidden_size=256,
-            num_layers=3,
-            lr=2.51e-3,
-            dropout=0.1,
-            batch_size=32,
-            dt=0.19,
-            alpha=30.65,
-            eval_batch_size=1000,
-            epochs=2600,
-            lr_reduce_epoch=650,
-        ),
+        dict(_PSMNIST_256),
     ),
     _p(
         "smnist",
         "small",
         "this package: a CPU-sized version of the psMNIST 'small' preset for unpermuted MNIST",
-        dict(
-            hidden_size=64,
-            num_layers=2,
-            lr=2e-3,
-            dropout=0.0,
-            batch_size=64,
-            dt=0.482,
-            alpha=12.53,
-            eval_batch_size=500,
-            epochs=3,
-            train_subset=4000,
-            eval_subset=1000,
-        ),
+        dict(_MNIST_SMALL),
     ),
     # ---------------------------------------------------------------- Lorenz-96 (Table 7, Appendix D)
     _p(
