@@ -18,6 +18,7 @@ TINY_SETS = [
     "batch_size=16",
     "eval_batch_size=16",
     "backend=reference",
+    "eval_subset=10",
 ]
 
 
@@ -41,7 +42,10 @@ def run(capsys, *argv):
         ),
         (["train", "adding", "--set", "lr"], "--set expects key=value"),
         (["train", "imdb"], "data pipeline of task 'imdb' is not implemented yet"),
-        (["train", "adding", "--set", "dt=2.0"], "'dt' must be in (0, 1]"),
+        (["train", "adding", "--set", "dt=2.0"], "dt must be in (0.0, 1.0], got 2.0"),
+        (["train", "adding", "--set", "epochs=0"], "setting 'epochs' must be >= 1"),
+        (["train", "adding", "--set", "T=1"], "option 'T' must be >= 2"),
+        (["train", "adding", "--device", "gpu"], "--device: expected auto, cpu, cuda or cuda:N"),
         (["train", "adding", "--runs", "0"], "--runs must be >= 1"),
         (["train", "adding", "--threads", "0"], "--threads must be >= 1"),
         (["report", "does/not/exist"], "does not exist"),
@@ -150,3 +154,25 @@ def test_train_report_eval_round_trip(capsys, tmp_path):
     metrics = json.loads(out.strip().splitlines()[-1])
     assert metrics["test"]["mse"] == pytest.approx(result["best"]["test"], rel=1e-6)
     assert metrics["valid"]["mse"] == pytest.approx(result["best"]["valid"], rel=1e-6)
+
+
+def test_unexpected_exceptions_are_bugs_and_keep_their_traceback(monkeypatch, tmp_path):
+    import unicornn.training.seeds as seeds
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(seeds, "train_run", broken)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["train", "adding", "--quiet", "--out", str(tmp_path)])
+
+
+def test_a_subcommand_is_one_function_and_one_parser_builder(monkeypatch, capsys):
+    import unicornn.cli as cli
+
+    def hello_parser(sub):
+        sub.add_parser("hello").set_defaults(func=lambda args: print("hi") or 0)
+
+    monkeypatch.setattr(cli, "COMMANDS", [*cli.COMMANDS, hello_parser])
+    assert run(capsys, "hello")[:2] == (0, "hi\n")
+    assert run(capsys, "tasks")[0] == 0

@@ -70,3 +70,28 @@ def test_errors():
         make(dropout=1.0)
     with pytest.raises(ValueError, match=r"\(B, N, d\)"):
         make()(torch.randn(4, 3))
+
+
+def test_input_gain_scales_the_first_input_projection_at_initialisation():
+    torch.manual_seed(0)
+    plain = make(num_layers=2)
+    torch.manual_seed(0)
+    gained = make(num_layers=2, input_gain=30.0)
+    torch.testing.assert_close(gained.rnn.weight_ih_l0, 30.0 * plain.rnn.weight_ih_l0)
+    torch.testing.assert_close(gained.rnn.weight_ih_l1, plain.rnn.weight_ih_l1)  # other layers untouched
+    with pytest.raises(ValueError, match="input_gain"):
+        make(input_gain=0.0)
+
+
+def test_model_registry_builds_the_task_model():
+    from unicornn.models import MODELS
+    from unicornn.registry import UnknownNameError
+    from unicornn.tasks import get_task
+
+    spec = get_task("lorenz96").spec
+    cfg = dict(hidden_size=8, num_layers=1, dt=0.1, alpha=0.0, dropout=0.0, residual_skip=None,
+               input_gain=1.0, memory="standard", backend="reference")  # fmt: skip
+    m = MODELS.get("unicornn")(spec, cfg)
+    assert m(torch.randn(2, 5, spec.input_size)).shape == (2, 5, spec.output_size)
+    with pytest.raises(UnknownNameError, match="unknown model 'lstm'; valid models: unicornn"):
+        MODELS.get("lstm")

@@ -2,16 +2,18 @@
 
 import pytest
 
-from unicornn.tasks import TASKS
+from unicornn.registry import UnknownNameError
+from unicornn.tasks import TASKS, is_implemented
 from unicornn.training.presets import (
-    EXPERIMENTS,
     PRESETS,
     TRAIN_DEFAULTS,
     TRAIN_KEY_HELP,
+    check_presets,
     get_preset,
     presets_for,
+    schedule_text,
 )
-from unicornn.training.trainer import validate_config
+from unicornn.training.trainer import build_model, validate_config
 
 # Table 6 of the paper, transcribed: (task, preset) -> lr, dropout, batch size, dt (layers >= 2), alpha
 TABLE6 = {
@@ -70,7 +72,7 @@ def test_table6_rows(key):
 
 
 def test_every_table6_row_is_present():
-    assert set(TABLE6) <= set(PRESETS)
+    assert {f"{t}/{n}" for t, n in TABLE6} <= set(PRESETS)
 
 
 @pytest.mark.parametrize("key", sorted(SIZES))
@@ -98,13 +100,23 @@ def test_lorenz_forcing_and_imdb_embedding_dropout():
 
 
 def test_every_preset_is_valid_and_cites_a_source():
-    for (task, name), p in PRESETS.items():
-        assert task in EXPERIMENTS and p.task == task and p.name == name
+    for key, p in PRESETS.items():
+        assert key == f"{p.task}/{p.name}" and p.task in TASKS
         assert len(p.source) > 20
-        validate_config(p.config())  # raises on any bad value
-    for exp in EXPERIMENTS.values():
-        assert exp.default_preset in {p.name for p in presets_for(exp.name)}
+        cfg = validate_config(p.config())  # raises on any bad trainer setting
+        build_model(TASKS[p.task].spec, cfg)  # the model raises on any bad model argument
+    for name, task in TASKS.items():
+        assert task.spec.default_preset in {p.name for p in presets_for(name)}
     assert set(TRAIN_KEY_HELP) == set(TRAIN_DEFAULTS)
+    check_presets()
+
+
+def test_schedule_prose_is_generated_from_the_numbers():
+    cfg = get_preset("psmnist", "paper").config()
+    assert schedule_text(cfg) == "650 epochs, then lr/10 for 1950 more (2600 in all)"
+    assert schedule_text(dict(cfg, lr_reduce_epoch=None)) == "2600 epochs in all (no reduction)"
+    assert schedule_text(cfg) in get_preset("psmnist", "paper").source
+    assert schedule_text(get_preset("adding", "small").config()) in get_preset("adding", "small").source
 
 
 def test_adding_presets_say_they_are_not_from_the_paper():
@@ -117,18 +129,20 @@ def test_adding_presets_say_they_are_not_from_the_paper():
 def test_small_preset_per_implemented_task(task):
     p = get_preset(task, "small")
     assert "this package" in p.source or "not a paper experiment" in p.source
-    if task in TASKS:  # presets only set options the task knows
-        assert set(p.task_options) <= set(TASKS[task].spec.default_options)
+    assert is_implemented(TASKS[task])  # presets only set options the task knows
+    assert set(p.task_options) <= set(TASKS[task].spec.default_options)
 
 
 def test_preset_options_match_implemented_tasks():
-    for (task, _), p in PRESETS.items():
-        if task in TASKS:
-            assert set(p.task_options) <= set(TASKS[task].spec.default_options), (task, p.name)
+    for key, p in PRESETS.items():
+        if is_implemented(TASKS[p.task]):
+            assert set(p.task_options) <= set(TASKS[p.task].spec.default_options), key
 
 
 def test_unknown_preset_lists_valid_ones():
-    with pytest.raises(KeyError, match="valid presets: .*paper"):
+    with pytest.raises(
+        UnknownNameError, match="unknown preset 'huge' for task 'psmnist'; valid presets: .*paper"
+    ):
         get_preset("psmnist", "huge")
-    with pytest.raises(KeyError, match="valid tasks"):
+    with pytest.raises(UnknownNameError, match="unknown task 'mnist'; valid tasks: adding"):
         get_preset("mnist", "paper")

@@ -2,6 +2,11 @@
 
 Run ``unicornn COMMAND --help`` for every option. Under ``torchrun --nproc_per_node=K -m unicornn train ...``
 the training runs with DistributedDataParallel over K processes.
+
+Each command is one function ``_cmd_NAME(args) -> exit code`` and one parser builder ``_NAME_parser(sub)``
+(which sets ``func``), listed in :data:`COMMANDS`. Commands parse arguments and call the library; :func:`main`
+maps the project's own exceptions to exit codes (:data:`EXIT_CODES`). Any other exception is a bug and shows
+its traceback.
 """
 
 from __future__ import annotations
@@ -13,14 +18,31 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "parse_value", "CLIError"]
+__all__ = ["main", "build_parser", "parse_value", "parse_sets", "CLIError", "COMMANDS"]
 
 EXIT_USAGE = 2
 EXIT_NONFINITE = 3
+EXIT_INTERRUPTED = 130
 
 
 class CLIError(Exception):
     """A user error: printed as one line, exit code 2, no traceback."""
+
+
+def _exit_codes() -> list[tuple[type[BaseException], int]]:
+    """The project's exceptions and their exit codes (first match wins); anything else is a bug."""
+    from .registry import ConfigError
+    from .tasks.download import DataUnavailableError
+    from .training.epoch import NonFiniteError
+    from .training.run import RunExistsError
+
+    return [
+        (CLIError, EXIT_USAGE),
+        (ConfigError, EXIT_USAGE),  # bad setting, option, name (UnknownNameError), device, ...
+        (RunExistsError, EXIT_USAGE),
+        (DataUnavailableError, EXIT_USAGE),
+        (NonFiniteError, EXIT_NONFINITE),
+    ]
 
 
 def _err(msg: str, code: int = EXIT_USAGE) -> int:
@@ -54,11 +76,9 @@ def parse_value(text: str) -> Any:
     return _scalar(text)
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
+def _coerce(value: Any, default: Any) -> Any:
     """Match the type of a default where that is lossless (an int given for a float setting)."""
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if key == "dt" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
 
@@ -77,11 +97,11 @@ def parse_sets(items: Sequence[str], train_keys: dict, option_keys: dict) -> tup
                 raise CLIError(
                     f"unknown task option {opt!r}; valid task options: {', '.join(option_keys) or '(none)'}"
                 )
-            options[opt] = _coerce(opt, parse_value(text), option_keys[opt])
+            options[opt] = _coerce(parse_value(text), option_keys[opt])
         elif key in train_keys:
-            settings[key] = _coerce(key, parse_value(text), train_keys[key])
+            settings[key] = _coerce(parse_value(text), train_keys[key])
         elif key in option_keys:
-            options[key] = _coerce(key, parse_value(text), option_keys[key])
+            options[key] = _coerce(parse_value(text), option_keys[key])
         else:
             raise CLIError(
                 f"unknown --set key {key!r}; valid keys: settings {', '.join(train_keys)}; "
@@ -95,102 +115,18 @@ def parse_sets(items: Sequence[str], train_keys: dict, option_keys: dict) -> tup
 # --------------------------------------------------------------------------------------------------
 
 
-def _resolve_task(name: str):
-    from .tasks import TASKS
-    from .training.presets import EXPERIMENTS
+def _resolve_task(name: str, action: str = "train"):
+    """The registered task ``name`` whose data pipeline exists (CLIError otherwise)."""
+    from .tasks import TASKS, is_implemented
 
-    known = sorted(set(EXPERIMENTS) | set(TASKS))
-    if name not in known:
-        raise CLIError(f"unknown task {name!r}; valid tasks: {', '.join(known)}")
-    return TASKS.get(name)
-
-
-def _cmd_train(args) -> int:
-    from .tasks import TASKS
-    from .tasks.download import DataUnavailableError
-    from .training.distributed import init_distributed
-    from .training.presets import EXPERIMENTS, TRAIN_DEFAULTS, get_preset
-    from .training.trainer import NonFiniteError, RunExistsError, train_run
-
-    task = _resolve_task(args.task)
-    preset_name = args.preset or (
-        EXPERIMENTS[args.task].default_preset if args.task in EXPERIMENTS else "small"
-    )
-    try:
-        preset = get_preset(args.task, preset_name)
-    except KeyError as err:
-        raise CLIError(err.args[0]) from None
-    if task is None:
+    task = TASKS.get(name)
+    if not is_implemented(task):
+        done = ", ".join(n for n, t in TASKS.items() if is_implemented(t))
         raise CLIError(
-            f"the data pipeline of task {args.task!r} is not implemented yet (only its presets exist, see "
-            f"`unicornn tasks`); implemented tasks: {', '.join(sorted(TASKS))}"
+            f"the data pipeline of task {name!r} is not implemented yet (only its presets exist, see "
+            f"`unicornn tasks`); implemented tasks: {done}"
         )
-    settings = preset.config()
-    options = dict(preset.task_options)
-    unknown_opts = sorted(set(options) - set(task.spec.default_options))
-    if unknown_opts:  # presets and tasks out of step: a bug, but say it clearly
-        raise CLIError(f"preset {preset.name!r} sets unknown option(s) {unknown_opts} of task {args.task!r}")
-    s, o = parse_sets(args.set or [], TRAIN_DEFAULTS, task.spec.default_options)
-    settings.update(s)
-    options.update(o)
-    if args.runs < 1:
-        raise CLIError(f"--runs must be >= 1, got {args.runs}")
-
-    if args.threads is not None:
-        if args.threads < 1:
-            raise CLIError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
-    try:
-        ctx = init_distributed(args.device)
-    except ValueError as err:
-        raise CLIError(str(err)) from None
-    out = Path(args.out) / args.task
-    results = []
-    code = 0
-    try:
-        for k in range(args.runs):
-            cfg = dict(settings, seed=settings["seed"] + k)
-            run_dir = out / f"seed-{cfg['seed']}"
-            results.append(
-                train_run(
-                    task,
-                    cfg,
-                    options,
-                    run_dir,
-                    data_dir=_data_root(args.data_dir),
-                    ctx=ctx,
-                    resume=args.resume,
-                    quiet=args.quiet,
-                    tensorboard=not args.no_tensorboard,
-                )
-            )
-    except DataUnavailableError as err:
-        code = _err(str(err))
-    except NonFiniteError as err:
-        code = _err(str(err), EXIT_NONFINITE)
-    except (RunExistsError, ValueError, TypeError) as err:
-        code = _err(str(err))
-    except KeyboardInterrupt:
-        code = _err(f"interrupted; continue with the same command plus --resume (runs in {out})", 130)
-    finally:
-        ctx.close()
-    if code or not ctx.is_main:
-        return code
-    metric = results[0]["metric"]
-    for r in results:
-        print(
-            f"seed {r['seed']}: best validation {metric} {r['best']['valid']:.6g} at epoch {r['best']['epoch']}, "
-            f"test {metric} {r['best']['test']:.6g}"
-        )
-    if len(results) > 1:
-        from .training.report import write_report
-
-        for rep in write_report(out, plot=True):
-            print(rep["text"])
-    print(f"runs written to {out}; summarise them with: unicornn report {out}")
-    return 0
+    return task
 
 
 def _data_root(data_dir: str | None) -> Path:
@@ -199,13 +135,62 @@ def _data_root(data_dir: str | None) -> Path:
     return data_root(data_dir)
 
 
-def _cmd_eval(args) -> int:
-    import torch
+def _cmd_train(args) -> int:
+    from .tasks import TASKS
+    from .training.distributed import init_distributed
+    from .training.presets import TRAIN_DEFAULTS, get_preset
+    from .training.seeds import summary_lines, train_seeds
 
-    from .tasks.download import DataUnavailableError
+    spec = TASKS.get(args.task).spec
+    preset = get_preset(args.task, args.preset or spec.default_preset)
+    task = _resolve_task(args.task)
+    settings, options = preset.config(), dict(preset.task_options)
+    s, o = parse_sets(args.set or [], TRAIN_DEFAULTS, spec.default_options)
+    settings.update(s)
+    options.update(o)
+    if args.runs < 1:
+        raise CLIError(f"--runs must be >= 1, got {args.runs}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CLIError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    ctx = init_distributed(args.device)
+    out = Path(args.out)
+    try:
+        results = train_seeds(
+            task,
+            settings,
+            options,
+            out,
+            args.runs,
+            data_dir=_data_root(args.data_dir),
+            ctx=ctx,
+            resume=args.resume,
+            quiet=args.quiet,
+            tensorboard=not args.no_tensorboard,
+        )
+    except KeyboardInterrupt:
+        return _err(
+            f"interrupted; continue with the same command plus --resume (runs in {out / args.task})",
+            EXIT_INTERRUPTED,
+        )
+    finally:
+        ctx.close()
+    if not ctx.is_main:
+        return 0
+    for line in summary_lines(results, out / args.task, plot=True):
+        print(line)
+    print(f"runs written to {out / args.task}; summarise them with: unicornn report {out / args.task}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
     from .training.checkpoint import load_checkpoint
     from .training.distributed import resolve_device
-    from .training.trainer import _subset, build_model, evaluate
+    from .training.splits import build_splits
+    from .training.trainer import build_model, evaluate
 
     path = Path(args.checkpoint)
     if path.is_dir():
@@ -215,32 +200,19 @@ def _cmd_eval(args) -> int:
     try:
         ckpt = load_checkpoint(path)
         record = ckpt["record"]
-    except Exception as err:  # not a unicornn checkpoint
+    except Exception as err:  # a file that is not a unicornn checkpoint: the user's mistake
         raise CLIError(f"{path} is not a unicornn checkpoint: {err}") from None
     task = _resolve_task(record["task"])
-    if task is None:
-        raise CLIError(f"the data pipeline of task {record['task']!r} is not implemented")
     cfg = record["settings"]
-    try:
-        device = resolve_device(args.device)
-    except ValueError as err:
-        raise CLIError(str(err)) from None
+    device = resolve_device(args.device)
     model = build_model(task.spec, cfg).to(device)
     model.load_state_dict(ckpt["model"])
-    try:
-        splits = task.build(record["task_options"], _data_root(args.data_dir), cfg["seed"])
-    except DataUnavailableError as err:
-        return _err(str(err))
+    splits = build_splits(task, record["task_options"], _data_root(args.data_dir), cfg)
     names = ["valid", "test"] if args.split == "both" else [args.split]
     metric = task.spec.metric
-    results = {}
-    for name in names:
-        seed_offset = 1 if name == "valid" else 2  # the subsets drawn by the trainer
-        ds = _subset(getattr(splits, name), cfg["eval_subset"], cfg["seed"] + seed_offset)
-        with torch.no_grad():
-            results[name] = evaluate(
-                model, ds, task.spec, batch_size=args.batch_size or cfg["eval_batch_size"], device=device
-            )
+    batch = args.batch_size or cfg["eval_batch_size"]
+    results = {n: evaluate(model, splits.get(n), task.spec, batch_size=batch, device=device, splits=splits)
+               for n in names}  # fmt: skip
     print(f"{path} (task {record['task']}, epoch {ckpt['epoch']}):")
     for name, m in results.items():
         print(f"  {name}: {metric} {m[metric]:.6g}  loss {m['loss']:.6g}")
@@ -250,28 +222,27 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_tasks(args) -> int:
-    from .tasks import TASKS
-    from .training.presets import EXPERIMENTS, presets_for
+    from .tasks import TASKS, is_implemented
+    from .training.presets import presets_for
 
-    for name in sorted(set(EXPERIMENTS) | set(TASKS)):
-        exp = EXPERIMENTS.get(name)
-        task = TASKS.get(name)
-        status = "implemented" if task is not None else "data pipeline not implemented yet"
-        title = exp.title if exp else task.spec.description
-        print(f"{name}  [{status}]  {title}" + (f"  (paper: {exp.paper_tables})" if exp else ""))
-        if task is not None:
-            s = task.spec
-            print(
-                f"    metric {s.metric} ({'higher' if s.higher_is_better else 'lower'} is better); "
-                f"options: {', '.join(f'{k}={v}' for k, v in s.default_options.items()) or '(none)'}"
-            )
+    for name, task in sorted(TASKS.items()):
+        s = task.spec
+        status = "implemented" if is_implemented(task) else "data pipeline not implemented yet"
+        paper = (
+            f"  (paper: {s.paper_tables})" if s.paper_tables != "-" else "  (not an experiment of the paper)"
+        )
+        print(f"{name}  [{status}]  {s.description}{paper}")
+        print(
+            f"    metric {s.metric} ({'higher' if s.higher_is_better else 'lower'} is better), loss {s.loss}, "
+            f"readout {s.readout}; options: "
+            + (", ".join(f"{k}={v}" for k, v in s.default_options.items()) or "(none)")
+        )
         for p in presets_for(name):
-            default = " (default)" if exp and p.name == exp.default_preset else ""
+            default = " (default)" if p.name == s.default_preset else ""
             st = p.config()
-            dt = st["dt"]
             print(
                 f"    --preset {p.name}{default}: {st['num_layers']} x {st['hidden_size']} units, lr {st['lr']:g}, "
-                f"dropout {st['dropout']:g}, batch {st['batch_size']}, dt {dt}, alpha {st['alpha']:g}, "
+                f"dropout {st['dropout']:g}, batch {st['batch_size']}, dt {st['dt']}, alpha {st['alpha']:g}, "
                 f"{st['epochs']} epochs"
                 + (f" (lr/10 after {st['lr_reduce_epoch']})" if st["lr_reduce_epoch"] else "")
                 + (f", options {dict(p.task_options)}" if p.task_options else "")
@@ -287,7 +258,7 @@ def _cmd_report(args) -> int:
 
     try:
         reports = write_report(args.run_dir, plot=not args.no_plot)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError) as err:  # a missing or foreign directory: the user's
         raise CLIError(str(err)) from None
     if not reports:
         raise CLIError(f"no runs (directories with config.json) under {args.run_dir}")
@@ -328,17 +299,7 @@ def _settings_epilog() -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``unicornn`` command."""
-    from . import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="unicornn",
-        description="UnICORNN (Rusch & Mishra, ICML 2021): train and evaluate the paper's experiments.",
-    )
-    parser.add_argument("--version", action="version", version=f"unicornn {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _train_parser(sub) -> None:
     tr = sub.add_parser(
         "train",
         help="train a task with a preset (the paper's hyper-parameters or a small CPU run)",
@@ -403,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.set_defaults(func=_cmd_train)
 
+
+def _eval_parser(sub) -> None:
     ev = sub.add_parser(
         "eval",
         help="evaluate a checkpoint on the validation and test splits",
@@ -422,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="also print the metrics as one JSON line")
     ev.set_defaults(func=_cmd_eval)
 
+
+def _tasks_parser(sub) -> None:
     ta = sub.add_parser(
         "tasks",
         help="list the tasks, their options and presets (with sources)",
@@ -430,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ta.set_defaults(func=_cmd_tasks)
 
+
+def _report_parser(sub) -> None:
     rp = sub.add_parser(
         "report",
         help="summarise runs: per seed and mean +- std (like the paper's Table 8), learning curves",
@@ -440,17 +407,42 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, OUT/TASK, or OUT")
     rp.add_argument("--no-plot", action="store_true", help="skip the PNG of the learning curves")
     rp.set_defaults(func=_cmd_report)
+
+
+#: Parser builders of the subcommands, in the order ``--help`` lists them. A new subcommand is one
+#: ``_cmd_NAME`` function plus one builder added here.
+COMMANDS = [_train_parser, _eval_parser, _tasks_parser, _report_parser]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``unicornn`` command."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="unicornn",
+        description="UnICORNN (Rusch & Mishra, ICML 2021): train and evaluate the paper's experiments.",
+    )
+    parser.add_argument("--version", action="version", version=f"unicornn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``unicornn`` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Entry point of the ``unicornn`` console script; returns the exit code.
+
+    The project's own exceptions become one line and an exit code; any other exception propagates
+    (with its traceback): it is a bug.
+    """
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except CLIError as err:
-        return _err(str(err))
+    except Exception as err:
+        for kind, code in _exit_codes():
+            if isinstance(err, kind):
+                return _err(str(err), code)
+        raise
 
 
 if __name__ == "__main__":

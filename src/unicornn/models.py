@@ -1,17 +1,28 @@
-"""Task models: a UnICORNN stack with a linear read-out."""
+"""Task models and their registry :data:`MODELS`: a UnICORNN stack with a linear read-out.
+
+A model factory is registered by name and called as ``factory(spec, cfg)`` with the task's
+:class:`~unicornn.tasks.base.TaskSpec` and the run's (flat) settings; it returns an ``nn.Module`` whose
+``forward(inputs, lengths=None)`` maps inputs (B, N, d) (or whatever the task yields) and optional
+lengths (B,) int64 to (B, output_size) for readout ``"last"`` or (B, N, output_size) for ``"all"``. The
+model validates its own arguments.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .modules import UnICORNN, dropout_over_time
+from .registry import Registry, check_choice
+from .tasks.base import READOUTS
 
-__all__ = ["SequenceModel", "READOUTS", "count_parameters"]
+__all__ = ["SequenceModel", "MODELS", "READOUTS", "count_parameters"]
 
-READOUTS = ("last", "all")
+#: Model factories: ``factory(spec, cfg) -> nn.Module`` (see the module docstring).
+MODELS: Registry[Callable[[Any, Mapping[str, Any]], nn.Module]] = Registry("model")
 
 
 class SequenceModel(nn.Module):
@@ -19,23 +30,20 @@ class SequenceModel(nn.Module):
 
     The stack applies its over-time dropout between layers; this model applies it once more to the top
     layer's output, so that (as in the authors' code) dropout follows every layer. The head is
-    Kaiming-normal initialised with a zero bias (paper, Appendix A).
+    Kaiming-normal initialised with a zero bias: that comes from the authors' published code (the paper's
+    Appendix A gives no initialisation for the read-out).
 
     Args:
         input_size: features per step ``d``.
         output_size: classes (classification) or regression outputs.
-        hidden_size, num_layers, dt, alpha, dropout, residual_skip, backend: as in :class:`UnICORNN`;
-            ``dt`` is a float or one float per layer.
+        hidden_size, num_layers, dt, alpha, dropout, residual_skip, backend, input_gain, memory: as in
+            :class:`UnICORNN`, which validates them.
         readout: ``"last"`` reads the top layer's ``y_N``; ``"all"`` reads every step.
-        input_gain: factor applied to the first layer's input projection ``V`` after the paper's
-            initialisation (1: unchanged). The paper's Kaiming-uniform ``a=8`` keeps ``tanh`` nearly linear for
-            inputs of order one; a gain of ~30 lets a marker input saturate it (the adding problem needs that).
-        memory: ``"standard"`` or ``"lean"`` (see :class:`UnICORNN`); with ``"last"`` the output sequence is
-            never materialised.
 
     Shapes:
-        input (B, N, d), batch first (as a DataLoader yields it). Output (B, output_size) for ``"last"``,
-        (B, N, output_size) for ``"all"``.
+        input (B, N, d), batch first (as a DataLoader yields it); lengths (B,) int64 or None (then every
+        sequence has N valid steps; otherwise ``"last"`` reads the state at step ``lengths - 1``). Output
+        (B, output_size) for ``"last"``, (B, N, output_size) for ``"all"``.
     """
 
     def __init__(
@@ -54,14 +62,8 @@ class SequenceModel(nn.Module):
         memory: str = "standard",
     ) -> None:
         super().__init__()
-        if readout not in READOUTS:
-            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
-        if isinstance(dropout, bool) or not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        if isinstance(dt, Sequence) and not isinstance(dt, str):
-            dt = [float(v) for v in dt]
+        check_choice("readout", readout, READOUTS)
         self.readout = readout
-        self.dropout = float(dropout)
         self.rnn = UnICORNN(
             input_size,
             hidden_size,
@@ -73,26 +75,50 @@ class SequenceModel(nn.Module):
             residual_skip=residual_skip,
             backend=backend,
             memory=memory,
+            input_gain=input_gain,
         )
-        if not float(input_gain) > 0:
-            raise ValueError(f"input_gain must be > 0, got {input_gain!r}")
-        with torch.no_grad():
-            self.rnn.weight_ih_l0.mul_(float(input_gain))
+        self.dropout = self.rnn.dropout
         self.head = nn.Linear(hidden_size, output_size)
+        # Kaiming-normal weight, zero bias: the authors' code (not stated in the paper)
         nn.init.kaiming_normal_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, input: Tensor) -> Tensor:
-        """input (B, N, d) -> (B, output_size) or (B, N, output_size)."""
+    def forward(self, input: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """input (B, N, d), lengths (B,) or None -> (B, output_size) or (B, N, output_size)."""
         if input.dim() != 3:
             raise ValueError(f"input must be (B, N, d), got shape {tuple(input.shape)}")
-        if self.readout == "last":
+        B, N = input.shape[:2]
+        if lengths is not None and (lengths.shape != (B,) or not ((lengths >= 1) & (lengths <= N)).all()):
+            raise ValueError(f"lengths must be (B,) = ({B},) with values in [1, {N}], got {lengths!r}")
+        if self.readout == "last" and lengths is None:
             _, (y_n, _) = self.rnn(input.transpose(0, 1), return_sequence=False)
             top = dropout_over_time(y_n[-1:], self.dropout, self.training)  # (1, B, M)
             return self.head(top[0])
         out, _ = self.rnn(input.transpose(0, 1))  # (N, B, M)
+        if self.readout == "last":  # the state at each sequence's last valid step
+            last = out[lengths.to(out.device) - 1, torch.arange(B, device=out.device)]  # (B, M)
+            return self.head(dropout_over_time(last[None], self.dropout, self.training)[0])
         top = dropout_over_time(out, self.dropout, self.training)
         return self.head(top).transpose(0, 1)
+
+
+@MODELS.register("unicornn")
+def build_unicornn(spec, cfg: Mapping[str, Any]) -> SequenceModel:
+    """The :class:`SequenceModel` for task ``spec`` and settings ``cfg``."""
+    return SequenceModel(
+        spec.input_size,
+        spec.output_size,
+        hidden_size=cfg["hidden_size"],
+        num_layers=cfg["num_layers"],
+        dt=cfg["dt"],
+        alpha=cfg["alpha"],
+        dropout=cfg["dropout"],
+        readout=spec.readout,
+        residual_skip=cfg["residual_skip"],
+        backend=cfg["backend"],
+        input_gain=cfg["input_gain"],
+        memory=cfg["memory"],
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

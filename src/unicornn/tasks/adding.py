@@ -86,6 +86,7 @@ class AddingTask:
         metric="mse",
         higher_is_better=False,
         default_options={"T": 1000, "n_train": 50000, "n_valid": 1000, "n_test": 1000},
+        default_preset="small",
     )
 
     def build(self, options: dict, data_dir: pathlib.Path | None, seed: int) -> Splits:

@@ -1,25 +1,40 @@
 """Task interface shared by every experiment.
 
 A task is an object with a ``spec`` (:class:`TaskSpec`) and a ``build(options, data_dir, seed)`` method that
-returns the train/validation/test :class:`Splits`. Dataset items are ``(inputs, target)`` pairs:
+returns the train/validation/test :class:`Splits`. Tasks are registered by name in :data:`unicornn.tasks.TASKS`.
 
-* ``inputs``: float32 tensor of shape ``(N, input_size)`` (one sequence, time first);
-* ``target``: int64 scalar tensor for ``loss="cross_entropy"``; float32 ``(output_size,)`` for
-  ``readout="last"`` with ``loss="mse"``; float32 ``(N, output_size)`` for ``readout="all"``.
+Dataset items are ``(inputs, target)`` or ``(inputs, target, length)``:
+
+* ``inputs``: one sequence, time first: float32 ``(N, input_size)`` (or whatever the task's model takes,
+  e.g. token ids);
+* ``target``: int64 scalar for ``loss="cross_entropy"``; float32 scalar or ``(1,)`` 0/1 for
+  ``loss="binary_cross_entropy"``; float32 ``(output_size,)`` for ``readout="last"`` with ``loss="mse"``;
+  float32 ``(N, output_size)`` for ``readout="all"``;
+* ``length`` (optional): int64 scalar, the number of valid steps of a padded sequence. The trainer then calls
+  ``model(inputs, lengths=lengths)`` with ``lengths`` of shape (B,).
+
+A task may batch its own way (for example, bucketing sequences of similar length): :class:`Splits` then
+carries a ``batch_sampler(dataset, batch_size, shuffle, seed, rank, world_size)`` factory returning an
+iterable of index lists for one process, and/or a ``collate_fn``; both are handed to the DataLoader.
+
+The loss, metric and readout names are checked against their registries
+(:data:`unicornn.training.metrics.LOSSES`, :data:`~unicornn.training.metrics.METRICS`, :data:`READOUTS`).
 """
 
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from torch.utils.data import Dataset
 
+from ..registry import ConfigError, UnknownNameError, check_real
+from ..registry import check_int as _check_int
+
+#: How a model reads its output: from the top layer's last state y_N, or at every step.
 READOUTS = ("last", "all")
-LOSSES = ("cross_entropy", "mse")
-METRICS = ("accuracy", "mse", "nrmse")
 
 
 @dataclass(frozen=True)
@@ -27,8 +42,12 @@ class TaskSpec:
     """Static description of a task.
 
     ``readout``: ``"last"`` (predict from the top layer's last state y_N) or ``"all"`` (at every step).
+    ``loss`` and ``metric``: names in the loss and metric registries (the pair must fit: accuracy needs a
+    classification loss); ``higher_is_better`` must agree with the metric.
     ``default_options``: every option the task accepts, with its default; user options may only override
     these (see :func:`resolve_options`).
+    ``paper_tables``: where the paper reports the task ("-": not a paper experiment);
+    ``default_preset``: the preset ``unicornn train TASK`` uses without ``--preset``.
     """
 
     name: str
@@ -40,27 +59,40 @@ class TaskSpec:
     metric: str
     higher_is_better: bool
     default_options: dict
+    paper_tables: str = "-"
+    default_preset: str = "paper"
 
     def __post_init__(self) -> None:
+        from ..training.metrics import METRICS, check_pairing
+
         if self.readout not in READOUTS:
-            raise ValueError(f"TaskSpec.readout must be one of {READOUTS}, got {self.readout!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"TaskSpec.loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.metric not in METRICS:
-            raise ValueError(f"TaskSpec.metric must be one of {METRICS}, got {self.metric!r}")
+            raise UnknownNameError("readout", self.readout, list(READOUTS))
+        check_pairing(self.loss, self.metric)
+        if self.higher_is_better != METRICS.get(self.metric).higher_is_better:
+            raise ConfigError(
+                f"TaskSpec {self.name!r}: higher_is_better={self.higher_is_better} contradicts metric "
+                f"{self.metric!r}"
+            )
 
     def resolve_options(self, options: Mapping[str, Any] | None = None) -> dict:
-        """Return a copy of ``default_options`` updated by ``options``; unknown keys are a ValueError."""
+        """Return a copy of ``default_options`` updated by ``options``; unknown keys are a ConfigError."""
         return resolve_options(self, options)
+
+
+#: The spec fields written to a run's config.json (the descriptive ones are left out).
+RECORD_FIELDS = ("name", "description", "input_size", "output_size", "readout", "loss", "metric",
+                 "higher_is_better")  # fmt: skip
 
 
 @dataclass
 class Splits:
-    """The three datasets of a task."""
+    """The three datasets of a task, and optionally its own batching (see the module docstring)."""
 
     train: Dataset
     valid: Dataset
     test: Dataset
+    batch_sampler: Callable[..., Any] | None = None
+    collate_fn: Callable[[list], Any] | None = None
 
 
 @runtime_checkable
@@ -70,6 +102,27 @@ class Task(Protocol):
     spec: TaskSpec
 
     def build(self, options: dict, data_dir: pathlib.Path, seed: int) -> Splits: ...
+
+
+class TaskNotImplementedError(ConfigError):
+    """The task is registered (its spec and presets exist) but its data pipeline is not implemented."""
+
+
+class PlannedTask:
+    """A task of the paper whose spec and presets exist but whose data pipeline does not yet."""
+
+    implemented = False
+
+    def __init__(self, spec: TaskSpec) -> None:
+        self.spec = spec
+
+    def build(self, options: dict, data_dir: pathlib.Path, seed: int) -> Splits:
+        raise TaskNotImplementedError(f"the data pipeline of task {self.spec.name!r} is not implemented yet")
+
+
+def is_implemented(task: Task) -> bool:
+    """False for a :class:`PlannedTask` (a task without data pipeline)."""
+    return getattr(task, "implemented", True)
 
 
 def resolve_options(spec: TaskSpec, options: Mapping[str, Any] | None = None) -> dict:
@@ -82,7 +135,7 @@ def resolve_options(spec: TaskSpec, options: Mapping[str, Any] | None = None) ->
     unknown = sorted(set(options) - set(spec.default_options))
     if unknown:
         valid = ", ".join(sorted(spec.default_options)) or "(none)"
-        raise ValueError(
+        raise ConfigError(
             f"unknown option(s) {', '.join(unknown)} for task {spec.name!r}; valid options: {valid}"
         )
     merged.update(options)
@@ -90,28 +143,15 @@ def resolve_options(spec: TaskSpec, options: Mapping[str, Any] | None = None) ->
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:
-    """Return ``value`` if it is an int >= ``minimum`` (bools are rejected), else raise."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"option {name!r} must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"option {name!r} must be >= {minimum}, got {value}")
-    return value
+    """Return task option ``value`` if it is an int >= ``minimum`` (bools are rejected), else raise."""
+    return _check_int(f"option {name!r}", value, minimum)
 
 
 def check_float(name: str, value: Any) -> float:
-    """Return ``value`` as a finite float (ints accepted, bools rejected), else raise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"option {name!r} must be a number, got {type(value).__name__} ({value!r})")
-    value = float(value)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"option {name!r} must be finite, got {value}")
-    return value
+    """Return task option ``value`` as a finite float (ints accepted, bools rejected), else raise."""
+    return check_real(f"option {name!r}", value)
 
 
 def check_seed(seed: Any) -> int:
     """Return ``seed`` if it is a non-negative int, else raise."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__} ({seed!r})")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    return seed
+    return _check_int("seed", seed, 0)

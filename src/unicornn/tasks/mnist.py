@@ -13,7 +13,10 @@ image with it in the same way.
 
 Splits: the 60,000 official training images are shuffled once by ``torch.randperm(60000)`` drawn from
 a ``torch.Generator`` seeded with :data:`SPLIT_SEED` (5544, independent of the run seed); the first 57,000
-of that order are the training set and the last 3,000 the validation set. The test set is the official
+of that order are the training set and the last 3,000 the validation set. These sizes (57,000 / 3,000) are
+the authors' code's; its membership is not: their script draws its validation images with its own
+generator, so the two validation sets hold different images (this package's split is fixed by
+:data:`SPLIT_SEED`, independent of the run seed). The test set is the official
 10,000 test images, in file order. Options ``n_train`` / ``n_valid`` / ``n_test`` take the first n of each
 split (in that fixed order) for quick runs; asking for more than a split holds is an error.
 """
@@ -30,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..registry import ConfigError
 from .base import Splits, TaskSpec, check_int, check_seed, resolve_options
 from .download import DataUnavailableError, data_root, fetch
 
@@ -87,7 +91,7 @@ PERMUTATION_FILE = "psmnist_permutation.txt"
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class IdxFormatError(ValueError):
+class IdxFormatError(DataUnavailableError, ValueError):
     """A file is not a valid (gzip-compressed) IDX file, or not the MNIST content expected."""
 
 
@@ -244,6 +248,7 @@ class MnistTask:
             metric="accuracy",
             higher_is_better=True,
             default_options={"n_train": N_TRAIN, "n_valid": N_VALID, "n_test": N_TEST},
+            paper_tables="Tables 1, 6, 8" if permuted else "-",
         )
 
     def build(self, options: dict, data_dir: pathlib.Path | None, seed: int) -> Splits:
@@ -253,7 +258,7 @@ class MnistTask:
         limits = {"n_train": N_TRAIN, "n_valid": N_VALID, "n_test": N_TEST}
         for key, limit in limits.items():
             if check_int(key, opts[key], 1) > limit:
-                raise ValueError(f"option {key!r} must be <= {limit} (the split's size), got {opts[key]}")
+                raise ConfigError(f"option {key!r} must be <= {limit} (the split's size), got {opts[key]}")
         paths = fetch_mnist(data_dir)
         train_images = read_mnist_images(paths["train_images"])
         train_labels = read_mnist_labels(paths["train_labels"])
@@ -269,6 +274,7 @@ class MnistTask:
                     f"expected {n} of each"
                 )
         perm = load_permutation() if self.permuted else None
+        # 57k/3k: the authors' sizes; which images are validation ones is this package's draw (SPLIT_SEED)
         order = torch.randperm(N_TRAIN + N_VALID, generator=torch.Generator().manual_seed(SPLIT_SEED))
         train_idx = order[: opts["n_train"]]
         valid_idx = order[N_TRAIN : N_TRAIN + opts["n_valid"]]

@@ -1,10 +1,12 @@
-"""Training: presets (the paper's hyper-parameters), the trainer, checkpoints, DDP, reports."""
+"""Training: settings, presets (the paper's hyper-parameters), the trainer and its pieces, checkpoints, DDP,
+reports."""
 
-from .presets import EXPERIMENTS, PRESETS, TRAIN_DEFAULTS, Preset, get_preset, presets_for
-from .trainer import NonFiniteError, RunExistsError, build_model, evaluate, train_run
+from .presets import PRESETS, TRAIN_DEFAULTS, Preset, get_preset, presets_for
+from .run import RunExistsError
+from .seeds import run_dir_for, train_seeds
+from .trainer import NonFiniteError, build_model, evaluate, train_run
 
 __all__ = [
-    "EXPERIMENTS",
     "PRESETS",
     "TRAIN_DEFAULTS",
     "Preset",
@@ -15,4 +17,6 @@ __all__ = [
     "build_model",
     "evaluate",
     "train_run",
+    "train_seeds",
+    "run_dir_for",
 ]

@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from ..registry import ConfigError
+
 __all__ = ["DistContext", "init_distributed", "resolve_device", "ShardSampler", "all_reduce_sum", "barrier"]
 
 
@@ -44,10 +46,10 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as err:
-        raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}") from err
+        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}") from err
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available on this machine")
+            raise ConfigError(f"--device {device}: CUDA is not available on this machine")
         if dev.index is None:
             dev = torch.device(f"cuda:{local_rank}")
     return dev

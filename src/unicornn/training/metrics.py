@@ -1,35 +1,131 @@
-"""Losses and split metrics, accumulated in float64 and reducible across processes."""
+"""Losses and split metrics: the registries :data:`LOSSES` and :data:`METRICS`, accumulated in float64.
+
+Losses (``output`` is what the model returns, ``target`` what the dataset yields, batched):
+
+* ``cross_entropy``: output (B, C) logits, target (B,) int64 class indices;
+* ``binary_cross_entropy``: output (B, 1) or (B,) logit, target of B elements, float 0/1 (binary
+  classification with one logit; a logit > 0 predicts class 1);
+* ``mse``: output and target of the same shape, (B, K) or (B, N, K); the mean runs over every element.
+
+Metrics: ``accuracy`` in percent (as in the paper's tables; needs a classification loss); ``mse``; ``rmse``,
+the square root of the MSE over the split (the paper's "L2 error" of Table 4); ``nrmse``, the RMSE over the
+whole split divided by the standard deviation of the split's targets (all elements pooled). The paper states
+no formula for its Lorenz-96 NRMSE (Table 7, Appendix D): this normalisation is this package's reading.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LOSSES", "METRICS", "compute_loss", "SplitMetrics", "is_better"]
+from ..registry import ConfigError, Registry
 
-LOSSES = ("cross_entropy", "mse")
-#: ``accuracy`` is in percent (as in the paper's tables); ``nrmse`` is the RMSE over the whole split divided
-#: by the standard deviation of the split's targets (all elements pooled); ``rmse`` is the square root of
-#: the MSE over the split (the paper's "L2 error" of Table 4).
-METRICS = ("accuracy", "mse", "rmse", "nrmse")
+__all__ = ["Loss", "Metric", "LOSSES", "METRICS", "compute_loss", "SplitMetrics", "is_better"]
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A training loss: ``fn(output, target)`` is the batch mean. A classification loss also has
+    ``predict(output)`` and ``classes(target)``, both (B,) int64 (None for a regression loss)."""
+
+    name: str
+    fn: Callable[[Tensor, Tensor], Tensor]
+    predict: Callable[[Tensor], Tensor] | None = None
+    classes: Callable[[Tensor], Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A split metric computed from the float64 sums of :class:`SplitMetrics` (see ``_from_sums``)."""
+
+    name: str
+    higher_is_better: bool
+    needs_classes: bool
+    from_sums: Callable[[dict[str, float]], float]
+
+
+LOSSES: Registry[Loss] = Registry("loss")
+METRICS: Registry[Metric] = Registry("metric")
+
+
+def _same_shape(name: str, output: Tensor, target: Tensor) -> None:
+    if output.shape != target.shape:
+        raise ValueError(f"{name}: output shape {tuple(output.shape)} != target shape {tuple(target.shape)}")
+
+
+def _mse(output: Tensor, target: Tensor) -> Tensor:
+    _same_shape("mse", output, target)
+    return F.mse_loss(output, target)
+
+
+def _logit(output: Tensor, target: Tensor) -> Tensor:
+    """(B, 1) or (B,) logit -> (B,), checked against the target's B elements."""
+    if output.dim() == 2 and output.shape[1] == 1:
+        output = output[:, 0]
+    if output.dim() != 1 or target.numel() != output.shape[0]:
+        raise ValueError(
+            f"binary_cross_entropy: output must be (B, 1) or (B,) with B = {target.numel()} targets, "
+            f"got shape {tuple(output.shape)}"
+        )
+    return output
+
+
+def _bce(output: Tensor, target: Tensor) -> Tensor:
+    logit = _logit(output, target)
+    return F.binary_cross_entropy_with_logits(logit, target.reshape(-1).to(logit.dtype))
+
+
+LOSSES.register(
+    "cross_entropy", Loss("cross_entropy", F.cross_entropy, lambda out: out.argmax(-1), lambda t: t.long())
+)
+LOSSES.register(
+    "binary_cross_entropy",
+    Loss(
+        "binary_cross_entropy",
+        _bce,
+        lambda out: (out.reshape(out.shape[0], -1)[:, 0] > 0).long(),  # logit > 0: class 1
+        lambda t: (t.reshape(-1) > 0.5).long(),
+    ),
+)
+LOSSES.register("mse", Loss("mse", _mse))
+
+
+def _nrmse(s: dict[str, float]) -> float:
+    e = s["elems"]
+    if not e:
+        return math.nan
+    mean = s["tsum"] / e
+    var = max(s["tsq"] / e - mean * mean, 0.0)
+    return math.sqrt(s["sqerr"] / e) / math.sqrt(var) if var > 0 else math.nan
+
+
+def _ratio(num: str, den: str, scale: float = 1.0) -> Callable[[dict[str, float]], float]:
+    return lambda s: scale * s[num] / s[den] if s[den] else math.nan
+
+
+METRICS.register("accuracy", Metric("accuracy", True, True, _ratio("correct", "n", 100.0)))
+METRICS.register("mse", Metric("mse", False, False, _ratio("sqerr", "elems")))
+METRICS.register("rmse", Metric("rmse", False, False, lambda s: math.sqrt(_ratio("sqerr", "elems")(s))))
+METRICS.register("nrmse", Metric("nrmse", False, False, _nrmse))
+
+
+def check_pairing(loss: str, metric: str) -> None:
+    """Raise :class:`~unicornn.registry.ConfigError` unless ``loss`` and ``metric`` are known and fit."""
+    lo, me = LOSSES.get(loss), METRICS.get(metric)
+    if me.needs_classes and lo.predict is None:
+        raise ConfigError(f"metric {metric!r} needs a classification loss, got loss {loss!r}")
+    if not me.needs_classes and lo.predict is not None:
+        raise ConfigError(f"metric {metric!r} needs a regression loss (mse), got loss {loss!r}")
 
 
 def compute_loss(loss: str, output: Tensor, target: Tensor) -> Tensor:
-    """Mean loss of a batch.
-
-    ``cross_entropy``: output (B, C) logits, target (B,) int64. ``mse``: output and target of the same shape,
-    (B, K) or (B, N, K); the mean runs over every element.
-    """
-    if loss == "cross_entropy":
-        return F.cross_entropy(output, target)
-    if loss == "mse":
-        if output.shape != target.shape:
-            raise ValueError(f"mse: output shape {tuple(output.shape)} != target shape {tuple(target.shape)}")
-        return F.mse_loss(output, target)
-    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    """Mean loss ``loss`` (a name in :data:`LOSSES`) of a batch; shapes as in the module docstring."""
+    return LOSSES.get(loss).fn(output, target)
 
 
 def is_better(new: float, old: float | None, higher_is_better: bool) -> bool:
@@ -46,32 +142,29 @@ class SplitMetrics:
     (:meth:`sums` / :meth:`load_sums`).
     """
 
-    # indices into the sum vector
-    _LOSS, _N, _CORRECT, _SQERR, _ELEMS, _TSUM, _TSQ = range(7)
+    _NAMES = ("loss", "n", "correct", "sqerr", "elems", "tsum", "tsq")
 
     def __init__(self, loss: str, metric: str) -> None:
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        check_pairing(loss, metric)
         self.loss, self.metric = loss, metric
-        self._s = torch.zeros(7, dtype=torch.float64)
+        self._loss, self._metric = LOSSES.get(loss), METRICS.get(metric)
+        self._s = torch.zeros(len(self._NAMES), dtype=torch.float64)
 
     @torch.no_grad()
     def update(self, output: Tensor, target: Tensor, batch_loss: Tensor) -> None:
-        """Add a batch: ``batch_loss`` is the batch's mean loss; output/target as in :func:`compute_loss`."""
+        """Add a batch: ``batch_loss`` is the batch's mean loss; output/target as for the loss."""
         b = target.shape[0]
         s = self._s
-        s[self._LOSS] += float(batch_loss) * b
-        s[self._N] += b
-        if self.metric == "accuracy":
-            s[self._CORRECT] += float((output.argmax(-1) == target).sum())
+        s[0] += float(batch_loss) * b
+        s[1] += b
+        if self._metric.needs_classes:
+            s[2] += float((self._loss.predict(output) == self._loss.classes(target)).sum())
         else:
             o, t = output.double(), target.double()
-            s[self._SQERR] += float(((o - t) ** 2).sum())
-            s[self._ELEMS] += t.numel()
-            s[self._TSUM] += float(t.sum())
-            s[self._TSQ] += float((t * t).sum())
+            s[3] += float(((o - t) ** 2).sum())
+            s[4] += t.numel()
+            s[5] += float(t.sum())
+            s[6] += float((t * t).sum())
 
     def sums(self) -> Tensor:
         """The float64 sum vector (for an all-reduce)."""
@@ -83,20 +176,5 @@ class SplitMetrics:
 
     def compute(self) -> dict[str, float]:
         """``{"loss": mean loss, metric: value}``; NaN where nothing was seen."""
-        s = self._s.tolist()
-        n = s[self._N]
-        out = {"loss": s[self._LOSS] / n if n else math.nan}
-        if self.metric == "accuracy":
-            out["accuracy"] = 100.0 * s[self._CORRECT] / n if n else math.nan
-            return out
-        e = s[self._ELEMS]
-        mse = s[self._SQERR] / e if e else math.nan
-        if self.metric == "mse":
-            out["mse"] = mse
-        elif self.metric == "rmse":
-            out["rmse"] = math.sqrt(mse)
-        else:  # nrmse
-            mean = s[self._TSUM] / e if e else math.nan
-            var = max(s[self._TSQ] / e - mean * mean, 0.0) if e else math.nan
-            out["nrmse"] = math.sqrt(mse) / math.sqrt(var) if var > 0 else math.nan
-        return out
+        s = dict(zip(self._NAMES, self._s.tolist(), strict=True))
+        return {"loss": s["loss"] / s["n"] if s["n"] else math.nan, self.metric: self._metric.from_sums(s)}

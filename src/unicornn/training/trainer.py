@@ -1,15 +1,9 @@
 """The training loop: Adam, the paper's step schedule, validation-based selection, checkpoints and resume.
 
-One call of :func:`train_run` trains one seed into one run directory::
-
-    RUN_DIR/config.json      settings, task options and task spec of the run
-    RUN_DIR/metrics.jsonl    one JSON line per finished epoch
-    RUN_DIR/checkpoint.pt    written atomically after every epoch (model, optimiser, scheduler, grad scaler,
-                             RNG states of every process, epoch, best metrics): ``resume=True`` continues
-                             from it exactly
-    RUN_DIR/best.pt          model weights at the best validation epoch
-    RUN_DIR/result.json      written when the run finishes: best epoch, its validation and test metric
-    RUN_DIR/tensorboard/     TensorBoard events (if ``tensorboard`` is installed)
+One call of :func:`train_run` trains one seed into one run directory (files: :mod:`.run`). Its pieces:
+:func:`~.run.open_run` (fresh, resume or finished), :func:`~.splits.build_splits` (datasets and subsets),
+:func:`~.epoch.train_epoch` (one epoch, NaN/Inf guard), :func:`~.epoch.evaluate` and
+:class:`~.records.EpochWriter` (an epoch's results). Several seeds: :mod:`.seeds`.
 
 Under ``torchrun`` every process calls :func:`train_run`; the model is wrapped in DistributedDataParallel,
 the training set is split by a DistributedSampler (the configured batch size is the global one), metrics
@@ -20,13 +14,11 @@ is a multiple of the number of processes (otherwise DistributedSampler repeats a
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import random
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -34,22 +26,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from ..models import SequenceModel, count_parameters
-from .checkpoint import (
-    append_jsonl,
-    atomic_save,
-    atomic_write_text,
-    capture_rng_state,
-    load_checkpoint,
-    read_jsonl,
-    restore_rng_state,
-    rewrite_jsonl,
-)
-from .distributed import DistContext, ShardSampler, all_reduce_sum
-from .metrics import SplitMetrics, compute_loss, is_better
-from .presets import TRAIN_DEFAULTS
+from ..models import MODELS, count_parameters
+from ..registry import ConfigError
+from ..tasks.base import RECORD_FIELDS
+from .checkpoint import capture_rng_state, restore_rng_state
+from .distributed import DistContext
+from .epoch import NonFiniteError, evaluate, train_epoch
+from .metrics import is_better
+from .records import EpochWriter, epoch_row, fmt, truncate_metrics, write_config, write_result
+from .run import RunExistsError, open_run
+from .settings import RESUME_MUTABLE_KEYS, validate_config
+from .splits import build_splits, train_loader
 
 __all__ = [
     "NonFiniteError",
@@ -61,179 +49,14 @@ __all__ = [
     "RESUME_MUTABLE_KEYS",
 ]
 
-#: Settings that may differ between a checkpoint and the resumed run (everything else must match).
-RESUME_MUTABLE_KEYS = frozenset({"epochs", "eval_batch_size", "num_workers"})
 
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
-METRICS = "metrics.jsonl"
-CONFIG = "config.json"
-RESULT = "result.json"
-
-
-class NonFiniteError(RuntimeError):
-    """Training produced a NaN/Inf loss, gradient or metric; the last good checkpoint is kept."""
-
-
-class RunExistsError(RuntimeError):
-    """The run directory already holds a run and ``resume`` was not requested."""
-
-
-# --------------------------------------------------------------------------------------------------
-# configuration
-# --------------------------------------------------------------------------------------------------
-
-_INT_KEYS = ("hidden_size", "num_layers", "batch_size", "eval_batch_size", "epochs", "seed", "num_workers")
-_OPT_INT_KEYS = ("residual_skip", "lr_reduce_epoch", "train_subset", "eval_subset")
-_AMP = ("off", "bf16", "fp16")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Check every trainer setting; return a normalised copy (``dt`` a float or a list of floats).
-
-    Raises ValueError naming the setting and what was expected.
-    """
-    unknown = sorted(set(cfg) - set(TRAIN_DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(TRAIN_DEFAULTS)}"
-        )
-    out = dict(TRAIN_DEFAULTS)
-    out.update(cfg)
-    for k in _INT_KEYS:
-        if not _is_int(out[k]):
-            raise ValueError(f"setting {k!r} must be an int, got {out[k]!r}")
-    for k in ("hidden_size", "num_layers", "batch_size", "eval_batch_size", "epochs"):
-        if out[k] < 1:
-            raise ValueError(f"setting {k!r} must be >= 1, got {out[k]}")
-    if out["seed"] < 0 or out["num_workers"] < 0:
-        raise ValueError("settings 'seed' and 'num_workers' must be >= 0")
-    for k in _OPT_INT_KEYS:
-        if out[k] is not None and (not _is_int(out[k]) or out[k] < 1):
-            raise ValueError(f"setting {k!r} must be none or an int >= 1, got {out[k]!r}")
-    dt = out["dt"]
-    if isinstance(dt, (list, tuple)):
-        if len(dt) != out["num_layers"] or not all(_is_num(v) for v in dt):
-            raise ValueError(
-                f"setting 'dt' must be one number or {out['num_layers']} numbers (one per layer), got {dt!r}"
-            )
-        dt = [float(v) for v in dt]
-    elif not _is_num(dt):
-        raise ValueError(f"setting 'dt' must be a number in (0, 1] or a list of them, got {dt!r}")
-    for v in dt if isinstance(dt, list) else [dt]:
-        if not 0.0 < v <= 1.0:
-            raise ValueError(f"setting 'dt' must be in (0, 1], got {v}")
-    out["dt"] = dt
-    for k, lo in (("alpha", 0.0), ("lr", None), ("lr_reduce_factor", None)):
-        if not _is_num(out[k]) or (lo is not None and out[k] < lo) or (lo is None and out[k] <= 0):
-            raise ValueError(
-                f"setting {k!r} must be a {'number >= 0' if lo == 0.0 else 'positive number'}, got {out[k]!r}"
-            )
-    if not _is_num(out["dropout"]) or not 0.0 <= out["dropout"] < 1.0:
-        raise ValueError(f"setting 'dropout' must be in [0, 1), got {out['dropout']!r}")
-    if out["grad_clip"] is not None and (not _is_num(out["grad_clip"]) or out["grad_clip"] <= 0):
-        raise ValueError(f"setting 'grad_clip' must be none or a positive number, got {out['grad_clip']!r}")
-    if not _is_num(out["input_gain"]) or out["input_gain"] <= 0:
-        raise ValueError(f"setting 'input_gain' must be a positive number, got {out['input_gain']!r}")
-    out["input_gain"] = float(out["input_gain"])
-    if out["memory"] not in ("standard", "lean"):
-        raise ValueError(f"setting 'memory' must be standard or lean, got {out['memory']!r}")
-    if out["amp"] not in _AMP:
-        raise ValueError(f"setting 'amp' must be one of {', '.join(_AMP)}, got {out['amp']!r}")
-    from ..ops import BACKENDS
-
-    if out["backend"] not in BACKENDS:
-        raise ValueError(f"setting 'backend' must be one of {', '.join(BACKENDS)}, got {out['backend']!r}")
-    for k in ("alpha", "lr", "lr_reduce_factor", "dropout"):
-        out[k] = float(out[k])
-    if out["grad_clip"] is not None:
-        out["grad_clip"] = float(out["grad_clip"])
-    return out
-
-
-def build_model(spec, cfg: Mapping[str, Any]) -> SequenceModel:
-    """The :class:`SequenceModel` for task ``spec`` and trainer settings ``cfg``."""
-    return SequenceModel(
-        spec.input_size,
-        spec.output_size,
-        hidden_size=cfg["hidden_size"],
-        num_layers=cfg["num_layers"],
-        dt=cfg["dt"],
-        alpha=cfg["alpha"],
-        dropout=cfg["dropout"],
-        readout=spec.readout,
-        residual_skip=cfg["residual_skip"],
-        backend=cfg["backend"],
-        input_gain=cfg["input_gain"],
-        memory=cfg["memory"],
-    )
-
-
-def _subset(ds: Dataset, n: int | None, seed: int) -> Dataset:
-    """A fixed random subset of ``n`` items (chosen from ``seed``), or ``ds`` itself."""
-    if n is None or n >= len(ds):
-        return ds
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(ds), generator=g)[:n].sort().values.tolist()
-    return Subset(ds, idx)
-
-
-# --------------------------------------------------------------------------------------------------
-# evaluation
-# --------------------------------------------------------------------------------------------------
-
-
-def _autocast(device: torch.device, amp: str):
-    if amp == "off" or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    dataset: Dataset,
-    spec,
-    *,
-    batch_size: int,
-    device: torch.device,
-    ctx: DistContext | None = None,
-    amp: str = "off",
-    num_workers: int = 0,
-) -> dict[str, float]:
-    """Loss and task metric of ``model`` on ``dataset`` (every item once, summed over processes)."""
-    ctx = ctx or DistContext(device=device)
-    was_training = model.training
-    model.eval()
-    acc = SplitMetrics(spec.loss, spec.metric)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
-        num_workers=num_workers,
-    )
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with _autocast(device, amp):
-            out = model(x)
-        out = out.float()
-        acc.update(out, y, compute_loss(spec.loss, out, y))
-    acc.load_sums(all_reduce_sum(acc.sums(), ctx))
-    model.train(was_training)
-    return acc.compute()
-
-
-# --------------------------------------------------------------------------------------------------
-# training
-# --------------------------------------------------------------------------------------------------
+def build_model(spec, cfg: Mapping[str, Any]) -> nn.Module:
+    """The model ``cfg["model"]`` for task ``spec``; its own errors about its arguments become ConfigError."""
+    factory = MODELS.get(cfg.get("model", "unicornn"))
+    try:
+        return factory(spec, cfg)
+    except (ValueError, TypeError) as err:  # the model validates its arguments (dt, alpha, ...)
+        raise ConfigError(f"model {cfg.get('model', 'unicornn')!r}: {err}") from err
 
 
 def _progress(quiet: bool, main: bool):
@@ -246,12 +69,10 @@ def _progress(quiet: bool, main: bool):
     return tqdm
 
 
-def _tensorboard(run_dir: Path, start_epoch: int):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard missing or broken: JSONL only
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch + 1)
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _gather_rng(ctx: DistContext, gen: torch.Generator) -> list:
@@ -263,15 +84,17 @@ def _gather_rng(ctx: DistContext, gen: torch.Generator) -> list:
     return states
 
 
-def _any_rank(flag: bool, ctx: DistContext) -> bool:
-    if not ctx.enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64)
-    return bool(all_reduce_sum(t, ctx).item() > 0)
+def _logger(log: Callable[[str], None] | None, quiet: bool, main: bool) -> Callable[[str], None]:
+    def say(msg: str) -> None:
+        if not main:
+            return
+        if log is not None:
+            log(msg)
+        else:
+            tq = _progress(quiet, main)
+            (tq.write if tq is not None else print)(msg, file=sys.stderr)
 
-
-def _fmt(v: float) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    return say
 
 
 def train_run(
@@ -292,7 +115,7 @@ def train_run(
 
     Args:
         task: an object with ``spec`` and ``build(options, data_dir, seed)`` (see :mod:`unicornn.tasks`).
-        config: trainer settings (see :data:`~unicornn.training.presets.TRAIN_DEFAULTS`).
+        config: settings (see :data:`~unicornn.training.settings.TRAIN_DEFAULTS`).
         task_options: options passed to ``task.build`` (merged into the task's defaults).
         run_dir: directory of this run.
         data_dir: dataset cache directory handed to the task.
@@ -311,102 +134,47 @@ def train_run(
     Raises:
         NonFiniteError: the loss, a gradient or a metric became NaN/Inf (files of the last good epoch kept).
         RunExistsError: ``run_dir`` holds a run and ``resume`` is False.
+        ConfigError: a bad setting, task option or model argument (the message names it).
     """
-    spec = task.spec
-    ctx = ctx or DistContext()
+    spec, ctx, run_dir = task.spec, ctx or DistContext(), Path(run_dir)
     cfg = validate_config(config)
     options = spec.resolve_options(task_options) if hasattr(spec, "resolve_options") else dict(task_options)
-    run_dir = Path(run_dir)
-    device = ctx.device
-    main = ctx.is_main
-
-    def say(msg: str) -> None:
-        if not main:
-            return
-        if log is not None:
-            log(msg)
-        else:
-            tq = _progress(quiet, main)
-            (tq.write if tq is not None else print)(msg, file=sys.stderr)
-
+    device, main = ctx.device, ctx.is_main
+    say = _logger(log, quiet, main)
     if cfg["amp"] != "off" and device.type != "cuda":
-        raise ValueError(f"setting 'amp={cfg['amp']}' needs a CUDA device; this run uses {device}")
+        raise ConfigError(f"setting 'amp={cfg['amp']}' needs a CUDA device; this run uses {device}")
     if cfg["batch_size"] % ctx.world_size:
-        raise ValueError(
+        raise ConfigError(
             f"setting 'batch_size' ({cfg['batch_size']}) must be divisible by the number of processes "
             f"({ctx.world_size})"
         )
-
-    ckpt_path = run_dir / CHECKPOINT
     record = {
         "task": spec.name,
         "settings": cfg,
         "task_options": options,
-        "spec": {k: v for k, v in asdict(spec).items() if k != "default_options"},
+        "spec": {k: v for k, v in asdict(spec).items() if k in RECORD_FIELDS},
         "world_size": ctx.world_size,
     }
-
-    # ---- resume or fresh start -------------------------------------------------------------------
-    ckpt = None
-    if (run_dir / RESULT).exists() or ckpt_path.exists():
-        if not resume:
-            raise RunExistsError(
-                f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
-            )
-        if (run_dir / RESULT).exists():
-            result = json.loads((run_dir / RESULT).read_text())
-            say(f"{run_dir}: already finished (best epoch {result['best']['epoch']}); nothing to do")
-            return result
-        ckpt = load_checkpoint(ckpt_path)
-        old = ckpt["record"]
-        diff = sorted(k for k in cfg if k not in RESUME_MUTABLE_KEYS and old["settings"].get(k) != cfg[k])
-        if old["task"] != spec.name or old["task_options"] != options:
-            diff.append("task/task options")
-        if old["world_size"] != ctx.world_size:
-            diff.append(f"number of processes ({old['world_size']} -> {ctx.world_size})")
-        if diff:
-            raise ValueError(
-                f"cannot resume {run_dir}: the checkpoint was made with different {', '.join(diff)}; "
-                f"only {', '.join(sorted(RESUME_MUTABLE_KEYS))} may change on resume"
-            )
+    opened = open_run(run_dir, record, resume)
+    if opened.result is not None:
+        say(f"{run_dir}: already finished (best epoch {opened.result['best']['epoch']}); nothing to do")
+        return opened.result
+    ckpt = opened.checkpoint
 
     seed = cfg["seed"]
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-    splits = task.build(options, data_dir, seed)
-    train_set = _subset(splits.train, cfg["train_subset"], seed)
-    valid_set = _subset(splits.valid, cfg["eval_subset"], seed + 1)
-    test_set = _subset(splits.test, cfg["eval_subset"], seed + 2)
-
     torch.manual_seed(seed)  # model initialisation depends on the seed only
     model = build_model(spec, cfg).to(device)
-    # every process draws its own dropout masks
-    torch.manual_seed(seed * 1_000_003 + ctx.rank + 1)
-    random.seed(seed * 1_000_003 + ctx.rank + 1)
-    np.random.seed(seed * 1_000_003 + ctx.rank + 1)
+    _seed_all(seed)
+    splits = build_splits(task, options, data_dir, cfg)
+    _seed_all(seed * 1_000_003 + ctx.rank + 1)  # every process draws its own dropout masks
 
     net: nn.Module = model
     if ctx.enabled:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-
-    local_batch = cfg["batch_size"] // ctx.world_size
-    sampler = DistributedSampler(
-        train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=False
-    )
     loader_gen = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(
-        train_set,
-        batch_size=local_batch,
-        sampler=sampler,
-        num_workers=cfg["num_workers"],
-        generator=loader_gen,
-        pin_memory=device.type == "cuda",
-        drop_last=False,
-    )
+    loader, sampler = train_loader(splits, cfg, ctx, loader_gen)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     milestones = [cfg["lr_reduce_epoch"]] if cfg["lr_reduce_epoch"] is not None else []
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg["lr_reduce_factor"])
@@ -419,27 +187,25 @@ def train_run(
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        start_epoch = ckpt["epoch"]
-        best = ckpt["best"]
+        start_epoch, best = ckpt["epoch"], ckpt["best"]
         restore_rng_state(ckpt["rng"][ctx.rank], loader_gen)
-        if main:  # drop lines of epochs the checkpoint does not cover (a crash between the two writes)
-            rows = [r for r in read_jsonl(run_dir / METRICS) if r["epoch"] <= start_epoch]
-            rewrite_jsonl(rows, run_dir / METRICS)
+        if main:
+            truncate_metrics(run_dir, start_epoch)
         say(f"resuming {run_dir} after epoch {start_epoch}")
     elif main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / METRICS).unlink(missing_ok=True)
         record["parameters"] = count_parameters(model)
-        atomic_write_text(json.dumps(record, indent=2) + "\n", run_dir / CONFIG)
+        write_config(run_dir, record)
         say(
-            f"{spec.name}: {count_parameters(model):,} parameters, {len(train_set):,} training sequences, "
+            f"{spec.name}: {count_parameters(model):,} parameters, {len(splits.train):,} training sequences, "
             f"{cfg['epochs']} epochs, device {device}"
             + (f" x {ctx.world_size} processes" if ctx.enabled else "")
         )
 
     metric = spec.metric
     tq = _progress(quiet, main)
-    writer = _tensorboard(run_dir, start_epoch) if main and tensorboard else None
+    writer = (
+        EpochWriter(run_dir, metric, cfg["epochs"], main and tensorboard, start_epoch, say) if main else None
+    )
     epoch_bar = (
         tq(total=cfg["epochs"], initial=start_epoch, desc=f"{spec.name} seed {seed}", unit="epoch")
         if tq is not None
@@ -447,61 +213,45 @@ def train_run(
     )
     last_row: dict[str, Any] | None = None
     status = "finished"
+    ev = dict(batch_size=cfg["eval_batch_size"], device=device, ctx=ctx, amp=cfg["amp"],
+              num_workers=cfg["num_workers"], splits=splits)  # fmt: skip
     try:
         for epoch in range(start_epoch, cfg["epochs"]):
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 status = "stopped"
                 break
             t0 = time.perf_counter()
-            sampler.set_epoch(epoch)
-            net.train()
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
             lr = optimizer.param_groups[0]["lr"]
-            train_acc = SplitMetrics(spec.loss, metric)
-            batches = (
-                tq(train_loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False, unit="batch")
-                if tq is not None
-                else train_loader
+            good = start_epoch if last_row is None else last_row["epoch"]
+
+            def on_nonfinite(what: str, batch: int, epoch=epoch, lr=lr, good=good) -> str:
+                return (
+                    f"non-finite {what} at epoch {epoch + 1}, batch {batch} (lr {lr:.3g}); training stopped "
+                    f"before the update. The checkpoint of epoch {good} in {run_dir} is kept. Try a smaller "
+                    f"lr, grad_clip or dt (--set key=value)."
+                )
+
+            progress = None
+            if tq is not None:
+                desc = f"epoch {epoch + 1}/{cfg['epochs']}"
+                progress = lambda it, desc=desc: tq(it, desc=desc, leave=False, unit="batch")  # noqa: E731
+            train_m = train_epoch(
+                net,
+                model,
+                loader,
+                spec,
+                cfg,
+                optimizer,
+                scaler,
+                ctx,
+                on_nonfinite=on_nonfinite,
+                progress=progress,
             )
-            for step, (x, y) in enumerate(batches):
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                with _autocast(device, cfg["amp"]):
-                    out = net(x)
-                out = out.float()
-                loss = compute_loss(spec.loss, out, y)
-                scaler.scale(loss).backward()
-                if cfg["grad_clip"] is not None or cfg["amp"] != "fp16":
-                    scaler.unscale_(optimizer)
-                    gnorm = nn.utils.clip_grad_norm_(
-                        model.parameters(), cfg["grad_clip"] if cfg["grad_clip"] is not None else math.inf
-                    )
-                else:
-                    gnorm = torch.zeros(())
-                bad = not math.isfinite(loss.item()) or (cfg["amp"] != "fp16" and not torch.isfinite(gnorm))
-                if _any_rank(bad, ctx):
-                    raise NonFiniteError(
-                        f"non-finite {'loss' if not math.isfinite(loss.item()) else 'gradient'} at epoch "
-                        f"{epoch + 1}, batch {step + 1} (lr {lr:.3g}); training stopped before the update. "
-                        f"The checkpoint of epoch {start_epoch if last_row is None else last_row['epoch']} "
-                        f"in {run_dir} is kept. Try a smaller lr, grad_clip or dt (--set key=value)."
-                    )
-                scaler.step(optimizer)
-                scaler.update()
-                train_acc.update(out.detach(), y, loss.detach())
-                if tq is not None:
-                    batches.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
             scheduler.step()
-            train_acc.load_sums(all_reduce_sum(train_acc.sums(), ctx))
-            train_m = train_acc.compute()
-            ev = dict(
-                batch_size=cfg["eval_batch_size"],
-                device=device,
-                ctx=ctx,
-                amp=cfg["amp"],
-                num_workers=cfg["num_workers"],
-            )
-            valid_m = evaluate(model, valid_set, spec, **ev)
-            test_m = evaluate(model, test_set, spec, **ev)
+            valid_m = evaluate(model, splits.valid, spec, **ev)
+            test_m = evaluate(model, splits.test, spec, **ev)
             if not (math.isfinite(valid_m[metric]) and math.isfinite(test_m[metric])):
                 raise NonFiniteError(
                     f"non-finite {metric} after epoch {epoch + 1} (valid {valid_m[metric]}, test "
@@ -510,53 +260,22 @@ def train_run(
             improved = is_better(valid_m[metric], best["valid"], spec.higher_is_better)
             if improved:
                 best = {"epoch": epoch + 1, "valid": valid_m[metric], "test": test_m[metric]}
-            row = {
-                "epoch": epoch + 1,
-                "lr": lr,
-                "train_loss": train_m["loss"],
-                f"train_{metric}": train_m[metric],
-                "valid_loss": valid_m["loss"],
-                f"valid_{metric}": valid_m[metric],
-                "test_loss": test_m["loss"],
-                f"test_{metric}": test_m[metric],
-                "best_epoch": best["epoch"],
-                f"best_valid_{metric}": best["valid"],
-                f"best_test_{metric}": best["test"],
-                "seconds": time.perf_counter() - t0,
-            }
-            last_row = row
+            last_row = epoch_row(
+                epoch + 1, lr, metric, train_m, valid_m, test_m, best, time.perf_counter() - t0
+            )
             rng = _gather_rng(ctx, loader_gen)
-            if main:
-                if improved:
-                    atomic_save(
-                        {"model": model.state_dict(), "record": record, "epoch": epoch + 1, "best": best},
-                        run_dir / BEST,
-                    )
-                append_jsonl(row, run_dir / METRICS)
-                atomic_save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "rng": rng,
-                        "epoch": epoch + 1,
-                        "best": best,
-                        "record": record,
-                    },
-                    ckpt_path,
-                )
-                if writer is not None:
-                    for k, v in row.items():
-                        if k not in ("epoch", "best_epoch") and isinstance(v, float):
-                            writer.add_scalar(k.replace("_", "/", 1), v, epoch + 1)
-                    writer.flush()
-                say(
-                    f"epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.3g}  train loss {_fmt(train_m['loss'])}  "
-                    f"valid {metric} {_fmt(valid_m[metric])}  test {metric} {_fmt(test_m[metric])}  "
-                    f"best: epoch {best['epoch']} (test {metric} {_fmt(best['test'])})  "
-                    f"{row['seconds']:.1f}s"
-                )
+            if writer is not None:
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng": rng,
+                    "epoch": epoch + 1,
+                    "best": best,
+                    "record": record,
+                }
+                writer.write(last_row, improved, state)
             if epoch_bar is not None:
                 epoch_bar.update(1)
     finally:
@@ -564,14 +283,22 @@ def train_run(
             epoch_bar.close()
         if writer is not None:
             writer.close()
+    return _finish(run_dir, spec, cfg, status, best, last_row, start_epoch, main, say)
+
+
+def _finish(run_dir, spec, cfg, status, best, last_row, start_epoch, main, say) -> dict[str, Any]:
+    """The run's result (written to result.json when finished)."""
+    from .checkpoint import read_jsonl
+    from .run import METRICS
 
     rows = read_jsonl(run_dir / METRICS) if main else []
     epochs_done = rows[-1]["epoch"] if rows else (last_row["epoch"] if last_row else start_epoch)
+    metric = spec.metric
     result = {
         "task": spec.name,
         "metric": metric,
         "higher_is_better": spec.higher_is_better,
-        "seed": seed,
+        "seed": cfg["seed"],
         "status": status if epochs_done < cfg["epochs"] else "finished",
         "epochs_done": epochs_done,
         "epochs": cfg["epochs"],
@@ -579,9 +306,9 @@ def train_run(
         "final": rows[-1] if rows else last_row,
     }
     if main and result["status"] == "finished":
-        atomic_write_text(json.dumps(result, indent=2) + "\n", run_dir / RESULT)
+        write_result(run_dir, result)
         say(
-            f"{spec.name} seed {seed}: best validation {metric} {_fmt(best['valid'])} at epoch "
-            f"{best['epoch']}; test {metric} at that epoch: {_fmt(best['test'])}"
+            f"{spec.name} seed {cfg['seed']}: best validation {metric} {fmt(best['valid'])} at epoch "
+            f"{best['epoch']}; test {metric} at that epoch: {fmt(best['test'])}"
         )
     return result
