@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from unicornn.registry import ConfigError, UnknownNameError
 from unicornn.tasks import get_task
 from unicornn.tasks.base import Splits, TaskSpec
 from unicornn.training import checkpoint as ckpt_mod
 from unicornn.training.checkpoint import atomic_save, load_checkpoint, read_jsonl
 from unicornn.training.metrics import SplitMetrics, compute_loss
-from unicornn.registry import ConfigError, UnknownNameError
 from unicornn.training.trainer import NonFiniteError, RunExistsError, build_model, validate_config
 
 TINY = dict(

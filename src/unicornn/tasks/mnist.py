@@ -13,10 +13,9 @@ image with it in the same way.
 
 Splits: the 60,000 official training images are shuffled once by ``torch.randperm(60000)`` drawn from
 a ``torch.Generator`` seeded with :data:`SPLIT_SEED` (5544, independent of the run seed); the first 57,000
-of that order are the training set and the last 3,000 the validation set. These sizes (57,000 / 3,000) are
-the authors' code's; its membership is not: their script draws its validation images with its own
-generator, so the two validation sets hold different images (this package's split is fixed by
-:data:`SPLIT_SEED`, independent of the run seed). The test set is the official
+of that order are the training set and the last 3,000 the validation set. The sizes (57,000 / 3,000) match
+the authors' code; the membership does not: which 3,000 images are held out is this package's own draw
+(fixed by :data:`SPLIT_SEED`, independent of the run seed), not the authors' selection. The test set is the official
 10,000 test images, in file order. Options ``n_train`` / ``n_valid`` / ``n_test`` take the first n of each
 split (in that fixed order) for quick runs; asking for more than a split holds is an error.
 """

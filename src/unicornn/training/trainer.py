@@ -1,8 +1,9 @@
 """The training loop: Adam, the paper's step schedule, validation-based selection, checkpoints and resume.
 
 One call of :func:`train_run` trains one seed into one run directory (files: :mod:`.run`). Its pieces:
-:func:`~.run.open_run` (fresh, resume or finished), :func:`~.splits.build_splits` (datasets and subsets),
-:func:`~.epoch.train_epoch` (one epoch, NaN/Inf guard), :func:`~.epoch.evaluate` and
+:func:`~.settings.validate_config` (the trainer's settings), :func:`~.run.open_run` (fresh, resume or
+finished), :func:`~.splits.build_splits` (datasets and subsets), ``_setup`` (model from :data:`MODELS`,
+optimiser, schedule), :func:`~.epoch.train_epoch` (one epoch, NaN/Inf guard), :func:`~.epoch.evaluate`,
 :class:`~.records.EpochWriter` (an epoch's results). Several seeds: :mod:`.seeds`.
 
 Under ``torchrun`` every process calls :func:`train_run`; the model is wrapped in DistributedDataParallel,
@@ -19,7 +20,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,14 @@ from torch import nn
 from ..models import MODELS, count_parameters
 from ..registry import ConfigError
 from ..tasks.base import RECORD_FIELDS
-from .checkpoint import capture_rng_state, restore_rng_state
+from .checkpoint import capture_rng_state, read_jsonl, restore_rng_state
 from .distributed import DistContext
 from .epoch import NonFiniteError, evaluate, train_epoch
 from .metrics import is_better
 from .records import EpochWriter, epoch_row, fmt, truncate_metrics, write_config, write_result
-from .run import RunExistsError, open_run
+from .run import METRICS, RunExistsError, open_run
 from .settings import RESUME_MUTABLE_KEYS, validate_config
-from .splits import build_splits, train_loader
+from .splits import RunSplits, build_splits, train_loader
 
 __all__ = [
     "NonFiniteError",
@@ -139,15 +140,8 @@ def train_run(
     spec, ctx, run_dir = task.spec, ctx or DistContext(), Path(run_dir)
     cfg = validate_config(config)
     options = spec.resolve_options(task_options) if hasattr(spec, "resolve_options") else dict(task_options)
-    device, main = ctx.device, ctx.is_main
-    say = _logger(log, quiet, main)
-    if cfg["amp"] != "off" and device.type != "cuda":
-        raise ConfigError(f"setting 'amp={cfg['amp']}' needs a CUDA device; this run uses {device}")
-    if cfg["batch_size"] % ctx.world_size:
-        raise ConfigError(
-            f"setting 'batch_size' ({cfg['batch_size']}) must be divisible by the number of processes "
-            f"({ctx.world_size})"
-        )
+    _check_placement(cfg, ctx)
+    say = _logger(log, quiet, ctx.is_main)
     record = {
         "task": spec.name,
         "settings": cfg,
@@ -159,16 +153,91 @@ def train_run(
     if opened.result is not None:
         say(f"{run_dir}: already finished (best epoch {opened.result['best']['epoch']}); nothing to do")
         return opened.result
-    ckpt = opened.checkpoint
+    t = _setup(task, cfg, options, data_dir, ctx)
+    if opened.checkpoint is not None:
+        _restore(t, opened.checkpoint, ctx)
+        if ctx.is_main:
+            truncate_metrics(run_dir, t.start_epoch)
+        say(f"resuming {run_dir} after epoch {t.start_epoch}")
+    elif ctx.is_main:
+        record["parameters"] = count_parameters(t.model)
+        write_config(run_dir, record)
+        say(
+            f"{spec.name}: {count_parameters(t.model):,} parameters, {len(t.splits.train):,} training sequences, "
+            f"{cfg['epochs']} epochs, device {ctx.device}"
+            + (f" x {ctx.world_size} processes" if ctx.enabled else "")
+        )
 
-    seed = cfg["seed"]
+    tq = _progress(quiet, ctx.is_main)
+    writer = (
+        EpochWriter(run_dir, spec.metric, cfg["epochs"], tensorboard, t.start_epoch, say)
+        if ctx.is_main
+        else None
+    )
+    bar = (
+        tq(total=cfg["epochs"], initial=t.start_epoch, desc=f"{spec.name} seed {cfg['seed']}", unit="epoch")
+        if tq
+        else None
+    )
+    last_row: dict[str, Any] | None = None
+    status = "finished"
+    try:
+        for epoch in range(t.start_epoch, cfg["epochs"]):
+            if stop_after_epoch is not None and epoch >= stop_after_epoch:
+                status = "stopped"
+                break
+            good = t.start_epoch if last_row is None else last_row["epoch"]
+            last_row, improved = _epoch(t, spec, cfg, ctx, epoch, good, run_dir, tq)
+            rng = _gather_rng(ctx, t.loader_gen)
+            if writer is not None:
+                writer.write(last_row, improved, _state(t, epoch + 1, rng, record))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+    return _finish(run_dir, spec, cfg, status, t.best, last_row, t.start_epoch, ctx.is_main, say)
+
+
+def _check_placement(cfg: dict[str, Any], ctx: DistContext) -> None:
+    """Settings that depend on where the run runs: amp needs CUDA, the batch splits over the processes."""
+    if cfg["amp"] != "off" and ctx.device.type != "cuda":
+        raise ConfigError(f"setting 'amp={cfg['amp']}' needs a CUDA device; this run uses {ctx.device}")
+    if cfg["batch_size"] % ctx.world_size:
+        raise ConfigError(
+            f"setting 'batch_size' ({cfg['batch_size']}) must be divisible by the number of processes "
+            f"({ctx.world_size})"
+        )
+
+
+@dataclass
+class _Training:
+    """Everything one run trains with."""
+
+    model: nn.Module
+    net: nn.Module  # the model, wrapped in DistributedDataParallel under torchrun
+    splits: RunSplits
+    loader: Any
+    sampler: Any
+    loader_gen: torch.Generator
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    start_epoch: int = 0
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": None, "valid": None, "test": None})
+
+
+def _setup(task, cfg: dict[str, Any], options: dict, data_dir: Path | None, ctx: DistContext) -> _Training:
+    """Model (initialised from the seed alone), splits, loader, Adam, the step schedule and the grad scaler."""
+    seed, device = cfg["seed"], ctx.device
     torch.manual_seed(seed)  # model initialisation depends on the seed only
-    model = build_model(spec, cfg).to(device)
+    model = build_model(task.spec, cfg).to(device)
     _seed_all(seed)
     splits = build_splits(task, options, data_dir, cfg)
     _seed_all(seed * 1_000_003 + ctx.rank + 1)  # every process draws its own dropout masks
-
-    net: nn.Module = model
+    net = model
     if ctx.enabled:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
@@ -179,118 +248,83 @@ def train_run(
     milestones = [cfg["lr_reduce_epoch"]] if cfg["lr_reduce_epoch"] is not None else []
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg["lr_reduce_factor"])
     scaler = torch.amp.GradScaler("cuda", enabled=cfg["amp"] == "fp16" and device.type == "cuda")
+    return _Training(model, net, splits, loader, sampler, loader_gen, optimizer, scheduler, scaler)
 
-    start_epoch = 0
-    best: dict[str, Any] = {"epoch": None, "valid": None, "test": None}
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, best = ckpt["epoch"], ckpt["best"]
-        restore_rng_state(ckpt["rng"][ctx.rank], loader_gen)
-        if main:
-            truncate_metrics(run_dir, start_epoch)
-        say(f"resuming {run_dir} after epoch {start_epoch}")
-    elif main:
-        record["parameters"] = count_parameters(model)
-        write_config(run_dir, record)
-        say(
-            f"{spec.name}: {count_parameters(model):,} parameters, {len(splits.train):,} training sequences, "
-            f"{cfg['epochs']} epochs, device {device}"
-            + (f" x {ctx.world_size} processes" if ctx.enabled else "")
+
+def _restore(t: _Training, ckpt: dict[str, Any], ctx: DistContext) -> None:
+    """Continue from checkpoint ``ckpt`` exactly (weights, optimiser, schedule, scaler, RNG states)."""
+    t.model.load_state_dict(ckpt["model"])
+    t.optimizer.load_state_dict(ckpt["optimizer"])
+    t.scheduler.load_state_dict(ckpt["scheduler"])
+    t.scaler.load_state_dict(ckpt["scaler"])
+    t.start_epoch, t.best = ckpt["epoch"], ckpt["best"]
+    restore_rng_state(ckpt["rng"][ctx.rank], t.loader_gen)
+
+
+def _state(t: _Training, epoch: int, rng: list, record: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint after ``epoch`` epochs."""
+    return {
+        "model": t.model.state_dict(),
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.scheduler.state_dict(),
+        "scaler": t.scaler.state_dict(),
+        "rng": rng,
+        "epoch": epoch,
+        "best": t.best,
+        "record": record,
+    }
+
+
+def _epoch(t: _Training, spec, cfg, ctx: DistContext, epoch: int, good: int, run_dir: Path, tq):
+    """Train epoch ``epoch`` (0-based), evaluate, update ``t.best``; return the epoch's row and whether the
+    validation metric improved. ``good``: the last epoch whose checkpoint is on disk (for error messages)."""
+    t0 = time.perf_counter()
+    if hasattr(t.sampler, "set_epoch"):
+        t.sampler.set_epoch(epoch)
+    lr = t.optimizer.param_groups[0]["lr"]
+
+    def on_nonfinite(what: str, batch: int) -> str:
+        return (
+            f"non-finite {what} at epoch {epoch + 1}, batch {batch} (lr {lr:.3g}); training stopped before the "
+            f"update. The checkpoint of epoch {good} in {run_dir} is kept. Try a smaller lr, grad_clip or dt "
+            f"(--set key=value)."
         )
 
+    progress = None
+    if tq is not None:
+        progress = lambda it: tq(it, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False, unit="batch")  # noqa: E731
+    train_m = train_epoch(
+        t.net,
+        t.model,
+        t.loader,
+        spec,
+        cfg,
+        t.optimizer,
+        t.scaler,
+        ctx,
+        on_nonfinite=on_nonfinite,
+        progress=progress,
+    )
+    t.scheduler.step()
+    ev = dict(batch_size=cfg["eval_batch_size"], device=ctx.device, ctx=ctx, amp=cfg["amp"],
+              num_workers=cfg["num_workers"], splits=t.splits)  # fmt: skip
+    valid_m = evaluate(t.model, t.splits.valid, spec, **ev)
+    test_m = evaluate(t.model, t.splits.test, spec, **ev)
     metric = spec.metric
-    tq = _progress(quiet, main)
-    writer = (
-        EpochWriter(run_dir, metric, cfg["epochs"], main and tensorboard, start_epoch, say) if main else None
-    )
-    epoch_bar = (
-        tq(total=cfg["epochs"], initial=start_epoch, desc=f"{spec.name} seed {seed}", unit="epoch")
-        if tq is not None
-        else None
-    )
-    last_row: dict[str, Any] | None = None
-    status = "finished"
-    ev = dict(batch_size=cfg["eval_batch_size"], device=device, ctx=ctx, amp=cfg["amp"],
-              num_workers=cfg["num_workers"], splits=splits)  # fmt: skip
-    try:
-        for epoch in range(start_epoch, cfg["epochs"]):
-            if stop_after_epoch is not None and epoch >= stop_after_epoch:
-                status = "stopped"
-                break
-            t0 = time.perf_counter()
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-            lr = optimizer.param_groups[0]["lr"]
-            good = start_epoch if last_row is None else last_row["epoch"]
-
-            def on_nonfinite(what: str, batch: int, epoch=epoch, lr=lr, good=good) -> str:
-                return (
-                    f"non-finite {what} at epoch {epoch + 1}, batch {batch} (lr {lr:.3g}); training stopped "
-                    f"before the update. The checkpoint of epoch {good} in {run_dir} is kept. Try a smaller "
-                    f"lr, grad_clip or dt (--set key=value)."
-                )
-
-            progress = None
-            if tq is not None:
-                desc = f"epoch {epoch + 1}/{cfg['epochs']}"
-                progress = lambda it, desc=desc: tq(it, desc=desc, leave=False, unit="batch")  # noqa: E731
-            train_m = train_epoch(
-                net,
-                model,
-                loader,
-                spec,
-                cfg,
-                optimizer,
-                scaler,
-                ctx,
-                on_nonfinite=on_nonfinite,
-                progress=progress,
-            )
-            scheduler.step()
-            valid_m = evaluate(model, splits.valid, spec, **ev)
-            test_m = evaluate(model, splits.test, spec, **ev)
-            if not (math.isfinite(valid_m[metric]) and math.isfinite(test_m[metric])):
-                raise NonFiniteError(
-                    f"non-finite {metric} after epoch {epoch + 1} (valid {valid_m[metric]}, test "
-                    f"{test_m[metric]}); the checkpoint of epoch {epoch} in {run_dir} is kept"
-                )
-            improved = is_better(valid_m[metric], best["valid"], spec.higher_is_better)
-            if improved:
-                best = {"epoch": epoch + 1, "valid": valid_m[metric], "test": test_m[metric]}
-            last_row = epoch_row(
-                epoch + 1, lr, metric, train_m, valid_m, test_m, best, time.perf_counter() - t0
-            )
-            rng = _gather_rng(ctx, loader_gen)
-            if writer is not None:
-                state = {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": rng,
-                    "epoch": epoch + 1,
-                    "best": best,
-                    "record": record,
-                }
-                writer.write(last_row, improved, state)
-            if epoch_bar is not None:
-                epoch_bar.update(1)
-    finally:
-        if epoch_bar is not None:
-            epoch_bar.close()
-        if writer is not None:
-            writer.close()
-    return _finish(run_dir, spec, cfg, status, best, last_row, start_epoch, main, say)
+    if not (math.isfinite(valid_m[metric]) and math.isfinite(test_m[metric])):
+        raise NonFiniteError(
+            f"non-finite {metric} after epoch {epoch + 1} (valid {valid_m[metric]}, test "
+            f"{test_m[metric]}); the checkpoint of epoch {epoch} in {run_dir} is kept"
+        )
+    improved = is_better(valid_m[metric], t.best["valid"], spec.higher_is_better)
+    if improved:
+        t.best = {"epoch": epoch + 1, "valid": valid_m[metric], "test": test_m[metric]}
+    row = epoch_row(epoch + 1, lr, metric, train_m, valid_m, test_m, t.best, time.perf_counter() - t0)
+    return row, improved
 
 
 def _finish(run_dir, spec, cfg, status, best, last_row, start_epoch, main, say) -> dict[str, Any]:
     """The run's result (written to result.json when finished)."""
-    from .checkpoint import read_jsonl
-    from .run import METRICS
-
     rows = read_jsonl(run_dir / METRICS) if main else []
     epochs_done = rows[-1]["epoch"] if rows else (last_row["epoch"] if last_row else start_epoch)
     metric = spec.metric
