@@ -115,7 +115,7 @@ def parse_sets(items: Sequence[str], train_keys: dict, option_keys: dict) -> tup
 # --------------------------------------------------------------------------------------------------
 
 
-def _resolve_task(name: str, action: str = "train"):
+def _resolve_task(name: str):
     """The registered task ``name`` whose data pipeline exists (CLIError otherwise)."""
     from .tasks import TASKS, is_implemented
 
@@ -256,10 +256,7 @@ def _cmd_tasks(args) -> int:
 def _cmd_report(args) -> int:
     from .training.report import write_report
 
-    try:
-        reports = write_report(args.run_dir, plot=not args.no_plot)
-    except (FileNotFoundError, ValueError) as err:  # a missing or foreign directory: the user's
-        raise CLIError(str(err)) from None
+    reports = write_report(args.run_dir, plot=not args.no_plot)
     if not reports:
         raise CLIError(f"no runs (directories with config.json) under {args.run_dir}")
     for rep in reports:

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..registry import ConfigError
 from .checkpoint import atomic_write_text, read_jsonl
 
 __all__ = ["find_runs", "summarize", "format_report", "plot_curves", "write_report"]
@@ -19,7 +20,7 @@ def find_runs(root: str | Path) -> dict[Path, list[Path]]:
     """
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"{root} does not exist")
+        raise ConfigError(f"{root} does not exist")
     runs = sorted(
         {p.parent for p in root.rglob("config.json")} | ({root} if (root / "config.json").exists() else set())
     )
@@ -72,7 +73,7 @@ def summarize(runs: list[Path]) -> dict[str, Any]:
     with_result = [p for p in per_run if p["test"] is not None]
     metrics = {p["metric"] for p in per_run}
     if len(metrics) > 1:
-        raise ValueError(f"runs mix different metrics {sorted(metrics)}; report them separately")
+        raise ConfigError(f"runs mix different metrics {sorted(metrics)}; report them separately")
     tests = [p["test"] for p in with_result]
     valids = [p["valid"] for p in with_result]
     mt, st = _mean_std(tests)
