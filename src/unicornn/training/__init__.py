@@ -1,22 +1,31 @@
 """Training: settings, presets (the paper's hyper-parameters), the trainer and its pieces, checkpoints, DDP,
-reports."""
+reports.
 
-from .presets import PRESETS, TRAIN_DEFAULTS, Preset, get_preset, presets_for
-from .run import RunExistsError
-from .seeds import run_dir_for, train_seeds
-from .trainer import NonFiniteError, build_model, evaluate, train_run
+The names below are imported on first use, so that importing a light submodule (``metrics``, which task
+specs use to check their loss and metric) does not import the trainer and the model.
+"""
 
-__all__ = [
-    "PRESETS",
-    "TRAIN_DEFAULTS",
-    "Preset",
-    "get_preset",
-    "presets_for",
-    "NonFiniteError",
-    "RunExistsError",
-    "build_model",
-    "evaluate",
-    "train_run",
-    "train_seeds",
-    "run_dir_for",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "PRESETS": "presets",
+    "TRAIN_DEFAULTS": "settings",
+    "Preset": "presets",
+    "get_preset": "presets",
+    "presets_for": "presets",
+    "NonFiniteError": "epoch",
+    "RunExistsError": "run",
+    "build_model": "trainer",
+    "evaluate": "epoch",
+    "train_run": "trainer",
+    "train_seeds": "seeds",
+    "run_dir_for": "seeds",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
