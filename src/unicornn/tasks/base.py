@@ -15,7 +15,9 @@ Dataset items are ``(inputs, target)`` or ``(inputs, target, length)``:
 
 A task may batch its own way (for example, bucketing sequences of similar length): :class:`Splits` then
 carries a ``batch_sampler(dataset, batch_size, shuffle, seed, rank, world_size)`` factory returning an
-iterable of index lists for one process, and/or a ``collate_fn``; both are handed to the DataLoader.
+iterable of index lists for process ``rank`` (``dataset`` may be a ``Subset`` of the split; ``batch_size`` is
+per process; a ``set_epoch(epoch)`` method, if present, is called before each training epoch), and/or a
+``collate_fn``; both are handed to the DataLoader.
 
 The loss, metric and readout names are checked against their registries
 (:data:`unicornn.training.metrics.LOSSES`, :data:`~unicornn.training.metrics.METRICS`, :data:`READOUTS`).
