@@ -311,6 +311,9 @@ def test_non_contiguous_inputs(backend):
     b = unicornn_scan(f["x"], f["w"], f["c"], 0.3, 1.0, f["y0"], f["z0"], backend=backend)
     for u, v in zip(a, b, strict=True):
         assert torch.equal(u, v)
+    a = get_kernels(backend).forward(x_bf, w_wide[:, 0], f["c"], 0.3, 1.0, y0_t, f["z0"])  # the kernels too
+    for u, v in zip(a, b, strict=True):
+        assert torch.equal(u, v)
 
 
 @pytest.mark.parametrize("backend", FUSED)
