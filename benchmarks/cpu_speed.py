@@ -132,13 +132,13 @@ def recurrence_alone(repeats: int) -> dict:
         y0 = torch.zeros(Br, M)
         gy = torch.randn(Nr, Br, M, generator=g)
         fwd, bwd = [], []
-        y, yN, zN = cpu_ops.scan_forward(x, w, c, y0, y0, DT, ALPHA)
-        cpu_ops.scan_backward(gy, y0, y0, x, y, w, c, y0, zN, DT, ALPHA)
+        y, yN, zN = cpu_ops.scan_forward(x, w, c, DT, ALPHA, y0, y0)
+        cpu_ops.scan_backward(gy, y0, y0, y, x, w, c, DT, ALPHA, y0, zN)
         for _ in range(repeats):
             t0 = time.perf_counter()
-            y, yN, zN = cpu_ops.scan_forward(x, w, c, y0, y0, DT, ALPHA)
+            y, yN, zN = cpu_ops.scan_forward(x, w, c, DT, ALPHA, y0, y0)
             t1 = time.perf_counter()
-            cpu_ops.scan_backward(gy, y0, y0, x, y, w, c, y0, zN, DT, ALPHA)
+            cpu_ops.scan_backward(gy, y0, y0, y, x, w, c, DT, ALPHA, y0, zN)
             t2 = time.perf_counter()
             fwd.append(t1 - t0)
             bwd.append(t2 - t1)
@@ -149,7 +149,7 @@ def recurrence_alone(repeats: int) -> dict:
         z = np.zeros(U, np.float32)
         fargs = (xa, w.numpy(), c.numpy(), DT, ALPHA, z, z, np.empty_like(xa), np.empty(U, np.float32))
         fargs += (np.empty(U, np.float32),)
-        bargs = (ga, z, z, xa, ya, w.numpy(), c.numpy(), DT, ALPHA, z, zN.numpy().reshape(U), gxa)
+        bargs = (ga, z, z, ya, xa, w.numpy(), c.numpy(), DT, ALPHA, z, zN.numpy().reshape(U), gxa)
         bargs += (np.empty(U, np.float32), np.empty(U, np.float32), np.empty(U), np.empty(U))
         kf, kb = [], []
         for _ in range(repeats):

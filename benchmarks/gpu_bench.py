@@ -2,7 +2,7 @@
 
 One run of a few minutes on one GPU:
 
-  (a) correctness against the float64 reference (DESIGN.md section 2): relative errors of the output and the
+  (a) correctness against the float64 reference (docs/accuracy.md): relative errors of the output and the
       gradients of x, w, c at psMNIST (N=1000) and EigenWorms (N=17,984) parameters, B=4, M=32, next to
       float32 autograd's own error;
   (b) forward+backward in the paper's speed setting (its Fig. 2): 2-layer UnICORNN, B=128, hidden 256,
@@ -162,7 +162,7 @@ def _accuracy_once(N, B, M, dt, alpha, seed):
 
 
 def section_a():
-    """Correctness vs the float64 reference, next to float32 autograd (DESIGN.md section 2).
+    """Correctness vs the float64 reference, next to float32 autograd (docs/accuracy.md).
 
     At long lengths the float32 error is one draw of a widely spread random variable: any change in the
     rounding sequence (another tanh, fused multiply-adds) gives another draw, and single-seed ratios range
@@ -306,7 +306,7 @@ def _recurrence_case(units, N, M, configs):
             fwd_bytes, bench(lambda: unicornn_scan(x, w, c, dt, alpha, backend="triton"))
         )
         row["bwd_kernel"] = gbps(
-            bwd_bytes, bench(lambda: tk.scan_backward(gy, gs, gs, x, y, w, c, y0, zN, dt, alpha))
+            bwd_bytes, bench(lambda: tk.scan_backward(gy, gs, gs, y, x, w, c, dt, alpha, y0, zN))
         )
     leaves = [t.detach().requires_grad_() for t in (x, w, c)]
 
@@ -322,12 +322,12 @@ def _recurrence_case(units, N, M, configs):
             with torch.no_grad():
                 tf = bench(
                     lambda b=block, nw=warps: tk.scan_forward(
-                        x, w, c, y0, y0, dt, alpha, block=b, num_warps=nw
+                        x, w, c, dt, alpha, y0, y0, block=b, num_warps=nw
                     )
                 )
                 tb = bench(
                     lambda b=block, nw=warps: tk.scan_backward(
-                        gy, gs, gs, x, y, w, c, y0, zN, dt, alpha, block=b, num_warps=nw
+                        gy, gs, gs, y, x, w, c, dt, alpha, y0, zN, block=b, num_warps=nw
                     )
                 )
             entry["fwd_ms"], entry["bwd_ms"] = tf["median_ms"], tb["median_ms"]

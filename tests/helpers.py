@@ -1,12 +1,17 @@
-"""Shared test utilities: random problems and the list of backends to compare."""
+"""Shared test utilities: random problems, the error measure, the backends to compare."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 
-from unicornn import backend_available
+from unicornn import backend_available, unicornn_scan
+
+F64 = torch.float64
+#: Names of the recurrence's differentiable inputs, in the order of ``unicornn_scan``.
+INPUTS = ("x", "w", "c", "y0", "z0")
 
 
 def fused_backends() -> list[str]:
@@ -22,27 +27,70 @@ def fused_backends() -> list[str]:
 
 
 def device_for(backend: str) -> str:
-    """Where a backend's module tests run: Triton on CUDA when there is a GPU (else its interpreter on CPU)."""
+    """Where a backend's tests run: Triton on CUDA when there is a GPU (else its interpreter on CPU)."""
     return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
 
 
-def random_scan_inputs(N, B, M, dtype=torch.float64, seed=0, requires_grad=True, states=True):
-    """x ~ N(0,1) (N,B,M), w ~ U(0,1), c ~ U(-0.1,0.1) (M,), y0, z0 ~ N(0,1) (B,M) or None."""
+def make_inputs(N, B, M, seed, dtype=F64, device="cpu", states=True, c_scale=0.1):
+    """A fresh random problem, drawn in float64 and then converted to ``dtype`` on ``device``.
+
+    Returns a dict: ``x`` ~ N(0,1) (N, B, M); ``w`` ~ U(0,1), ``c`` ~ U(-c_scale, c_scale) (M,); ``y0``,
+    ``z0`` ~ N(0,1) (B, M), or None without ``states``; upstream gradients ``gy`` (N, B, M), ``gyN``, ``gzN``
+    (B, M) ~ N(0,1).
+    """
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(N, B, M, generator=g, dtype=dtype)
-    w = torch.rand(M, generator=g, dtype=dtype)
-    c = torch.rand(M, generator=g, dtype=dtype) * 0.2 - 0.1
-    y0 = torch.randn(B, M, generator=g, dtype=dtype) if states else None
-    z0 = torch.randn(B, M, generator=g, dtype=dtype) if states else None
-    tensors = [x, w, c, y0, z0]
-    if requires_grad:
-        for t in tensors:
-            if t is not None:
-                t.requires_grad_(True)
-    return tensors
+    out = {
+        "x": torch.randn(N, B, M, generator=g, dtype=F64),
+        "w": torch.rand(M, generator=g, dtype=F64),
+        "c": (torch.rand(M, generator=g, dtype=F64) * 2 - 1) * c_scale,
+        "y0": torch.randn(B, M, generator=g, dtype=F64),
+        "z0": torch.randn(B, M, generator=g, dtype=F64),
+        "gy": torch.randn(N, B, M, generator=g, dtype=F64),
+        "gyN": torch.randn(B, M, generator=g, dtype=F64),
+        "gzN": torch.randn(B, M, generator=g, dtype=F64),
+    }
+    if not states:
+        out["y0"] = out["z0"] = None
+    return {k: None if v is None else v.to(dtype=dtype, device=device) for k, v in out.items()}
 
 
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
-    """||a - ref|| / ||ref|| computed in float64."""
+    """||a - ref|| / ||ref|| computed in float64 (a zero reference counts as norm 1e-300)."""
     a, ref = a.detach().double(), ref.detach().double()
-    return float((a - ref).norm() / ref.norm())
+    return float((a - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` PyTorch threads (the reference loop is fastest on one)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def run_scan(inp, backend, dt, alpha, dtype=F64, final_grads=True):
+    """Forward and backward through ``unicornn_scan`` on the problem ``inp`` (see :func:`make_inputs`).
+
+    The inputs become leaves of ``dtype`` (the parameters and states float32 for half-precision ``x``). The
+    loss is ``<y, gy>`` plus, with ``final_grads``, ``<y_N, gyN> + <z_N, gzN>``, summed in float64.
+    Returns ``(y, y_N, z_N)`` and the gradients of (x, w, c, y0, z0) (None for absent states).
+    """
+    param_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    leaves = {
+        k: None if inp[k] is None else inp[k].to(dtype if k == "x" else param_dtype).detach().requires_grad_()
+        for k in INPUTS
+    }
+    with torch_threads(1 if backend == "reference" else torch.get_num_threads()):
+        y, yN, zN = unicornn_scan(*(leaves[k] for k in ("x", "w", "c")), dt, alpha, leaves["y0"], leaves["z0"],
+                                  backend=backend)  # fmt: skip
+        loss = (y.double() * inp["gy"].double()).sum()
+        if final_grads:
+            loss = (
+                loss + (yN.double() * inp["gyN"].double()).sum() + (zN.double() * inp["gzN"].double()).sum()
+            )
+        loss.backward()
+    grads = tuple(None if leaves[k] is None else leaves[k].grad for k in INPUTS)
+    return (y.detach(), yN.detach(), zN.detach()), grads

@@ -277,6 +277,15 @@ def test_cuda_matches_cpu():
         (dict(dt=[0.1, 0.2]), ValueError, "dt"),
         (dict(dt="fast"), TypeError, "dt"),
         (dict(alpha=-1.0), ValueError, "alpha"),
+        (dict(alpha=float("inf")), ValueError, "alpha must be a finite"),
+        (dict(alpha=float("nan")), ValueError, "alpha must be a finite"),
+        (dict(dt=float("nan")), ValueError, "dt must be a finite"),
+        (dict(dt=[0.1, float("inf"), 0.2]), ValueError, "dt must be a finite"),
+        (dict(input_gain=0.0), ValueError, "input_gain"),
+        (dict(input_gain=-2.0), ValueError, "input_gain"),
+        (dict(input_gain=float("inf")), ValueError, "input_gain"),
+        (dict(input_gain=float("nan")), ValueError, "input_gain"),
+        (dict(input_gain="big"), TypeError, "input_gain"),
         (dict(dropout=1.0), ValueError, "dropout"),
         (dict(dropout=-0.1), ValueError, "dropout"),
         (dict(residual_skip=1), ValueError, "residual_skip"),
@@ -339,3 +348,66 @@ def test_scan_errors():
         unicornn_scan(x, w, c, 0.1, 1.0, backend="fast")
     with pytest.raises(TypeError, match="x must be a floating"):
         unicornn_scan(x.long(), w, c, 0.1, 1.0)
+
+
+def test_scan_rejects_non_finite_parameters():
+    x = torch.randn(5, 2, 3)
+    w, c = torch.rand(3), torch.rand(3)
+    for value in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="alpha must be a finite"):
+            unicornn_scan(x, w, c, 0.1, value)
+        with pytest.raises(ValueError, match="dt must be a finite"):
+            unicornn_scan(x, w, c, value, 1.0)
+
+
+@pytest.mark.parametrize(
+    "model_dtype,input_dtype,fix",
+    [
+        (torch.float32, torch.float64, r"model\.double\(\)"),
+        (torch.float64, torch.float32, r"model\.float\(\)"),
+        (torch.float32, torch.float16, r"x\.to\(torch\.float32\)"),
+        (torch.float32, torch.int64, r"x\.to\(torch\.float32\)"),
+        (torch.float64, torch.int64, r"x\.to\(torch\.float64\)"),
+    ],
+)
+def test_input_of_another_dtype_is_a_clear_error(model_dtype, input_dtype, fix):
+    """Not a bare matmul error: the message names both dtypes and a fix."""
+    m = make(dtype=model_dtype)
+    x = torch.ones(6, 2, 3, dtype=input_dtype)
+    with pytest.raises(TypeError, match=str(model_dtype)) as err:
+        m(x)
+    assert str(input_dtype) in str(err.value)
+    assert err.match(fix)
+
+
+def test_input_gain_scales_the_first_projection_in_reset_parameters():
+    plain = make(dtype=torch.float32, seed=3)
+    gained = make(dtype=torch.float32, seed=3, input_gain=30.0)
+    assert gained.input_gain == 30.0 and "input_gain=30.0" in repr(gained)
+    assert "input_gain" not in repr(plain)
+    torch.testing.assert_close(gained.weight_ih_l0, 30.0 * plain.weight_ih_l0)
+    for k in (1, 2):  # only the first layer
+        torch.testing.assert_close(getattr(gained, f"weight_ih_l{k}"), getattr(plain, f"weight_ih_l{k}"))
+    # reset_parameters() re-draws the paper's initialisation and applies the gain again, not twice
+    torch.manual_seed(5)
+    gained.reset_parameters()
+    torch.manual_seed(5)
+    plain.reset_parameters()
+    torch.testing.assert_close(gained.weight_ih_l0, 30.0 * plain.weight_ih_l0)
+    bound = (6.0 / ((1 + 8**2) * 3)) ** 0.5
+    assert float(gained.weight_ih_l0.detach().abs().max()) > 0.9 * 30.0 * bound
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    import unicornn.modules
+
+    finder = doctest.DocTestFinder()
+    tests = [t for t in finder.find(unicornn.modules.UnICORNN, globs={"torch": torch, "UnICORNN": UnICORNN})
+             if t.examples]  # fmt: skip
+    assert tests, "UnICORNN's docstring must keep a runnable example"
+    runner = doctest.DocTestRunner()
+    for t in tests:
+        runner.run(t)
+    assert runner.tries >= 4 and runner.failures == 0

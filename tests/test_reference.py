@@ -7,11 +7,17 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import random_scan_inputs
+from helpers import INPUTS, make_inputs
 
 from unicornn import unicornn_scan
-from unicornn.ops.autograd import _fused_scan
 from unicornn.ops.reference import scan_backward_loop, scan_forward_loop, scan_reference
+from unicornn.ops.scan import fused_scan
+
+
+def tensors(N, B, M, seed=0, dtype=torch.float64, requires_grad=False, states=True):
+    """(x, w, c, y0, z0) of :func:`helpers.make_inputs`, optionally as leaves requiring gradients."""
+    inp = make_inputs(N, B, M, seed=seed, dtype=dtype, states=states)
+    return [None if inp[k] is None else inp[k].requires_grad_(requires_grad) for k in INPUTS]
 
 
 def numpy_scan(x, w, c, dt, alpha, y0, z0):
@@ -35,7 +41,7 @@ def numpy_scan(x, w, c, dt, alpha, y0, z0):
 @pytest.mark.parametrize("N,B,M", [(1, 1, 1), (17, 3, 5), (60, 2, 7)])
 @pytest.mark.parametrize("dt,alpha", [(0.19, 30.65), (1.0, 0.0), (0.034, 2.5)])
 def test_scan_matches_numpy(N, B, M, dt, alpha):
-    x, w, c, y0, z0 = random_scan_inputs(N, B, M, seed=N * 31 + M, requires_grad=False)
+    x, w, c, y0, z0 = tensors(N, B, M, seed=N * 31 + M)
     y, yN, zN = unicornn_scan(x, w, c, dt, alpha, y0, z0, backend="reference")
     ny, nyN, nzN = numpy_scan(*(t.numpy() for t in (x, w, c)), dt, alpha, y0.numpy(), z0.numpy())
     np.testing.assert_allclose(y.numpy(), ny, rtol=1e-12, atol=1e-12)
@@ -44,7 +50,7 @@ def test_scan_matches_numpy(N, B, M, dt, alpha):
 
 
 def test_zero_initial_state_is_default():
-    x, w, c, _, _ = random_scan_inputs(9, 2, 3, requires_grad=False, states=False)
+    x, w, c, _, _ = tensors(9, 2, 3, states=False)
     zeros = torch.zeros(2, 3, dtype=torch.float64)
     a = unicornn_scan(x, w, c, 0.3, 1.0, backend="reference")
     b = unicornn_scan(x, w, c, 0.3, 1.0, zeros, zeros, backend="reference")
@@ -53,7 +59,7 @@ def test_zero_initial_state_is_default():
 
 
 def test_gradcheck_reference():
-    inputs = random_scan_inputs(12, 2, 3, seed=1)
+    inputs = tensors(12, 2, 3, seed=1, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda x, w, c, y0, z0: unicornn_scan(x, w, c, 0.4, 3.0, y0, z0, backend="reference"), inputs
     )
@@ -61,28 +67,36 @@ def test_gradcheck_reference():
 
 def test_gradcheck_fused_op_with_loop_kernels():
     """The custom op's autograd formula (Appendix B backward with z rebuilt by inversion) is exact."""
-    inputs = random_scan_inputs(15, 3, 4, seed=2)
+    inputs = tensors(15, 3, 4, seed=2, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda x, w, c, y0, z0: _fused_scan(x, w, c, y0, z0, 0.3, 5.0, "loop"), inputs
+        lambda x, w, c, y0, z0: fused_scan(x, w, c, 0.3, 5.0, y0, z0, "loop"), inputs
     )
 
 
 def test_backward_loop_matches_autograd():
-    x, w, c, y0, z0 = random_scan_inputs(40, 3, 5, seed=3)
-    y, yN, zN = scan_reference(x, w, c, 0.25, 4.0, y0, z0)
+    """The hand-written backward (the fused-kernel contract) gives autograd's gradients; its step-size
+    gradient, with respect to s = dt * sigmoid(c), times ds/dc is autograd's gradient of c."""
+    dt, alpha = 0.25, 4.0
+    x, w, c, y0, z0 = tensors(40, 3, 5, seed=3, requires_grad=True)
+    y, yN, zN = scan_reference(x, w, c, dt, alpha, y0, z0)
     g = [torch.randn_like(t) for t in (y, yN, zN)]
     auto = torch.autograd.grad(sum((a * b).sum() for a, b in zip((y, yN, zN), g)), [x, w, c, y0, z0])
-    detached = [t.detach() for t in (x, w, c, y0, z0)]
-    fy, _, fzN = scan_forward_loop(*detached, 0.25, 4.0)
-    manual = scan_backward_loop(*g, detached[0], fy, detached[1], detached[2], detached[3], fzN, 0.25, 4.0)
-    for a, m in zip(auto, manual):
+    x, w, c, y0, z0 = (t.detach() for t in (x, w, c, y0, z0))
+    fy, fyN, fzN = scan_forward_loop(x, w, c, dt, alpha, y0, z0)
+    for a, b in zip((fy, fyN, fzN), (y, yN, zN)):
+        assert torch.equal(a, b.detach())  # one loop for both
+    gx, gw, gs, gy0, gz0 = scan_backward_loop(*g, fy, x, w, c, dt, alpha, y0, fzN)
+    assert gs.shape == c.shape
+    sig = torch.sigmoid(c)
+    manual = (gx, gw, gs * dt * sig * (1 - sig), gy0, gz0)
+    for a, m in zip(auto, manual, strict=True):
         torch.testing.assert_close(m, a, rtol=1e-10, atol=1e-12)
 
 
 def test_inverse_rebuilds_states_from_final_state():
     """Paper eq. (7): y_0..y_N rebuilt backward from (y_N, z_N) to 1e-10 in float64 at N=1000."""
     N, B, M, dt, alpha = 1000, 4, 16, 0.19, 30.65
-    x, w, c, y0, z0 = random_scan_inputs(N, B, M, seed=4, requires_grad=False)
+    x, w, c, y0, z0 = tensors(N, B, M, seed=4)
     y, yN, zN = unicornn_scan(x, w, c, dt, alpha, y0, z0, backend="reference")
     s = dt * torch.sigmoid(c)
     ys = torch.cat([y0[None], y])  # y_0..y_N
@@ -117,7 +131,7 @@ def test_hidden_state_bound_of_proposition_c1(alpha):
 
 
 def test_low_precision_input_computed_in_float32():
-    x, w, c, y0, z0 = random_scan_inputs(30, 2, 4, dtype=torch.float32, seed=5, requires_grad=False)
+    x, w, c, y0, z0 = tensors(30, 2, 4, dtype=torch.float32, seed=5)
     ref, _, _ = unicornn_scan(
         x.double(), w.double(), c.double(), 0.2, 1.0, y0.double(), z0.double(), backend="reference"
     )
@@ -128,7 +142,7 @@ def test_low_precision_input_computed_in_float32():
 
 
 def test_empty_sequence_returns_initial_state():
-    x, w, c, y0, z0 = random_scan_inputs(0, 2, 3, requires_grad=False)
+    x, w, c, y0, z0 = tensors(0, 2, 3)
     for backend in ("reference", "auto"):
         y, yN, zN = unicornn_scan(x, w, c, 0.2, 1.0, y0, z0, backend=backend)
         assert y.shape == (0, 2, 3)

@@ -11,6 +11,7 @@ The projection is one matmul over all steps; the recurrence runs through :func:`
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 
@@ -19,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .lean import lean_stack
-from .ops.autograd import BACKENDS, check_alpha, check_dt, unicornn_scan
+from .ops.dispatch import check_backend
+from .ops.scan import check_alpha, check_dt, scan_padded, unicornn_scan
 
 __all__ = ["UnICORNN", "dropout_over_time"]
 
@@ -60,20 +62,26 @@ class UnICORNN(nn.Module):
     Args:
         input_size: features of the input ``u_n``.
         hidden_size: units ``M`` per layer.
-        num_layers: stacked layers ``L``.
+        num_layers: stacked layers ``L``. Default: 1
         dt: nominal time step in (0, 1]; one float for all layers or a sequence of ``num_layers`` floats
-            (the paper's IMDB and EigenWorms runs give layer 1 its own ``dt``).
-        alpha: restoring-force coefficient >= 0, shared by all layers.
+            (the paper's IMDB and EigenWorms runs give layer 1 its own ``dt``). Default: 0.1
+        alpha: restoring-force coefficient, finite and >= 0, shared by all layers. Default: 0.0
         dropout: over-time (variational) dropout on each layer's output except the last, in [0, 1).
-        batch_first: input and output are (B, N, *) instead of (N, B, *).
-        bias: learn the projection bias ``b``.
+            Default: 0.0
+        batch_first: input and output are (B, N, *) instead of (N, B, *). Default: ``False``
+        bias: learn the projection bias ``b``. Default: ``True``
         residual_skip: ``S`` in [2, num_layers) for the residual stacking of the paper's Appendix C.5
-            (layer ``l > S`` also receives ``Lambda^l y^{l-S-1}``), or None.
+            (layer ``l > S`` also receives ``Lambda^l y^{l-S-1}``), or None. Default: None
         backend: ``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"`` (see :func:`unicornn.unicornn_scan`).
+            Default: ``"auto"``
         memory: ``"standard"`` (autograd keeps every layer's sequences) or ``"lean"`` (training keeps only the
             input, the dropout masks and every layer's state every ``checkpoint_every`` steps, and recomputes
-            the rest chunk by chunk in the backward pass; see :mod:`unicornn.lean`).
-        checkpoint_every: chunk length ``K`` of the lean mode.
+            the rest chunk by chunk in the backward pass; see :mod:`unicornn.lean`). Default: ``"standard"``
+        checkpoint_every: chunk length ``K`` of the lean mode. Default: 2048
+        input_gain: factor, finite and > 0, on the first layer's input projection ``V^1`` after the paper's
+            initialisation, applied by :meth:`reset_parameters`. 1.0 is the paper's (and the authors' code's)
+            initialisation; a larger gain helps when the inputs are small, e.g. the adding problem trained
+            from scratch. Default: 1.0
 
     Shapes (``N`` steps, ``B`` batch, ``M`` = hidden_size, ``L`` = num_layers):
         - input: (N, B, input_size), or (B, N, input_size) with ``batch_first``.
@@ -86,6 +94,17 @@ class UnICORNN(nn.Module):
     Parameters of layer ``k`` (0-based): ``weight_ih_l{k}`` (M, in), ``bias_ih_l{k}`` (M,),
     ``weight_hh_l{k}`` (M,) (the paper's ``w``), ``c_l{k}`` (M,), and for residual layers
     ``weight_skip_l{k}`` (M, width of ``y^{k-S}``).
+
+    The input's dtype must be the parameters' (``float32`` by default; ``model.double()`` for float64), except
+    under :func:`torch.autocast`.
+
+    Example::
+
+        >>> rnn = UnICORNN(input_size=10, hidden_size=20, num_layers=2, dt=0.1, alpha=1.0)
+        >>> u = torch.randn(5, 3, 10)  # (N, B, input_size)
+        >>> output, (y_n, z_n) = rnn(u)
+        >>> output.shape, y_n.shape, z_n.shape
+        (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]), torch.Size([2, 3, 20]))
     """
 
     def __init__(
@@ -102,6 +121,7 @@ class UnICORNN(nn.Module):
         backend: str = "auto",
         memory: str = "standard",
         checkpoint_every: int = 2048,
+        input_gain: float = 1.0,
     ) -> None:
         super().__init__()
         self.input_size = _check_int("input_size", input_size, 1)
@@ -134,13 +154,16 @@ class UnICORNN(nn.Module):
                 )
             residual_skip = int(residual_skip)
         self.residual_skip = residual_skip
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.backend = backend
+        self.backend = check_backend(backend)
         if memory not in ("standard", "lean"):
             raise ValueError(f"memory must be 'standard' or 'lean', got {memory!r}")
         self.memory = memory
         self.checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1)
+        if isinstance(input_gain, bool) or not isinstance(input_gain, numbers.Real):
+            raise TypeError(f"input_gain must be a real number, got {type(input_gain).__name__}")
+        if not (math.isfinite(input_gain) and input_gain > 0):
+            raise ValueError(f"input_gain must be a finite number > 0, got {input_gain!r}")
+        self.input_gain = float(input_gain)
 
         M = self.hidden_size
         for k in range(self.num_layers):
@@ -177,10 +200,13 @@ class UnICORNN(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """The paper's initialisation (Appendix A): ``V`` (and ``Lambda``) Kaiming-uniform with ``a=8``
-        (fan_in), biases 0, ``w ~ U(0, 1)``, ``c ~ U(-0.1, 0.1)``."""
+        (fan_in), biases 0, ``w ~ U(0, 1)``, ``c ~ U(-0.1, 0.1)``; then the first layer's ``V`` times
+        ``input_gain``."""
         for k in range(self.num_layers):
             p = self.layer_parameters(k)
             nn.init.kaiming_uniform_(p["weight_ih"], a=8)
+            if k == 0:
+                p["weight_ih"].mul_(self.input_gain)
             if p["bias_ih"] is not None:
                 nn.init.zeros_(p["bias_ih"])
             nn.init.uniform_(p["weight_hh"], 0.0, 1.0)
@@ -208,6 +234,8 @@ class UnICORNN(nn.Module):
             s += f", residual_skip={self.residual_skip}"
         if self.memory != "standard":
             s += f", memory={self.memory!r}, checkpoint_every={self.checkpoint_every}"
+        if self.input_gain != 1.0:
+            s += f", input_gain={self.input_gain}"
         return s + f", backend={self.backend!r}"
 
     # ------------------------------------------------------------------------------------------
@@ -217,6 +245,19 @@ class UnICORNN(nn.Module):
         layout = "(B, N, input_size)" if self.batch_first else "(N, B, input_size)"
         if input.dim() != 3:
             raise ValueError(f"input must be 3-D {layout}, got shape {tuple(input.shape)}")
+        if not input.is_floating_point():
+            raise TypeError(
+                f"input must be a floating-point tensor of the module's dtype {self.weight_ih_l0.dtype}, got "
+                f"{input.dtype}: convert it, e.g. x.to({self.weight_ih_l0.dtype})"
+            )
+        param_dtype = self.weight_ih_l0.dtype
+        if input.dtype != param_dtype and not torch.is_autocast_enabled(input.device.type):
+            fix = {torch.float64: "model.double()", torch.float32: "model.float()"}.get(input.dtype)
+            module_fix = f"convert the module ({fix}) or " if fix else ""
+            raise TypeError(
+                f"input has dtype {input.dtype} but the module's parameters have dtype {param_dtype}: "
+                f"{module_fix}the input (x.to({param_dtype})), or run under torch.autocast"
+            )
         if input.shape[-1] != self.input_size:
             raise ValueError(
                 f"input's last dimension must be input_size={self.input_size}, got {input.shape[-1]}"
@@ -300,7 +341,7 @@ class UnICORNN(nn.Module):
             if lengths is None:
                 y, yN, zN = unicornn_scan(x, *args, backend=self.backend)
             else:
-                y, yN, zN = _scan_padded(x, *args, lengths, self.backend)
+                y, yN, zN = scan_padded(x, *args, lengths=lengths, backend=self.backend)
             y_last.append(yN)
             z_last.append(zN)
             if masks[k] is not None:
@@ -338,36 +379,3 @@ class UnICORNN(nn.Module):
         if output is not None and self.batch_first:
             output = output.transpose(0, 1)
         return output, (y_n, z_n)
-
-
-def _scan_padded(x, weight_hh, c, dt, alpha, y0, z0, lengths, backend):
-    """Recurrence over a right-padded batch, exact per sequence.
-
-    The batch is cut at each distinct length: every segment runs only the sequences still active, so padding
-    never enters a computation, and each sequence's final state is taken at its own last step. Costs one
-    scan per distinct length. x: (N, B, M); lengths: (B,) int64 on CPU in [0, N] (0: the state passes
-    through unchanged). Returns y (N, B, M) zero past each length, and y_n, z_n (B, M).
-    """
-    N, B, M = x.shape
-    if int(lengths.min()) >= N:
-        return unicornn_scan(x, weight_hh, c, dt, alpha, y0, z0, backend=backend)
-    device = x.device
-    yc = x.new_zeros(B, M) if y0 is None else y0.to(x.dtype)
-    zc = x.new_zeros(B, M) if z0 is None else z0.to(x.dtype)
-    pieces = []
-    start = 0
-    for end in torch.unique(lengths).tolist():
-        if end == 0:
-            continue  # sequences that already ended: their state passes through
-        active = torch.nonzero(lengths >= end).flatten().to(device)
-        y_seg, yN, zN = unicornn_scan(
-            x[start:end].index_select(1, active), weight_hh, c, dt, alpha,
-            yc.index_select(0, active), zc.index_select(0, active), backend=backend,
-        )  # fmt: skip
-        pieces.append(x.new_zeros(end - start, B, M).index_copy(1, active, y_seg))
-        yc = yc.index_copy(0, active, yN)
-        zc = zc.index_copy(0, active, zN)
-        start = end
-    if start < N:
-        pieces.append(x.new_zeros(N - start, B, M))
-    return torch.cat(pieces), yc, zc

@@ -1,6 +1,6 @@
 """Fused CPU kernels for the UnICORNN recurrence (numba).
 
-Importing this module registers the kernel pair ``"cpu"`` with :func:`unicornn.ops.autograd.register_kernels`;
+Importing this module registers the kernel pair ``"cpu"`` with :func:`unicornn.ops.dispatch.register_kernels`;
 it raises :class:`ImportError` when numba is missing, so ``backend="auto"`` falls back to the reference loop.
 The kernels follow :func:`~unicornn.ops.reference.scan_forward_loop` and
 :func:`~unicornn.ops.reference.scan_backward_loop`: the forward pass runs all N steps in one pass per unit and
@@ -13,8 +13,8 @@ per-unit state -- y, z, the adjoints and the running sums for ``grad_w``/``grad_
 registers for every dtype, and the step sizes ``s = dt * sigmoid(c)`` are computed in float64 from ``c``. For
 float32 this costs little (the loop is bound by memory traffic and by tanh, which is evaluated in float64
 anyway, see below) and removes the accumulation of float32 rounding over long sequences: the float32 results
-carry essentially only the rounding of the stored values, which is well inside the DESIGN.md section 2
-contract (1.5x the error of float32 autograd) even at N = 17,984.
+carry essentially only the rounding of the stored values, which is well inside the accuracy contract
+(``docs/accuracy.md``: 1.5x the error of float32 autograd) even at N = 17,984.
 
 tanh. float32 kernels use :func:`_tanh_rational`, ``t * P(t^2) / Q(t^2)`` with P, Q of degree 5, fitted for
 this project to tanh on [0, 9.5] (linearised weighted least squares of the relative error with Lawson
@@ -67,7 +67,7 @@ except ImportError as err:  # pragma: no cover - exercised when numba is absent
 
 import torch
 
-from .autograd import register_kernels
+from .dispatch import register_kernels
 
 __all__ = ["scan_forward", "scan_backward", "tanh32"]
 
@@ -165,11 +165,11 @@ def _forward_range(x, w, c, dt, alpha, y0, z0, y, yN, zN, u0, u1):
 
 @_jit(**_FAST)
 def _backward_range(
-    grad_y, grad_yN, grad_zN, x, y, w, c, dt, alpha, y0, zN, gx, gy0, gz0, gw_u, ds_u, u0, u1
+    grad_y, grad_yN, grad_zN, y, x, w, c, dt, alpha, y0, zN, gx, gy0, gz0, gw_u, ds_u, u0, u1
 ):
     """Appendix-B backward for units [u0, u1), z rebuilt by inversion from the stored y.
 
-    grad_y, x, y, gx: (N, U); w, c: (M,); grad_yN, grad_zN, y0, zN, gy0, gz0: (U,);
+    grad_y, y, x, gx: (N, U); w, c: (M,); grad_yN, grad_zN, y0, zN, gy0, gz0: (U,);
     gw_u, ds_u: (U,) float64 per-unit sums over time of dL/dw and dL/ds (reduced over the batch later).
     """
     N = x.shape[0]
@@ -253,7 +253,7 @@ def _ranges(U: int, N: int) -> list[tuple[int, int]]:
 
 
 def _run(kernel, args, U: int, N: int) -> None:
-    if U == 0 or N == 0:
+    if U == 0:
         return
     ranges = _ranges(U, N)
     if len(ranges) == 1:
@@ -276,46 +276,50 @@ def _np(t: torch.Tensor, shape=None) -> np.ndarray:
     return a if shape is None else a.reshape(shape)
 
 
-def scan_forward(x, weight_hh, c, y0, z0, dt, alpha):
+def _compute_dtype(y0: torch.Tensor) -> torch.dtype:
+    cd = y0.dtype
+    if cd not in (torch.float32, torch.float64):
+        raise TypeError(f"the CPU backend computes in float32 or float64, got states of dtype {cd}")
+    return cd
+
+
+def scan_forward(x, weight_hh, c, dt, alpha, y0, z0):
     """Fused forward pass: x (N, B, M); weight_hh, c (M,); y0, z0 (B, M) -> y (N, B, M), y_N, z_N (B, M).
 
     ``y`` has x's dtype; the states have the compute dtype (``y0.dtype``: float32 or float64).
     """
-    cd = y0.dtype
-    if cd not in (torch.float32, torch.float64):
-        raise TypeError(f"the CPU backend computes in float32 or float64, got states of dtype {cd}")
+    cd = _compute_dtype(y0)
     N, B, M = x.shape
     U = B * M
-    xc = x.to(cd)
     y = torch.empty((N, B, M), dtype=cd)
     yN = torch.empty((B, M), dtype=cd)
     zN = torch.empty((B, M), dtype=cd)
     args = (
-        _np(xc, (N, U)),
+        _np(x.to(cd), (N, U)),
         _np(weight_hh.to(cd)),
         _np(c.to(cd)),
         float(dt),
         float(alpha),
         _np(y0, U),
-        _np(z0, U),
+        _np(z0.to(cd), U),
+        y.numpy().reshape(N, U),
+        yN.numpy().reshape(U),
+        zN.numpy().reshape(U),
     )
-    args += (y.numpy().reshape(N, U), yN.numpy().reshape(U), zN.numpy().reshape(U))
     _run(_forward_range, args, U, N)
     return y.to(x.dtype), yN, zN
 
 
-def scan_backward(grad_y, grad_yN, grad_zN, x, y, weight_hh, c, y0, zN, dt, alpha):
+def scan_backward(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, zN):
     """Fused backward pass (Appendix B, z rebuilt by inversion from the stored ``y``).
 
     Shapes as in :func:`~unicornn.ops.reference.scan_backward_loop`. Returns grad_x (N, B, M) in x's dtype and
-    grad_weight_hh, grad_c (M,), grad_y0, grad_z0 (B, M) in the compute dtype.
+    grad_weight_hh, grad_s (M,) (``grad_s``: gradient w.r.t. ``s = dt * sigmoid(c)``, summed over the batch),
+    grad_y0, grad_z0 (B, M) in the compute dtype.
     """
-    cd = y0.dtype
-    if cd not in (torch.float32, torch.float64):
-        raise TypeError(f"the CPU backend computes in float32 or float64, got states of dtype {cd}")
+    cd = _compute_dtype(y0)
     N, B, M = x.shape
     U = B * M
-    c = c.to(cd)
     gx = torch.empty((N, B, M), dtype=cd)
     gy0 = torch.empty((B, M), dtype=cd)
     gz0 = torch.empty((B, M), dtype=cd)
@@ -325,10 +329,10 @@ def scan_backward(grad_y, grad_yN, grad_zN, x, y, weight_hh, c, y0, zN, dt, alph
         _np(grad_y.to(cd), (N, U)),
         _np(grad_yN.to(cd), U),
         _np(grad_zN.to(cd), U),
-        _np(x.to(cd), (N, U)),
         _np(y.to(cd), (N, U)),
+        _np(x.to(cd), (N, U)),
         _np(weight_hh.to(cd)),
-        _np(c),
+        _np(c.to(cd)),
         float(dt),
         float(alpha),
         _np(y0, U),
@@ -342,9 +346,8 @@ def scan_backward(grad_y, grad_yN, grad_zN, x, y, weight_hh, c, y0, zN, dt, alph
     _run(_backward_range, args, U, N)
     # Sums over the batch: numpy, single-threaded, in float64 -- a fixed order, whatever the thread count.
     grad_w = torch.from_numpy(gw_u.reshape(B, M).sum(axis=0)).to(cd)
-    sig = 1.0 / (1.0 + np.exp(-c.numpy().astype(np.float64)))
-    grad_c = torch.from_numpy(ds_u.reshape(B, M).sum(axis=0) * (dt * sig * (1.0 - sig))).to(cd)
-    return gx.to(x.dtype), grad_w, grad_c, gy0, gz0
+    grad_s = torch.from_numpy(ds_u.reshape(B, M).sum(axis=0)).to(cd)
+    return gx.to(x.dtype), grad_w, grad_s, gy0, gz0
 
 
 def tanh32(a: np.ndarray) -> np.ndarray:
@@ -361,4 +364,4 @@ def _tanh32_array(a):
     return out
 
 
-register_kernels("cpu", scan_forward, scan_backward)
+register_kernels("cpu", scan_forward, scan_backward, devices=("cpu",))

@@ -1,13 +1,15 @@
 """Readable pure-PyTorch implementations of the UnICORNN recurrence: the ground truth.
 
-Two things live here:
-
 * :func:`scan_reference` -- the recurrence as a plain time loop, differentiated by autograd. Every other
   backend is tested against it.
-* :func:`scan_forward_loop` / :func:`scan_backward_loop` -- the forward pass and the hand-written backward
-  recursion of the paper's Appendix B (eq. 3-5) with ``z`` rebuilt by the inverse (eq. 7) from the stored
-  outputs ``y``. They spell out, step by step, exactly what the fused CPU and Triton kernels compute, so a
-  kernel author reads these two functions and nothing else.
+* :func:`scan_forward_loop` -- the same loop without autograd: the forward half of the fused-kernel contract.
+* :func:`scan_backward_loop` -- the hand-written backward recursion of the paper's Appendix B (eq. 3-5) with
+  ``z`` rebuilt by the inverse (eq. 7) from the stored outputs ``y``: the backward half of the contract.
+
+A kernel author reads :func:`step`, :func:`scan_forward_loop` and :func:`scan_backward_loop` and nothing else.
+Every function takes the recurrence's arguments in one order, that of :func:`unicornn.unicornn_scan`:
+``(x, weight_hh, c, dt, alpha, y0, z0)``; the backward takes the upstream gradients and the stored output
+first and the final ``z_N`` in the place of ``z0``.
 
 Semantics, per hidden unit (all units independent), ``s = dt * sigmoid(c)``::
 
@@ -21,13 +23,22 @@ eq. 6 of the paper prints ``y^{l-1}_{n-1}``, which we read as a typo).
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-__all__ = ["scan_reference", "scan_forward_loop", "scan_backward_loop", "step_sizes"]
+__all__ = ["scan_reference", "scan_forward_loop", "scan_backward_loop", "step", "step_sizes"]
 
 
-def step_sizes(c: torch.Tensor, dt: float) -> torch.Tensor:
-    """Effective per-unit time steps ``dt * sigmoid(c)``, shape of ``c``."""
+def step_sizes(c: Tensor, dt: float) -> Tensor:
+    """Effective per-unit time steps ``s = dt * sigmoid(c)``, shape of ``c``."""
     return dt * torch.sigmoid(c)
+
+
+def step(
+    x_n: Tensor, y: Tensor, z: Tensor, weight_hh: Tensor, s: Tensor, alpha: float
+) -> tuple[Tensor, Tensor]:
+    """One step of the recurrence: ``(y_{n-1}, z_{n-1}) -> (y_n, z_n)``; x_n, y, z (B, M), weight_hh, s (M,)."""
+    z = z - s * (torch.tanh(weight_hh * y + x_n) + alpha * y)
+    return y + s * z, z
 
 
 def scan_reference(x, weight_hh, c, dt, alpha, y0, z0):
@@ -46,43 +57,36 @@ def scan_reference(x, weight_hh, c, dt, alpha, y0, z0):
     y, z = y0, z0
     ys = []
     for x_n in x.unbind(0):  # unbind: one backward node for all steps (x[n] would cost O(N) per step)
-        z = z - s * (torch.tanh(weight_hh * y + x_n) + alpha * y)
-        y = y + s * z
+        y, z = step(x_n, y, z, weight_hh, s, alpha)
         ys.append(y)
     if not ys:
-        return x.new_zeros(x.shape), y, z
+        return x.new_zeros(x.shape), y.clone(), z.clone()
     return torch.stack(ys), y, z
 
 
 @torch.no_grad()
-def scan_forward_loop(x, weight_hh, c, y0, z0, dt, alpha):
-    """Forward pass in the fused-kernel convention (no autograd).
+def scan_forward_loop(x, weight_hh, c, dt, alpha, y0, z0):
+    """Forward half of the fused-kernel contract: :func:`scan_reference` without autograd.
 
-    Same arguments as :func:`scan_reference`; every tensor already has the compute dtype.
-    Returns y (N, B, M), y_N (B, M), z_N (B, M).
+    Same arguments and results; every tensor already has the compute dtype.
     """
-    s = step_sizes(c, dt)
-    y = torch.empty_like(x)
-    yn, zn = y0.clone(), z0.clone()
-    for n in range(x.shape[0]):
-        zn = zn - s * (torch.tanh(weight_hh * yn + x[n]) + alpha * yn)
-        yn = yn + s * zn
-        y[n] = yn
-    return y, yn, zn
+    return scan_reference(x, weight_hh, c, dt, alpha, y0, z0)
 
 
 @torch.no_grad()
-def scan_backward_loop(grad_y, grad_yN, grad_zN, x, y, weight_hh, c, y0, zN, dt, alpha):
-    """Backward recursion of Appendix B, reading the stored ``y`` and rebuilding ``z`` by inversion.
+def scan_backward_loop(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, zN):
+    """Backward half of the contract: Appendix B, reading the stored ``y`` and rebuilding ``z`` by inversion.
 
     Args:
         grad_y: (N, B, M) upstream gradient of the output sequence.
         grad_yN, grad_zN: (B, M) upstream gradients of the final state.
-        x: (N, B, M) input; y: (N, B, M) stored outputs y_1..y_N.
-        weight_hh, c: (M,); y0: (B, M) initial y; zN: (B, M) final z.
+        y: (N, B, M) stored outputs y_1..y_N.
+        x, weight_hh, c, dt, alpha, y0: as in the forward pass; zN: (B, M) final z (in the place of ``z0``).
 
     Returns:
-        grad_x (N, B, M), grad_weight_hh (M,), grad_c (M,), grad_y0 (B, M), grad_z0 (B, M).
+        grad_x (N, B, M), grad_weight_hh (M,), grad_s (M,), grad_y0 (B, M), grad_z0 (B, M), where
+        ``grad_s`` is the gradient with respect to the step size ``s = dt * sigmoid(c)``, summed over the
+        batch. The chain rule to ``c`` is applied once, by the autograd formula of the fused op.
 
     Walking n = N..1 with adjoints ``gy = dL/dy_n`` and ``gz = dL/dz_n``::
 
@@ -94,11 +98,9 @@ def scan_backward_loop(grad_y, grad_yN, grad_zN, x, y, weight_hh, c, y0, zN, dt,
         gz    = g
         z_{n-1} = z_n + s * (tanh(a_n) + alpha * y_{n-1})     # inverse, paper eq. 7
 
-    and finally ``grad_c = sum_b ds * dt * sigmoid'(c)``. The sums over the batch are taken once at the end
-    (deterministic).
+    The sums over the batch are taken once at the end (deterministic).
     """
-    sig = torch.sigmoid(c)
-    s = dt * sig
+    s = step_sizes(c, dt)
     N = x.shape[0]
     grad_x = torch.empty_like(x)
     gy = grad_yN.clone()
@@ -119,5 +121,4 @@ def scan_backward_loop(grad_y, grad_yN, grad_zN, x, y, weight_hh, c, y0, zN, dt,
         gy = gy + gx * weight_hh - g * s * alpha
         gz = g
         z = z + s * force
-    grad_c = ds.sum(0) * dt * sig * (1.0 - sig)
-    return grad_x, gw.sum(0), grad_c, gy, gz
+    return grad_x, gw.sum(0), ds.sum(0), gy, gz

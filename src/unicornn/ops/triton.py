@@ -2,8 +2,9 @@
 
 The kernels compute exactly what :func:`unicornn.ops.reference.scan_forward_loop` and
 :func:`unicornn.ops.reference.scan_backward_loop` spell out; importing this module registers them as the
-``"triton"`` kernel pair of the ``unicornn::scan`` custom op (:mod:`unicornn.ops.autograd`), which provides
-autograd and ``torch.compile`` capture.
+``"triton"`` kernel pair of the ``unicornn::scan`` custom op (:mod:`unicornn.ops.scan`), which provides
+autograd and ``torch.compile`` capture. The accuracy contract the kernels meet is ``docs/accuracy.md``; the
+design notes and measurements are in ``docs/triton_backend.md``.
 
 Design:
 
@@ -18,14 +19,15 @@ Design:
   current one: several loads per unit are in flight while the arithmetic runs. The ``N mod 4`` leftover
   steps run one at a time (forward: first; backward: last, before step 0, which reads ``y0``).
 * **Backward.** Reads the stored outputs ``y`` and rebuilds only ``z`` by the inverse (paper eq. 7) from
-  the final ``z_N``; nothing per step is stored besides ``grad_x`` (DESIGN.md section 2).
-* **Deterministic reductions.** ``grad_weight_hh`` and ``grad_c`` are sums over the batch. Each unit
+  the final ``z_N``; nothing per step is stored besides ``grad_x``.
+* **Deterministic reductions.** ``grad_weight_hh`` and ``grad_s`` (the gradient with respect to the step
+  size ``s``; the op's autograd formula turns it into ``grad_c``) are sums over the batch. Each unit
   accumulates its own partial sums over time in registers, the kernel writes them as (B, M) float32
   tensors, and ``torch.sum(0)`` finishes. No atomics: results are bitwise reproducible run to run, and the
   extra traffic (two B x M tensors) is negligible next to the N x B x M streams.
 * **Precision.** ``x``, ``y``, ``grad_y`` and ``grad_x`` may be float32, float16 or bfloat16; every
   computation and every state (``y_N``, ``z_N``, gradients of parameters and initial states) is float32.
-  float64 input is refused with a TypeError: use ``backend="reference"`` (any device) or ``"cpu"``.
+  float64 input is refused (by :func:`unicornn.ops.dispatch.resolve_backend` for ``unicornn_scan``).
   ``tanh`` is built from ``exp`` (an odd polynomial for ``|a| < 0.55``, ``1 - 2t / (1 + t)`` with
   ``t = e^{-2|a|}`` beyond): at most 2.7 x 2^-24 relative error under the interpreter (rms near torch's);
   on GPUs ``exp`` uses the hardware's approximate ``ex2``, which may add about an ulp. The same code runs
@@ -50,7 +52,7 @@ try:
 except Exception as err:  # ImportError, or a broken installation
     raise ImportError(f"backend 'triton' needs the triton package (pip install triton): {err}") from err
 
-from .autograd import register_kernels
+from .dispatch import register_kernels
 
 __all__ = ["scan_forward", "scan_backward", "launch_config", "INTERPRETED"]
 
@@ -323,6 +325,9 @@ def launch_config(units: int, device: torch.device) -> tuple[int, int]:
 
 
 def _check(tensors: dict[str, Tensor], io: tuple[str, ...]) -> torch.device:
+    """The kernels' preconditions, for direct callers (``unicornn_scan`` has chosen device and dtype already
+    through :func:`unicornn.ops.dispatch.resolve_backend` and converted the rest): a launch with the wrong
+    device or dtypes would read memory wrongly rather than fail."""
     x = tensors[io[0]]
     device = x.device
     if device.type != "cuda" and not INTERPRETED:
@@ -331,11 +336,6 @@ def _check(tensors: dict[str, Tensor], io: tuple[str, ...]) -> torch.device:
             f"(set before importing unicornn.ops.triton); got tensors on {device}"
         )
     if x.dtype not in _IO_DTYPES:
-        if x.dtype == torch.float64:
-            raise TypeError(
-                "backend 'triton' computes in float32 and does not take float64 input; use "
-                "backend='reference' (any device) or backend='cpu' (CPU tensors) for float64"
-            )
         raise TypeError(f"backend 'triton' takes float32, float16 or bfloat16 x, got {x.dtype}")
     for name, t in tensors.items():
         if t.device != device:
@@ -356,10 +356,10 @@ def scan_forward(
     x: Tensor,
     weight_hh: Tensor,
     c: Tensor,
-    y0: Tensor,
-    z0: Tensor,
     dt: float,
     alpha: float,
+    y0: Tensor,
+    z0: Tensor,
     *,
     block: int | None = None,
     num_warps: int | None = None,
@@ -367,8 +367,8 @@ def scan_forward(
     """Fused forward pass.
 
     Args:
-        x: (N, B, M) float32/float16/bfloat16. weight_hh, c: (M,) float32. y0, z0: (B, M) float32.
-        dt, alpha: floats. block, num_warps: launch configuration (default: :func:`launch_config`).
+        x: (N, B, M) float32/float16/bfloat16. weight_hh, c: (M,) float32. dt, alpha: floats.
+        y0, z0: (B, M) float32. block, num_warps: launch configuration (default: :func:`launch_config`).
 
     Returns:
         y (N, B, M) in x's dtype, y_N (B, M) and z_N (B, M) in float32.
@@ -403,14 +403,14 @@ def scan_backward(
     grad_y: Tensor,
     grad_yN: Tensor,
     grad_zN: Tensor,
-    x: Tensor,
     y: Tensor,
+    x: Tensor,
     weight_hh: Tensor,
     c: Tensor,
-    y0: Tensor,
-    zN: Tensor,
     dt: float,
     alpha: float,
+    y0: Tensor,
+    zN: Tensor,
     *,
     block: int | None = None,
     num_warps: int | None = None,
@@ -418,11 +418,12 @@ def scan_backward(
     """Fused backward pass (paper Appendix B), ``z`` rebuilt by inversion from ``z_N`` and the stored ``y``.
 
     Args:
-        grad_y, x, y: (N, B, M) in x's dtype. grad_yN, grad_zN, y0, zN: (B, M) float32.
+        grad_y, y, x: (N, B, M) in x's dtype. grad_yN, grad_zN, y0, zN: (B, M) float32.
         weight_hh, c: (M,) float32. dt, alpha: floats. block, num_warps: launch configuration.
 
     Returns:
-        grad_x (N, B, M) in x's dtype; grad_weight_hh, grad_c (M,), grad_y0, grad_z0 (B, M) in float32.
+        grad_x (N, B, M) in x's dtype; grad_weight_hh, grad_s (M,) (gradient w.r.t. ``s = dt * sigmoid(c)``,
+        summed over the batch), grad_y0, grad_z0 (B, M) in float32.
     """
     device = _check(
         {
@@ -442,8 +443,7 @@ def scan_backward(
     grad_y, x, y = grad_y.contiguous(), x.contiguous(), y.contiguous()
     grad_yN, grad_zN, y0, zN = grad_yN.contiguous(), grad_zN.contiguous(), y0.contiguous(), zN.contiguous()
     w = weight_hh.contiguous()
-    sig = torch.sigmoid(c)
-    s = (float(dt) * sig).contiguous()
+    s = (float(dt) * torch.sigmoid(c)).contiguous()
     grad_x = torch.empty_like(x)
     units = B * M
     if N == 0 or units == 0:
@@ -481,9 +481,13 @@ def scan_backward(
             BLOCK=block,
             num_warps=num_warps,
         )
-    grad_w = gw_part.sum(0)
-    grad_c = ds_part.sum(0) * float(dt) * sig * (1.0 - sig)
-    return grad_x, grad_w, grad_c, grad_y0, grad_z0
+    return grad_x, gw_part.sum(0), ds_part.sum(0), grad_y0, grad_z0
 
 
-register_kernels("triton", scan_forward, scan_backward)
+register_kernels(
+    "triton",
+    scan_forward,
+    scan_backward,
+    devices=("cuda", "cpu") if INTERPRETED else ("cuda",),
+    dtypes=_IO_DTYPES,
+)
