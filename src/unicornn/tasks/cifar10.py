@@ -82,9 +82,11 @@ class CifarFormatError(ValueError):
 
 
 class _BatchUnpickler(pickle.Unpickler):
-    """Unpickler for CIFAR-10 batches: only numpy's array reconstruction may be called."""
+    """Unpickler for CIFAR-10 batches: only numpy's array reconstruction (and ``_codecs.encode``, which
+    protocol-2 pickles written by Python 3 use for bytes) may be called."""
 
     _ALLOWED = {
+        ("_codecs", "encode"),
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
