@@ -212,3 +212,31 @@ def test_specs():
         )
     with pytest.raises(ValueError, match="which must be one of"):
         BidmcTask("spo2")
+
+
+@pytest.mark.skipif(
+    "rmse" not in base.METRICS,
+    reason="TaskSpec accepts metric 'rmse' only after the metrics refactor is merged (tasks/base.py METRICS)",
+)
+def test_one_short_training_epoch(mini, monkeypatch, tmp_path):
+    """The task through the package's trainer on the miniature files: one epoch, RMSE finite."""
+    from unicornn.training.trainer import train_run
+
+    root, _, md5 = mini
+    monkeypatch.setattr(bidmc, "record_md5", lambda record, name, timeout=30.0: md5[name])
+    small = {"train": np.arange(9), "valid": np.arange(9, 12), "test": np.arange(12, 15)}
+    monkeypatch.setattr(bidmc, "load_split", lambda filename, n: small)
+    cfg = dict(
+        hidden_size=8, num_layers=2, dt=0.011, alpha=9.0, lr=4e-3, batch_size=4, eval_batch_size=8, epochs=1
+    )
+    result = train_run(
+        BidmcTask("rr"),
+        cfg,
+        {},
+        tmp_path / "run",
+        data_dir=root,
+        quiet=True,
+        log=lambda line: None,
+        tensorboard=False,
+    )
+    assert result["status"] == "finished" and np.isfinite(result["best"]["test"])

@@ -242,3 +242,34 @@ def test_spec():
         "accuracy",
     )
     assert s.default_options == {"noise": "fixed", "n_train": 48000, "n_valid": 2000, "n_test": 10000}
+
+
+@pytest.mark.slow
+def test_one_short_training_epoch(mini, monkeypatch, tmp_path):
+    """The task through the package's trainer: one epoch on the miniature archive, metrics finite."""
+    from unicornn.training.trainer import train_run
+
+    offline(monkeypatch)
+    cfg = dict(
+        hidden_size=8,
+        num_layers=2,
+        dt=0.126,
+        alpha=13.0,
+        lr=3e-3,
+        batch_size=16,
+        eval_batch_size=50,
+        epochs=1,
+        backend="auto",
+    )
+    result = train_run(
+        NoisyCifarTask(),
+        cfg,
+        {"n_train": 32, "n_valid": 20, "n_test": 20},
+        tmp_path / "run",
+        data_dir=mini,
+        quiet=True,
+        log=lambda line: None,
+        tensorboard=False,
+    )
+    assert result["status"] == "finished" and result["epochs_done"] == 1
+    assert 0 <= result["best"]["test"] <= 100

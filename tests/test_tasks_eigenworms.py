@@ -164,3 +164,32 @@ def test_spec():
         "accuracy",
     )
     assert s.default_options == {"last_k": 0, "random_k": 0}
+
+
+def test_one_short_training_epoch(mini, tmp_path):
+    """The task through the package's trainer (per-layer dt as in the paper): one epoch, metrics finite."""
+    from unicornn.training.trainer import train_run
+
+    cfg = dict(
+        hidden_size=8,
+        num_layers=2,
+        dt=[2.81e-5, 0.0343],
+        alpha=0.0,
+        lr=8.59e-3,
+        batch_size=8,
+        eval_batch_size=64,
+        epochs=1,
+        train_subset=24,
+    )
+    result = train_run(
+        EigenWormsTask(),
+        cfg,
+        {"last_k": 50},
+        tmp_path / "run",
+        data_dir=mini[0],
+        quiet=True,
+        log=lambda line: None,
+        tensorboard=False,
+    )
+    assert result["status"] == "finished" and result["epochs_done"] == 1
+    assert 0 <= result["best"]["valid"] <= 100
