@@ -167,3 +167,34 @@ def test_standardize_option_keeps_nrmse():
     assert nrmse((pred_raw - m) / s, y_std).item() == pytest.approx(nrmse(pred_raw, y_raw).item(), rel=1e-4)
     with pytest.raises(TypeError, match="'standardize' must be a bool"):
         build(standardize=1)
+
+
+def test_increment_target_and_state_nrmse_factor():
+    from unicornn.tasks.lorenz96 import persistence_nrmse, state_nrmse_factor
+
+    opts = dict(seed=4, length=60, n_train=3, n_valid=2, n_test=3, F=8.0)
+    nxt, inc = build(**opts), build(**opts, target="increment", standardize=True)
+    d_train = np.diff(nxt.train.trajectories.numpy().astype(np.float64), axis=1)
+    r = d_train.std()
+    assert inc.valid.increment_scale == pytest.approx(r, rel=1e-6)
+    x, d = inc.test[2]
+    raw = nxt.test.trajectories[2]
+    torch.testing.assert_close(d, (raw[1:] - raw[:-1]) / r, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        x, nxt.test[2][0].sub(inc.test.shift).div(inc.test.scale), rtol=1e-5, atol=1e-6
+    )
+    # any increment prediction: reported NRMSE x factor = NRMSE of the implied states x_n + r * pred
+    y_inc = torch.stack([inc.test[i][1] for i in range(3)]).double()
+    pred = y_inc + 0.3 * torch.randn(
+        y_inc.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
+    t = nxt.test.trajectories.double()
+    states = t[:, :-1] + r * pred
+    factor = state_nrmse_factor(inc.test)
+    assert (nrmse(pred, y_inc) * factor).item() == pytest.approx(nrmse(states, t[:, 1:]).item(), rel=1e-5)
+    # persistence = predicting a zero increment
+    zero = (nrmse(torch.zeros_like(y_inc), y_inc) * factor).item()
+    assert zero == pytest.approx(persistence_nrmse(nxt.test), rel=1e-5)
+    assert state_nrmse_factor(nxt.test) == 1.0
+    with pytest.raises(ValueError, match="'target' must be one of"):
+        build(target="delta")
