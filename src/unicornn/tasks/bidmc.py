@@ -1,4 +1,4 @@
-"""BIDMC32 respiratory rate and heart rate (``bidmc-rr``, ``bidmc-hr``, paper Table 5).
+"""BIDMC32 respiratory rate and heart rate (``bidmc-rr``, ``bidmc-hr``, paper Table 4).
 
 Data: the Monash TSER archive's ``BIDMC32RR_{TRAIN,TEST}.ts`` (Zenodo record 4001463) and
 ``BIDMC32HR_{TRAIN,TEST}.ts`` (record 4001456): 7,949 windows of 32 s of PhysioNet's BIDMC records at 125 Hz

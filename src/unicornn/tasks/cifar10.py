@@ -26,7 +26,8 @@ Noise (option ``noise``):
 Splits: the 50,000 official training images (data_batch_1..5, in order) are shuffled once by
 ``torch.randperm(50000)`` from a generator seeded with :data:`SPLIT_SEED` (independent of the run seed);
 the first 48,000 are the training set, the last 2,000 the validation set (the authors' split sizes; their
-split itself was an unseeded ``random_split``). The test set is the official 10,000 ``test_batch``.
+own split was drawn from torch's global generator inside their script and is not reproduced here). The test
+set is the official 10,000 ``test_batch``.
 Options ``n_train`` / ``n_valid`` / ``n_test`` keep the first n of each split for quick runs.
 """
 

@@ -1,4 +1,4 @@
-"""EigenWorms (``eigenworms``, paper Table 4): classify C. elegans movement into 5 classes from 6 channels.
+"""EigenWorms (``eigenworms``, paper Table 3): classify C. elegans movement into 5 classes from 6 channels.
 
 Data: the UEA archive's ``EigenWorms.zip`` holding ``EigenWorms_TRAIN.ts`` (128 cases) and
 ``EigenWorms_TEST.ts`` (131 cases), each case 6 channels of 17,984 steps, labels ``1``..``5``. Kept in
