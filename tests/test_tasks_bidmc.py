@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from unicornn.tasks import base, bidmc, download
+from unicornn.tasks import bidmc, download
 from unicornn.tasks.bidmc import TARGETS, BidmcTask, build_bidmc, fetch_bidmc, load_bidmc
 from unicornn.tasks.download import ChecksumError, DataUnavailableError
 from unicornn.tasks.ts_format import load_split
@@ -194,10 +194,6 @@ def test_shipped_split_sizes_and_determinism():
     np.testing.assert_array_equal(split["test"], module.seed0_split(7949)["test"])
 
 
-@pytest.mark.skipif(
-    "rmse" not in base.METRICS,
-    reason="TaskSpec accepts metric 'rmse' only after the metrics refactor is merged (tasks/base.py METRICS)",
-)
 def test_specs():
     for which, name in (("rr", "bidmc-rr"), ("hr", "bidmc-hr")):
         s = BidmcTask(which).spec
@@ -214,10 +210,6 @@ def test_specs():
         BidmcTask("spo2")
 
 
-@pytest.mark.skipif(
-    "rmse" not in base.METRICS,
-    reason="TaskSpec accepts metric 'rmse' only after the metrics refactor is merged (tasks/base.py METRICS)",
-)
 def test_one_short_training_epoch(mini, monkeypatch, tmp_path):
     """The task through the package's trainer on the miniature files: one epoch, RMSE finite."""
     from unicornn.training.trainer import train_run
