@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .base import Splits, TaskSpec, check_seed, resolve_options
-from .download import ChecksumError, DataUnavailableError, data_root, fetch, verify
+from .download import DataUnavailableError, data_root, fetch, raise_collected, verify
 from .ts_format import SequenceDataset, channel_scaler, load_split, merge_train_test, read_ts
 
 LENGTH, CHANNELS = 4000, 2
@@ -129,9 +129,7 @@ def fetch_bidmc(target: BidmcTarget, data_dir: str | pathlib.Path | None = None)
             paths.append(fetch_verified(target, name, data_dir))
         except DataUnavailableError as err:
             errors.append(err)
-    if errors:
-        kind = ChecksumError if any(isinstance(e, ChecksumError) for e in errors) else DataUnavailableError
-        raise kind("\n".join(str(e) for e in errors))
+    raise_collected(errors)
     return tuple(paths)
 
 
@@ -181,6 +179,7 @@ class BidmcTask:
             metric="rmse",
             higher_is_better=False,
             default_options={},
+            paper_tables="Tables 4, 6",
         )
 
     def build(self, options: dict, data_dir: pathlib.Path | None, seed: int) -> Splits:

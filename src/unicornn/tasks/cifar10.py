@@ -226,6 +226,7 @@ class NoisyCifarTask:
             "n_valid": N_VALID,
             "n_test": N_TEST_FILES,
         },
+        paper_tables="Tables 2, 6, 8",
     )
 
     def build(self, options: dict, data_dir: pathlib.Path | None, seed: int) -> Splits:

@@ -95,6 +95,7 @@ class EigenWormsTask:
         metric="accuracy",
         higher_is_better=True,
         default_options={"last_k": 0, "random_k": 0},
+        paper_tables="Tables 3, 6; Fig. 3",
     )
 
     def build(self, options: dict, data_dir: pathlib.Path | None, seed: int) -> Splits:
