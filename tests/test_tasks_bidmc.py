@@ -232,3 +232,27 @@ def test_one_short_training_epoch(mini, monkeypatch, tmp_path):
         tensorboard=False,
     )
     assert result["status"] == "finished" and np.isfinite(result["best"]["test"])
+
+
+@pytest.mark.parametrize("which", ["rr", "hr"])
+def test_cli_train_small_preset(record_windows, monkeypatch, tmp_path, capsys, which):
+    """``unicornn train bidmc-rr|bidmc-hr --preset small`` on miniature files placed by hand with their .md5
+    files (as a user does offline), one short epoch."""
+    from test_tasks_cli import cli_train
+
+    target = TARGETS[which]
+    directory = target.directory(tmp_path / "data")
+    directory.mkdir(parents=True)
+    for name, rows in zip(target.files, (slice(0, 10), slice(10, 15))):
+        md5 = write_ts(directory / name, record_windows[rows], np.arange(15)[rows] + 60.0, target.problem)
+        (directory / f"{name}.md5").write_text(md5 + "\n")
+
+    def refuse(*args, **kwargs):
+        raise download.urllib.error.URLError("network disabled in tests")
+
+    monkeypatch.setattr(download.urllib.request, "urlopen", refuse)
+    small = {"train": np.arange(9), "valid": np.arange(9, 12), "test": np.arange(12, 15)}
+    monkeypatch.setattr(bidmc, "load_split", lambda filename, n: small)
+    result = cli_train(capsys, target.task, tmp_path / "data", tmp_path / "runs", "hidden_size=8",
+                       "batch_size=4")  # fmt: skip
+    assert result["metric"] == "rmse" and np.isfinite(result["best"]["test"])

@@ -273,3 +273,13 @@ def test_one_short_training_epoch(mini, monkeypatch, tmp_path):
     )
     assert result["status"] == "finished" and result["epochs_done"] == 1
     assert 0 <= result["best"]["test"] <= 100
+
+
+def test_cli_train_small_preset(mini, monkeypatch, tmp_path, capsys):
+    """``unicornn train noisy-cifar10 --preset small`` on the miniature archive, one short epoch."""
+    from test_tasks_cli import cli_train
+
+    offline(monkeypatch)
+    result = cli_train(capsys, "noisy-cifar10", mini, tmp_path / "runs", "n_train=32", "n_valid=20",
+                       "n_test=20", "hidden_size=8", "eval_batch_size=20")  # fmt: skip
+    assert 0 <= result["best"]["test"] <= 100

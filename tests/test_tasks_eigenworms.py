@@ -193,3 +193,13 @@ def test_one_short_training_epoch(mini, tmp_path):
     )
     assert result["status"] == "finished" and result["epochs_done"] == 1
     assert 0 <= result["best"]["valid"] <= 100
+
+
+def test_cli_train_small_preset(mini, tmp_path, capsys):
+    """``unicornn train eigenworms --preset small`` on the miniature archive (the shipped split), one short
+    epoch."""
+    from test_tasks_cli import cli_train
+
+    result = cli_train(capsys, "eigenworms", mini[0], tmp_path / "runs", "hidden_size=8", "train_subset=24",
+                       "eval_subset=20")  # fmt: skip
+    assert 0 <= result["best"]["valid"] <= 100

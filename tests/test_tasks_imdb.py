@@ -328,3 +328,12 @@ def test_one_short_training_epoch(mini, tmp_path):
     _, values = glove_lines(GLOVE_WORDS)
     assert emb.shape[1] == 100 and (emb[1] == 0).all()  # <pad> stays zero
     assert not torch.equal(emb[2], torch.from_numpy(values[0].astype(np.float32)))  # trained from GloVe
+
+
+def test_cli_train_small_preset(mini, tmp_path, capsys):
+    """``unicornn train imdb --preset small`` on the real subset and a tiny GloVe file, one short epoch."""
+    from test_tasks_cli import cli_train
+
+    result = cli_train(capsys, "imdb", mini, tmp_path / "runs", "hidden_size=8", "train_subset=200",
+                       "eval_subset=100")  # fmt: skip
+    assert result["metric"] == "accuracy" and 0 <= result["best"]["test"] <= 100

@@ -196,7 +196,7 @@ def fetch(
                 _download(url, part, timeout)
             except OSError as err:  # URLError and HTTPError are OSErrors
                 failures.append(f"{url} ({_describe(err)})")
-                _log.warning("download of %s failed: %s", url, _describe(err))
+                _log.info("download of %s failed: %s", url, _describe(err))
                 continue
             problem = _mismatch(part, expected)
             if problem is not None:
