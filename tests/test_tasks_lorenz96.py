@@ -198,3 +198,36 @@ def test_increment_target_and_state_nrmse_factor():
     assert state_nrmse_factor(nxt.test) == 1.0
     with pytest.raises(ValueError, match="'target' must be one of"):
         build(target="delta")
+
+
+def test_persistence_shown_by_tasks_and_beside_every_report_result(tmp_path, capsys):
+    """`unicornn tasks` states each preset's persistence baseline; `unicornn report` puts the state NRMSE
+    (increment NRMSE x state_nrmse_factor) and the persistence baseline beside each run's result."""
+    from unicornn.cli import main
+    from unicornn.tasks.lorenz96 import persistence_baseline, state_nrmse_factor
+    from unicornn.training.presets import get_preset
+
+    task = get_task("lorenz96")
+    small = dict(get_preset("lorenz96", "small").task_options)
+    expected = persistence_baseline(small, seed=5)["test"]
+    assert f"{expected:.4g}" in task.baseline_note(small)
+    assert main(["tasks"]) == 0
+    assert (
+        f"baseline: persistence x_{{n+1}} = x_n scores test NRMSE {expected:.4g}" in capsys.readouterr().out
+    )
+
+    options = dict(small, length=30, n_train=8, n_valid=4, n_test=4)
+    sets = [f"{k}={v}" for k, v in options.items()] + ["hidden_size=4", "epochs=1", "batch_size=4"]
+    argv = ["train", "lorenz96", "--preset", "small", "--out", str(tmp_path), "--quiet", "--no-tensorboard"]
+    assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "lorenz96"), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert "test state nrmse | persistence test nrmse |" in out
+    row = next(line for line in out.splitlines() if line.startswith("| seed-0"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    test_splits = task.build(options, None, 0).test
+    reported = float(cells[6])
+    assert float(cells[7]) == pytest.approx(reported * state_nrmse_factor(test_splits), rel=1e-3)
+    assert float(cells[8]) == pytest.approx(persistence_baseline(options, seed=0)["test"], rel=1e-3)
+    assert state_nrmse_factor(test_splits) < 0.1  # the increment NRMSE is converted, not shown as is

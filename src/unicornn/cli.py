@@ -250,6 +250,8 @@ def _cmd_tasks(args) -> int:
             print(f"        source: {p.source}")
             if p.paper_result:
                 print(f"        paper: {p.paper_result}")
+            if hasattr(task, "baseline_note"):  # a trivial baseline to beat (Lorenz-96: persistence)
+                print(f"        baseline: {task.baseline_note(dict(p.task_options))}")
     return 0
 
 

@@ -163,6 +163,18 @@ def persistence_baseline(options: dict | None = None, seed: int = 0) -> dict[str
     return {name: persistence_nrmse(getattr(splits, name)) for name in ("train", "valid", "test")}
 
 
+#: The options that determine the test trajectories (the test split does not depend on the run seed).
+_TEST_DATA_OPTIONS = ("F", "length", "dt", "burn_in", "n_test")
+
+
+@functools.lru_cache(maxsize=16)
+def _test_reference(data_options: tuple) -> tuple[float, float]:
+    """(persistence NRMSE, state NRMSE / increment NRMSE) of the test split of ``data_options``."""
+    opts = dict(data_options, n_train=1, n_valid=1, target="increment")
+    test = Lorenz96Task().build(opts, None, 0).test
+    return persistence_nrmse(test), state_nrmse_factor(test)
+
+
 class TrajectoryDataset(Dataset):
     """Sampled trajectories ``(n, length + 1, 5)`` (kept in raw units in ``trajectories``).
 
@@ -228,6 +240,26 @@ class Lorenz96Task:
         },
         paper_tables="Table 7, Appendix D",
     )
+
+    def _reference(self, options: dict | None) -> tuple[float, float]:
+        """(persistence test NRMSE, :func:`state_nrmse_factor` of the test split) for task ``options``."""
+        opts = resolve_options(self.spec, options)
+        persistence, ratio = _test_reference(tuple((k, opts[k]) for k in _TEST_DATA_OPTIONS))
+        return persistence, ratio if opts["target"] == "increment" else 1.0
+
+    def baseline_note(self, options: dict | None = None) -> str:
+        """The persistence baseline on the test data of ``options``, in words (for ``unicornn tasks``)."""
+        return (
+            f"persistence x_{{n+1}} = x_n scores test NRMSE {self._reference(options)[0]:.4g} on these test "
+            "data (state NRMSE; a model must score below it)"
+        )
+
+    def result_extras(self, options: dict, seed: int, test: float) -> dict[str, float]:
+        """Columns beside a run's test NRMSE ``test`` in ``unicornn report``: the state NRMSE (``test`` times
+        :func:`state_nrmse_factor` for ``target="increment"``, else ``test`` itself) and the persistence
+        baseline's test NRMSE on the same test data (which do not depend on ``seed``)."""
+        persistence, factor = self._reference(options)
+        return {"test state nrmse": test * factor, "persistence test nrmse": persistence}
 
     def build(self, options: dict, data_dir: pathlib.Path | None, seed: int) -> Splits:
         """Integrate the three splits in one vectorised run; nothing is read from ``data_dir``."""
