@@ -3,6 +3,7 @@ with a tiny GloVe file in the official text format, both accepted as the officia
 
 import hashlib
 import io
+import json
 import pathlib
 import tarfile
 import zipfile
@@ -337,3 +338,8 @@ def test_cli_train_small_preset(mini, tmp_path, capsys):
     result = cli_train(capsys, "imdb", mini, tmp_path / "runs", "hidden_size=8", "train_subset=200",
                        "eval_subset=100")  # fmt: skip
     assert result["metric"] == "accuracy" and 0 <= result["best"]["test"] <= 100
+    from unicornn.cli import main  # eval rebuilds the data, then the model from them, then loads its weights
+
+    assert main(["eval", str(tmp_path / "runs" / "imdb" / "seed-0"), "--data-dir", str(mini), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert evaluated["test"]["accuracy"] == pytest.approx(result["best"]["test"], abs=1e-9)
