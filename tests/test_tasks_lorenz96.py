@@ -40,6 +40,7 @@ def test_spec():
     assert s.higher_is_better is False
     assert s.default_options["F"] == 8.0 and s.default_options["length"] == 2000
     assert [s.default_options[k] for k in ("n_train", "n_valid", "n_test")] == [128, 128, 128]
+    assert s.default_options["standardize"] is False
 
 
 def test_rhs_matches_formula():
@@ -127,3 +128,106 @@ def test_bad_options():
         build(F="8")
     with pytest.raises(ValueError, match="unknown option.*'lorenz96'"):
         build(N=6)
+
+
+def test_persistence_baseline_by_hand():
+    """x_{n+1} = x_n scored with the task's metric, checked against a float64 computation by hand."""
+    from unicornn.tasks.lorenz96 import persistence_baseline, persistence_nrmse
+
+    splits = build(seed=2, length=50, n_train=3, n_valid=2, n_test=4, F=8.0)
+    for ds in (splits.train, splits.valid, splits.test):
+        t = ds.trajectories.numpy().astype(np.float64)
+        err = np.sqrt(np.mean((t[:, :-1] - t[:, 1:]) ** 2))
+        std = np.sqrt(np.mean((t[:, 1:] - t[:, 1:].mean()) ** 2))
+        assert persistence_nrmse(ds) == pytest.approx(err / std, rel=1e-12)
+        # the same as scoring the dataset's own inputs as predictions with nrmse()
+        x = torch.stack([ds[i][0] for i in range(len(ds))])
+        y = torch.stack([ds[i][1] for i in range(len(ds))])
+        assert nrmse(x, y).item() == pytest.approx(err / std, rel=1e-6)
+    base = persistence_baseline({"F": 8.0, "length": 50, "n_train": 3, "n_valid": 2, "n_test": 4}, seed=2)
+    assert base["test"] == pytest.approx(persistence_nrmse(splits.test), rel=1e-12)
+    # a slower system (F = 0.9) moves less per step: persistence is harder to beat there
+    calm = build(seed=2, length=50, n_train=3, n_valid=2, n_test=4, F=0.9)
+    assert persistence_nrmse(calm.test) < persistence_nrmse(splits.test)
+
+
+def test_standardize_option_keeps_nrmse():
+    raw = build(seed=1, length=40, n_train=4, n_valid=2, n_test=3, F=0.9)
+    std = build(seed=1, length=40, n_train=4, n_valid=2, n_test=3, F=0.9, standardize=True)
+    t = raw.train.trajectories.double()
+    m, s = t.mean().item(), t.std(correction=0).item()
+    assert std.train.shift == pytest.approx(m, rel=1e-6) and std.test.scale == pytest.approx(s, rel=1e-6)
+    x_raw, y_raw = raw.test[1]
+    x_std, y_std = std.test[1]
+    torch.testing.assert_close(x_std, (x_raw - m) / s, rtol=1e-5, atol=1e-6)
+    pooled = torch.stack([std.train[i][0] for i in range(4)]).double()
+    assert abs(pooled.mean().item()) < 0.05 and abs(pooled.std().item() - 1) < 0.05
+    # NRMSE is invariant under the shared scalar map: any prediction scores the same in both units
+    pred_raw = y_raw + 0.01 * torch.randn(y_raw.shape, generator=torch.Generator().manual_seed(0))
+    assert nrmse((pred_raw - m) / s, y_std).item() == pytest.approx(nrmse(pred_raw, y_raw).item(), rel=1e-4)
+    with pytest.raises(TypeError, match="'standardize' must be a bool"):
+        build(standardize=1)
+
+
+def test_increment_target_and_state_nrmse_factor():
+    from unicornn.tasks.lorenz96 import persistence_nrmse, state_nrmse_factor
+
+    opts = dict(seed=4, length=60, n_train=3, n_valid=2, n_test=3, F=8.0)
+    nxt, inc = build(**opts), build(**opts, target="increment", standardize=True)
+    d_train = np.diff(nxt.train.trajectories.numpy().astype(np.float64), axis=1)
+    r = d_train.std()
+    assert inc.valid.increment_scale == pytest.approx(r, rel=1e-6)
+    x, d = inc.test[2]
+    raw = nxt.test.trajectories[2]
+    torch.testing.assert_close(d, (raw[1:] - raw[:-1]) / r, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        x, nxt.test[2][0].sub(inc.test.shift).div(inc.test.scale), rtol=1e-5, atol=1e-6
+    )
+    # any increment prediction: reported NRMSE x factor = NRMSE of the implied states x_n + r * pred
+    y_inc = torch.stack([inc.test[i][1] for i in range(3)]).double()
+    pred = y_inc + 0.3 * torch.randn(
+        y_inc.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
+    t = nxt.test.trajectories.double()
+    states = t[:, :-1] + r * pred
+    factor = state_nrmse_factor(inc.test)
+    assert (nrmse(pred, y_inc) * factor).item() == pytest.approx(nrmse(states, t[:, 1:]).item(), rel=1e-5)
+    # persistence = predicting a zero increment
+    zero = (nrmse(torch.zeros_like(y_inc), y_inc) * factor).item()
+    assert zero == pytest.approx(persistence_nrmse(nxt.test), rel=1e-5)
+    assert state_nrmse_factor(nxt.test) == 1.0
+    with pytest.raises(ValueError, match="'target' must be one of"):
+        build(target="delta")
+
+
+def test_persistence_shown_by_tasks_and_beside_every_report_result(tmp_path, capsys):
+    """`unicornn tasks` states each preset's persistence baseline; `unicornn report` puts the state NRMSE
+    (increment NRMSE x state_nrmse_factor) and the persistence baseline beside each run's result."""
+    from unicornn.cli import main
+    from unicornn.tasks.lorenz96 import persistence_baseline, state_nrmse_factor
+    from unicornn.training.presets import get_preset
+
+    task = get_task("lorenz96")
+    small = dict(get_preset("lorenz96", "small").task_options)
+    expected = persistence_baseline(small, seed=5)["test"]
+    assert f"{expected:.4g}" in task.baseline_note(small)
+    assert main(["tasks"]) == 0
+    assert (
+        f"baseline: persistence x_{{n+1}} = x_n scores test NRMSE {expected:.4g}" in capsys.readouterr().out
+    )
+
+    options = dict(small, length=30, n_train=8, n_valid=4, n_test=4)
+    sets = [f"{k}={v}" for k, v in options.items()] + ["hidden_size=4", "epochs=1", "batch_size=4"]
+    argv = ["train", "lorenz96", "--preset", "small", "--out", str(tmp_path), "--quiet", "--no-tensorboard"]
+    assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "lorenz96"), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert "test state nrmse | persistence test nrmse |" in out
+    row = next(line for line in out.splitlines() if line.startswith("| seed-0"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    test_splits = task.build(options, None, 0).test
+    reported = float(cells[6])
+    assert float(cells[7]) == pytest.approx(reported * state_nrmse_factor(test_splits), rel=1e-3)
+    assert float(cells[8]) == pytest.approx(persistence_baseline(options, seed=0)["test"], rel=1e-3)
+    assert state_nrmse_factor(test_splits) < 0.1  # the increment NRMSE is converted, not shown as is

@@ -205,9 +205,9 @@ def _cmd_eval(args) -> int:
     task = _resolve_task(record["task"])
     cfg = record["settings"]
     device = resolve_device(args.device)
-    model = build_model(task.spec, cfg).to(device)
-    model.load_state_dict(ckpt["model"])
     splits = build_splits(task, record["task_options"], _data_root(args.data_dir), cfg)
+    model = build_model(task.spec, cfg, splits.model_args).to(device)
+    model.load_state_dict(ckpt["model"])
     names = ["valid", "test"] if args.split == "both" else [args.split]
     metric = task.spec.metric
     batch = args.batch_size or cfg["eval_batch_size"]
@@ -250,6 +250,8 @@ def _cmd_tasks(args) -> int:
             print(f"        source: {p.source}")
             if p.paper_result:
                 print(f"        paper: {p.paper_result}")
+            if hasattr(task, "baseline_note"):  # a trivial baseline to beat (Lorenz-96: persistence)
+                print(f"        baseline: {task.baseline_note(dict(p.task_options))}")
     return 0
 
 

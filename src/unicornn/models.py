@@ -1,7 +1,8 @@
 """Task models and their registry :data:`MODELS`: a UnICORNN stack with a linear read-out.
 
-A model factory is registered by name and called as ``factory(spec, cfg)`` with the task's
-:class:`~unicornn.tasks.base.TaskSpec` and the run's (flat) settings; it returns an ``nn.Module`` whose
+A model factory is registered by name and called as ``factory(spec, cfg, **model_args)`` with the task's
+:class:`~unicornn.tasks.base.TaskSpec`, the run's (flat) settings and the keyword arguments the task built
+from its data (``Splits.model_args``, usually none); it returns an ``nn.Module`` whose
 ``forward(inputs, lengths=None)`` maps inputs (B, N, d) (or whatever the task yields) and optional
 lengths (B,) int64 to (B, output_size) for readout ``"last"`` or (B, N, output_size) for ``"all"``. The
 model validates its own arguments.
@@ -13,13 +14,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .modules import UnICORNN, dropout_over_time
 from .registry import Registry, check_choice
 from .tasks.base import READOUTS
 
-__all__ = ["SequenceModel", "MODELS", "READOUTS", "count_parameters"]
+__all__ = ["SequenceModel", "EmbeddingSequenceModel", "MODELS", "READOUTS", "count_parameters"]
 
 #: Model factories: ``factory(spec, cfg) -> nn.Module`` (see the module docstring).
 MODELS: Registry[Callable[[Any, Mapping[str, Any]], nn.Module]] = Registry("model")
@@ -107,6 +109,87 @@ def build_unicornn(spec, cfg: Mapping[str, Any]) -> SequenceModel:
     """The :class:`SequenceModel` for task ``spec`` and settings ``cfg``."""
     return SequenceModel(
         spec.input_size,
+        spec.output_size,
+        hidden_size=cfg["hidden_size"],
+        num_layers=cfg["num_layers"],
+        dt=cfg["dt"],
+        alpha=cfg["alpha"],
+        dropout=cfg["dropout"],
+        readout=spec.readout,
+        residual_skip=cfg["residual_skip"],
+        backend=cfg["backend"],
+        input_gain=cfg["input_gain"],
+        memory=cfg["memory"],
+    )
+
+
+class EmbeddingSequenceModel(nn.Module):
+    """Token ids -> trainable word embedding (with embedding dropout) -> :class:`SequenceModel`.
+
+    Embedding dropout drops whole rows of the embedding matrix: in training, every vocabulary row is zeroed
+    with probability ``embedding_dropout`` (one draw per row and batch, so every occurrence of a dropped word
+    in the batch vanishes) and the kept rows are scaled by 1 / (1 - ``embedding_dropout``).
+
+    Args:
+        embedding: float (V, E) initial embedding matrix (e.g. GloVe vectors), copied into the trainable
+            ``embedding.weight``.
+        embedding_dropout: probability in [0, 1) of dropping a word row.
+        pad_index: row of the padding token (its gradient is zero, its row stays as given).
+        output_size, hidden_size, ... readout: as in :class:`SequenceModel`, with ``input_size`` = E.
+
+    Shapes: tokens (B, N) int64 in [0, V), lengths (B,) or None -> as :class:`SequenceModel`.
+    """
+
+    def __init__(self, embedding: Tensor, embedding_dropout: float, pad_index: int, output_size: int,
+                 **sequence_model) -> None:  # fmt: skip
+        super().__init__()
+        embedding = torch.as_tensor(embedding)
+        if embedding.dim() != 2 or not embedding.is_floating_point():
+            raise ValueError(
+                f"embedding must be a float (V, E) matrix, got {embedding.dtype} {tuple(embedding.shape)}"
+            )
+        if not 0.0 <= embedding_dropout < 1.0:
+            raise ValueError(f"embedding_dropout must be in [0, 1), got {embedding_dropout}")
+        if not 0 <= pad_index < embedding.shape[0]:
+            raise ValueError(f"pad_index must be in [0, {embedding.shape[0]}), got {pad_index}")
+        self.embedding = nn.Embedding.from_pretrained(
+            embedding.float().clone(), freeze=False, padding_idx=pad_index
+        )
+        self.embedding_dropout = embedding_dropout
+        self.body = SequenceModel(embedding.shape[1], output_size, **sequence_model)
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """tokens (B, N) -> embeddings (B, N, E), with row dropout in training."""
+        if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"tokens must be (B, N) integer ids, got {tokens.dtype} {tuple(tokens.shape)}")
+        weight = self.embedding.weight
+        p = self.embedding_dropout
+        if self.training and p > 0:
+            keep = torch.empty((weight.shape[0], 1), device=weight.device, dtype=weight.dtype).bernoulli_(
+                1 - p
+            )
+            weight = weight * keep / (1 - p)
+        return F.embedding(tokens, weight, self.embedding.padding_idx)
+
+    def forward(self, tokens: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """tokens (B, N), lengths (B,) or None -> (B, output_size) (readout "last")."""
+        return self.body(self.embed(tokens), lengths=lengths)
+
+
+@MODELS.register("embedding-unicornn")
+def build_embedding_unicornn(
+    spec, cfg: Mapping[str, Any], *, embedding: Tensor, embedding_dropout: float, pad_index: int
+) -> EmbeddingSequenceModel:
+    """The :class:`EmbeddingSequenceModel` of a token task (IMDB): the task hands ``embedding``,
+    ``embedding_dropout`` and ``pad_index`` in ``Splits.model_args``; the rest comes from ``cfg``."""
+    if embedding.shape[1] != spec.input_size:
+        raise ValueError(
+            f"embedding has {embedding.shape[1]} columns, task {spec.name!r} expects {spec.input_size}"
+        )
+    return EmbeddingSequenceModel(
+        embedding,
+        embedding_dropout,
+        pad_index,
         spec.output_size,
         hidden_size=cfg["hidden_size"],
         num_layers=cfg["num_layers"],

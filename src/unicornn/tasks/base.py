@@ -19,6 +19,11 @@ iterable of index lists for process ``rank`` (``dataset`` may be a ``Subset`` of
 per process; a ``set_epoch(epoch)`` method, if present, is called before each training epoch), and/or a
 ``collate_fn``; both are handed to the DataLoader.
 
+A task whose model needs something built from its data (IMDB: the vocabulary's pretrained embedding
+matrix) puts it in ``Splits.model_args``: keyword arguments added to the model factory's call,
+``factory(spec, settings, **model_args)`` (see :mod:`unicornn.models`). They are rebuilt with the data
+(never written to a run's config); the trained values are in the checkpoint.
+
 The loss, metric and readout names are checked against their registries
 (:data:`unicornn.training.metrics.LOSSES`, :data:`~unicornn.training.metrics.METRICS`, :data:`READOUTS`).
 """
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from torch.utils.data import Dataset
@@ -95,6 +100,7 @@ class Splits:
     test: Dataset
     batch_sampler: Callable[..., Any] | None = None
     collate_fn: Callable[[list], Any] | None = None
+    model_args: Mapping[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -44,6 +44,20 @@ class ChecksumError(DataUnavailableError):
     """A file's checksum differs from the expected one (the message gives both digests)."""
 
 
+def raise_collected(errors: Sequence[DataUnavailableError]) -> None:
+    """Raise one error for the files of ``errors`` (nothing if empty), all on one line.
+
+    Its type is :class:`ChecksumError` if any file was corrupt, else :class:`DataUnavailableError`; each
+    file's own message (which names the file, its URL, its checksum and the directory) is kept.
+    """
+    if not errors:
+        return
+    if len(errors) == 1:
+        raise errors[0]
+    kind = ChecksumError if any(isinstance(e, ChecksumError) for e in errors) else DataUnavailableError
+    raise kind(" ".join(" ".join(str(e).split("\n")) for e in errors))
+
+
 def data_root(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
     """Directory holding downloaded data: ``data_dir``, else ``$UNICORNN_DATA``, else ``~/.cache/unicornn``.
 
@@ -182,7 +196,7 @@ def fetch(
                 _download(url, part, timeout)
             except OSError as err:  # URLError and HTTPError are OSErrors
                 failures.append(f"{url} ({_describe(err)})")
-                _log.warning("download of %s failed: %s", url, _describe(err))
+                _log.info("download of %s failed: %s", url, _describe(err))
                 continue
             problem = _mismatch(part, expected)
             if problem is not None:

@@ -90,6 +90,20 @@ _LORENZ_SOURCE = (
     "90 units, 2 layers: Table 7. The paper has no Table 6 row for Lorenz-96: lr, batch size, dt and alpha "
     "are this package's choice"
 )
+# The four tasks below: the paper's Table 6 rows, with the authors' values where their script and log differ
+# from the table (the differences are spelled out in each preset's source).
+_CIFAR_PAPER = dict(hidden_size=128, num_layers=3, lr=3.14e-3, dropout=0.1, batch_size=30, dt=0.126, alpha=13.0,
+                    eval_batch_size=1000, epochs=500, lr_reduce_epoch=250)  # fmt: skip
+_EIGENWORMS_PAPER = dict(hidden_size=32, num_layers=2, lr=7.6e-3, dropout=0.0, batch_size=8, dt=(2.81e-5, 3.43e-2),
+                         alpha=0.0, eval_batch_size=64, epochs=250, lr_reduce_epoch=None)  # fmt: skip
+_BIDMC_PAPER = dict(hidden_size=128, num_layers=3, dropout=0.1, batch_size=32, eval_batch_size=100, epochs=500,
+                    lr_reduce_epoch=250)  # fmt: skip
+_BIDMC_ROW = {"rr": dict(lr=3.98e-3, dt=1.1e-2, alpha=9.0), "hr": dict(lr=2.88e-3, dt=4.6e-2, alpha=10.0)}
+_IMDB_PAPER = dict(model="embedding-unicornn", hidden_size=128, num_layers=2, lr=1.64e-4, dropout=0.61,
+                   batch_size=32, dt=(6.6e-3, 2.05e-1), alpha=0.0, eval_batch_size=256, epochs=50,
+                   lr_reduce_epoch=None)  # fmt: skip
+_LORENZ_SMALL = dict(hidden_size=32, num_layers=2, lr=5e-3, dropout=0.0, batch_size=16, dt=0.1, alpha=1.0,
+                     eval_batch_size=128, epochs=100, lr_reduce_epoch=70)  # fmt: skip
 _LORENZ_PAPER = dict(hidden_size=90, num_layers=2, lr=3e-3, dropout=0.0, batch_size=16, dt=0.1, alpha=1.0,
                      eval_batch_size=128, epochs=500, lr_reduce_epoch=250)  # fmt: skip
 
@@ -229,121 +243,185 @@ _PRESET_LIST: list[Preset] = [
         task_options={"F": 8.0},
         paper_result="test NRMSE 3.1e-1 (Table 7, F = 8)",
     ),
-    _p(
-        "lorenz96",
-        "small",
-        "this package: CPU-sized Lorenz-96 run (F = 0.9, 2 x 32 units); "
-        "about 2 minutes on 2 CPU cores, test NRMSE ~0.7 (the paper's 90-unit model reaches 2.2e-2 after "
-        "500 epochs)",
-        dict(
-            hidden_size=32,
-            num_layers=2,
-            lr=5e-3,
-            dropout=0.0,
-            batch_size=16,
-            dt=0.1,
-            alpha=1.0,
-            eval_batch_size=128,
-            epochs=100,
-            lr_reduce_epoch=70,
-        ),
-        task_options={"F": 0.9},
-        schedule=None,
+    *(
+        _p(
+            "lorenz96",
+            name,
+            f"this package: CPU-sized Lorenz-96 run (F = {F:g}, 2 x 32 units, about 2 minutes on 2 CPU cores) "
+            "that beats the persistence baseline x_{n+1} = x_n: standardised data and the increment target "
+            f"(task options standardize, target); measured test state NRMSE {ours} against persistence's "
+            f"{persistence} (seed 0). Plain targets in raw units reach only ~0.7 at F = 0.9",
+            dict(_LORENZ_SMALL),
+            task_options={"F": F, "standardize": True, "target": "increment"},
+            schedule=None,
+        )
+        for name, F, ours, persistence in (
+            ("small", 0.9, "0.0052", "0.0137"),
+            ("small-f8", 8.0, "0.051", "0.058"),
+        )
     ),
-    # ---------------------------------------------------------------- tasks whose data pipeline is not here yet
+    # ---------------------------------------------------------------- noise padded CIFAR-10 (Tables 2, 6, 8)
     _p(
         "noisy-cifar10",
         "paper",
-        "Table 6 row 'noise padded CIFAR-10'; 128 units, 3 layers: Table 2",
-        dict(
-            hidden_size=128,
-            num_layers=3,
-            lr=3.14e-2,
-            dropout=0.1,
-            batch_size=30,
-            dt=0.126,
-            alpha=13.0,
-            eval_batch_size=1000,
-            epochs=500,
-            lr_reduce_epoch=250,
-        ),
+        "Table 6 row 'noise padded CIFAR-10' with lr 3.14e-3: the authors' script and the log of the run that "
+        "reached the reported 62.4% use 3.14e-3, Table 6 prints 3.14e-2 (10x; see preset table6-lr); "
+        "128 units, 3 layers: Table 2; Gaussian noise tensor fixed once (the authors' code)",
+        dict(_CIFAR_PAPER),
+        task_options={"noise": "fixed"},
         paper_result="62.4% test accuracy (Table 2); 61.5% +- 0.52% over 10 seeds (Table 8)",
     ),
     _p(
-        "eigenworms",
-        "paper",
-        "Table 6 row 'EigenWorms' (first-layer dt 2.81e-5: Appendix A); 32 units, 2 layers: Table 3",
+        "noisy-cifar10",
+        "table6-lr",
+        "Table 6 row 'noise padded CIFAR-10' as printed, lr 3.14e-2 (10x the authors' script and log; no "
+        "logged run used it); otherwise as preset paper",
+        dict(_CIFAR_PAPER, lr=3.14e-2),
+        task_options={"noise": "fixed"},
+    ),
+    _p(
+        "noisy-cifar10",
+        "uniform-noise",
+        "as preset paper, with U(0, 1) noise as the paper's text says ('uniform random numbers'); the "
+        "authors' code draws N(0, 1) noise, which produced the reported 62.4%",
+        dict(_CIFAR_PAPER),
+        task_options={"noise": "uniform"},
+    ),
+    _p(
+        "noisy-cifar10",
+        "fresh-noise",
+        "as preset paper, with fresh N(0, 1) noise for every sample and epoch (not what the authors ran: "
+        "their one noise tensor is reused for every sample)",
+        dict(_CIFAR_PAPER),
+        task_options={"noise": "fresh"},
+    ),
+    _p(
+        "noisy-cifar10",
+        "small",
+        "this package: a CPU-sized version of preset paper (dt, alpha, lr of the authors' run) with 2 x 32 "
+        "units on a 4,000-image training subset; accuracy not measured",
         dict(
+            _CIFAR_PAPER,
             hidden_size=32,
             num_layers=2,
-            lr=8.59e-3,
             dropout=0.0,
-            batch_size=8,
-            dt=(2.81e-5, 3.43e-2),
-            alpha=0.0,
-            eval_batch_size=64,
-            epochs=250,
+            eval_batch_size=500,
+            epochs=3,
             lr_reduce_epoch=None,
-        ),
+            train_subset=4000,
+            eval_subset=1000,
+        ),  # fmt: skip
+        task_options={"noise": "fixed"},
+        schedule=None,
+    ),
+    # ---------------------------------------------------------------- EigenWorms (Tables 3, 6; Fig. 3)
+    _p(
+        "eigenworms",
+        "paper",
+        "Table 6 row 'EigenWorms' with lr 7.6e-3 from the authors' script, whose log's one run reached 94.9% "
+        "test accuracy; Table 6 prints 8.59e-3 (preset table6-lr), for which no run is logged, and the "
+        "5-seed Table 3 result does not record its lr; first-layer dt 2.81e-5: Appendix A; 32 units, "
+        "2 layers: Table 3",
+        dict(_EIGENWORMS_PAPER),
         paper_result="90.3% +- 3.0% test accuracy over 5 seeds (Table 3)",
     ),
     _p(
-        "bidmc-rr",
-        "paper",
-        "Table 6 row 'Healthcare: RR'; 3 layers: Table 4 (the paper gives no unit count; 128 is the "
-        "default of the authors' published script)",
-        dict(
-            hidden_size=128,
-            num_layers=3,
-            lr=3.98e-3,
-            dropout=0.1,
-            batch_size=32,
-            dt=1.1e-2,
-            alpha=9.0,
-            eval_batch_size=100,
-            epochs=500,
-            lr_reduce_epoch=250,
-        ),
-        paper_result="test L2 error (RMSE) 1.06 +- 0.03 over 5 seeds (Table 4)",
+        "eigenworms",
+        "table6-lr",
+        "Table 6 row 'EigenWorms' as printed, lr 8.59e-3 (first-layer dt 2.81e-5: Appendix A); 32 units, "
+        "2 layers: Table 3",
+        dict(_EIGENWORMS_PAPER, lr=8.59e-3),
+        paper_result="90.3% +- 3.0% test accuracy over 5 seeds (Table 3)",
     ),
     _p(
-        "bidmc-hr",
-        "paper",
-        "Table 6 row 'Healthcare: HR'; 3 layers: Table 4 (the paper gives no unit count; 128 is the "
-        "default of the authors' published script)",
-        dict(
-            hidden_size=128,
-            num_layers=3,
-            lr=2.88e-3,
-            dropout=0.1,
-            batch_size=32,
-            dt=4.6e-2,
-            alpha=10.0,
-            eval_batch_size=100,
-            epochs=500,
-            lr_reduce_epoch=250,
-        ),
-        paper_result="test L2 error (RMSE) 1.39 +- 0.09 over 5 seeds (Table 4)",
+        "eigenworms",
+        "fig3-last-k",
+        "Fig. 3 study: preset paper trained and tested on the last 10,000 time points only",
+        dict(_EIGENWORMS_PAPER),
+        task_options={"last_k": 10000},
     ),
+    _p(
+        "eigenworms",
+        "fig3-random-k",
+        "Fig. 3 study: preset paper trained and tested on 1,000 time points drawn at random (fixed per seed)",
+        dict(_EIGENWORMS_PAPER),
+        task_options={"random_k": 1000},
+    ),
+    _p(
+        "eigenworms",
+        "small",
+        "this package: the paper's model (preset paper) for 15 epochs, about 3 minutes on a 2-core CPU",
+        dict(_EIGENWORMS_PAPER, epochs=15),
+        schedule=None,
+    ),
+    # ---------------------------------------------------------------- BIDMC32 RR and HR (Tables 4, 6)
+    *(
+        _p(
+            task,
+            "paper",
+            f"Table 6 row 'Healthcare: {which.upper()}'{log}; 3 layers: Table 4 (the paper gives no unit count; "
+            "128 is the default of the authors' published script)",
+            dict(_BIDMC_PAPER, **_BIDMC_ROW[which]),
+            paper_result=result,
+        )
+        for task, which, log, result in (
+            ("bidmc-rr", "rr", "", "test L2 error (RMSE) 1.06 +- 0.03 over 5 seeds (Table 4)"),
+            (
+                "bidmc-hr",
+                "hr",
+                " (the same values head the authors' HR log, whose run reached test RMSE 1.31)",
+                "test L2 error (RMSE) 1.39 +- 0.09 over 5 seeds (Table 4)",
+            ),
+        )  # fmt: skip
+    ),
+    *(
+        _p(
+            task,
+            "small",
+            f"this package: a CPU-sized version of preset paper (dt, alpha, lr of the Table 6 "
+            f"'Healthcare: {which.upper()}' row) with 2 x 32 units on a 1,000-window training subset",
+            dict(
+                _BIDMC_PAPER,
+                **_BIDMC_ROW[which],
+                hidden_size=32,
+                num_layers=2,
+                dropout=0.0,
+                epochs=5,
+                lr_reduce_epoch=None,
+                train_subset=1000,
+                eval_subset=500,
+            ),  # fmt: skip
+            schedule=None,
+        )
+        for task, which in (("bidmc-rr", "rr"), ("bidmc-hr", "hr"))
+    ),
+    # ---------------------------------------------------------------- IMDB (Tables 5, 6, 8)
     _p(
         "imdb",
         "paper",
-        "Table 6 row 'IMDB' (first-layer dt 6.6e-3 and embedding dropout 0.65: Appendix A); 128 units, "
-        "2 layers: Table 5",
-        dict(
-            hidden_size=128,
-            num_layers=2,
-            lr=1.67e-4,
-            dropout=0.61,
-            batch_size=32,
-            dt=(6.6e-3, 2.05e-1),
-            alpha=0.0,
-            eval_batch_size=256,
-            epochs=50,
-            lr_reduce_epoch=None,
-        ),
-        task_options={"embedding_dropout": 0.65, "embedding_dim": 100, "vocab_size": 25000},
+        "Table 6 row 'IMDB' with lr 1.64e-4 from the authors' script and log (Table 6 prints 1.67e-4, preset "
+        "table6-lr); first-layer dt 6.6e-3 and embedding dropout 0.65: Appendix A; 128 units, 2 layers: "
+        "Table 5",
+        dict(_IMDB_PAPER),
+        task_options={"embedding_dropout": 0.65},
         paper_result="88.4% test accuracy (Table 5); 88.1% +- 0.19% over 10 seeds (Table 8)",
+    ),
+    _p(
+        "imdb",
+        "table6-lr",
+        "Table 6 row 'IMDB' as printed, lr 1.67e-4 (first-layer dt 6.6e-3 and embedding dropout 0.65: "
+        "Appendix A); 128 units, 2 layers: Table 5",
+        dict(_IMDB_PAPER, lr=1.67e-4),
+        task_options={"embedding_dropout": 0.65},
+    ),
+    _p(
+        "imdb",
+        "small",
+        "this package: preset paper with 2 x 32 units and lr 1e-3 on 2,000 training and 1,000 "
+        "validation/test reviews (about 5 s per epoch on a CPU thread); accuracy not measured",
+        dict(_IMDB_PAPER, hidden_size=32, lr=1e-3, epochs=2, train_subset=2000, eval_subset=1000),
+        task_options={"embedding_dropout": 0.65},
+        schedule=None,
     ),
 ]
 

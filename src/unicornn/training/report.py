@@ -63,8 +63,20 @@ def _run_summary(run: Path) -> dict[str, Any]:
         "best_epoch": best["epoch"] if best else None,
         "valid": best[f"valid_{metric}"] if best else None,
         "test": best[f"test_{metric}"] if best else None,
+        "extras": _extras(config, best[f"test_{metric}"] if best else None),
         "rows": rows,
     }
+
+
+def _extras(config: dict[str, Any], test: float | None) -> dict[str, float]:
+    """Task-specific columns beside a run's test metric (the task's ``result_extras``, e.g. Lorenz-96's
+    persistence baseline), or {}."""
+    from ..tasks import TASKS
+
+    task = TASKS.get(config["task"]) if config["task"] in TASKS else None
+    if test is None or not hasattr(task, "result_extras"):
+        return {}
+    return task.result_extras(config["task_options"], config["settings"]["seed"], test)
 
 
 def summarize(runs: list[Path]) -> dict[str, Any]:
@@ -100,16 +112,19 @@ def format_report(title: str, summary: dict[str, Any]) -> str:
     """Markdown table like the paper's Table 8: one row per run, then mean +- std."""
     m = summary["metric"]
     unit = " (%)" if m == "accuracy" else ""
+    extra = list(dict.fromkeys(k for r in summary["runs"] for k in r.get("extras", {})))  # task's own columns
     lines = [
         f"## {title}",
         "",
-        f"| run | seed | status | epochs | best epoch | valid {m}{unit} | test {m}{unit} |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| run | seed | status | epochs | best epoch | valid {m}{unit} | test {m}{unit} |"
+        + "".join(f" {k} |" for k in extra),
+        "| --- | --- | --- | --- | --- | --- | --- |" + " --- |" * len(extra),
     ]
     for r in summary["runs"]:
         lines.append(
             f"| {r['run']} | {r['seed']} | {r['status']} | {r['epochs_done']}/{r['epochs']} | "
             f"{_f(r['best_epoch'])} | {_f(r['valid'])} | {_f(r['test'])} |"
+            + "".join(f" {_f(r.get('extras', {}).get(k))} |" for k in extra)
         )
     lines += [
         "",

@@ -8,7 +8,7 @@ evaluates exactly the sequences the trainer validated and tested on. Batches are
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ class RunSplits:
     test: Dataset
     batch_sampler: Any = None
     collate_fn: Any = None
+    model_args: Mapping[str, Any] = field(default_factory=dict)  # the task's extra model arguments
 
     def get(self, name: str) -> Dataset:
         """The split ``name``: train, valid or test."""
@@ -65,7 +66,10 @@ def build_splits(
     sizes = {"train": cfg["train_subset"], "valid": cfg["eval_subset"], "test": cfg["eval_subset"]}
     sets = {k: subset(getattr(s, k), sizes[k], seed + off) for k, off in SUBSET_SEED_OFFSET.items()}
     return RunSplits(
-        **sets, batch_sampler=getattr(s, "batch_sampler", None), collate_fn=getattr(s, "collate_fn", None)
+        **sets,
+        batch_sampler=getattr(s, "batch_sampler", None),
+        collate_fn=getattr(s, "collate_fn", None),
+        model_args=dict(getattr(s, "model_args", None) or {}),
     )
 
 

@@ -51,11 +51,14 @@ __all__ = [
 ]
 
 
-def build_model(spec, cfg: Mapping[str, Any]) -> nn.Module:
-    """The model ``cfg["model"]`` for task ``spec``; its own errors about its arguments become ConfigError."""
+def build_model(spec, cfg: Mapping[str, Any], model_args: Mapping[str, Any] | None = None) -> nn.Module:
+    """The model ``cfg["model"]`` for task ``spec``; its own errors about its arguments become ConfigError.
+
+    ``model_args``: the task's extra keyword arguments for the factory (``Splits.model_args``).
+    """
     factory = MODELS.get(cfg.get("model", "unicornn"))
     try:
-        return factory(spec, cfg)
+        return factory(spec, cfg, **(model_args or {}))
     except (ValueError, TypeError) as err:  # the model validates its arguments (dt, alpha, ...)
         raise ConfigError(f"model {cfg.get('model', 'unicornn')!r}: {err}") from err
 
@@ -232,10 +235,10 @@ class _Training:
 def _setup(task, cfg: dict[str, Any], options: dict, data_dir: Path | None, ctx: DistContext) -> _Training:
     """Model (initialised from the seed alone), splits, loader, Adam, the step schedule and the grad scaler."""
     seed, device = cfg["seed"], ctx.device
-    torch.manual_seed(seed)  # model initialisation depends on the seed only
-    model = build_model(task.spec, cfg).to(device)
     _seed_all(seed)
-    splits = build_splits(task, options, data_dir, cfg)
+    splits = build_splits(task, options, data_dir, cfg)  # first: the model may take arguments from the data
+    torch.manual_seed(seed)  # model initialisation depends on the seed only
+    model = build_model(task.spec, cfg, splits.model_args).to(device)
     _seed_all(seed * 1_000_003 + ctx.rank + 1)  # every process draws its own dropout masks
     net = model
     if ctx.enabled:
