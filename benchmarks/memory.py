@@ -13,8 +13,8 @@ Model: ``UnICORNN(1, 128, num_layers=3, dt=0.05, alpha=1.0)``, batch 16, a loss 
 Each (mode, N) point runs in a fresh ``python`` process whose environment is this one's without any glibc
 allocator variable (``MALLOC_*``, ``GLIBC_TUNABLES``): what a user gets from a plain ``python``. The process
 builds the model, makes one 64-step warm-up call (forward + backward), reads its resident memory, then runs
-``1 + --repeats`` full-length steps. On CPU the figure is the peak resident memory (``ru_maxrss``) minus the
-resident memory after the warm-up, i.e. it includes the input and every tensor of the step; on CUDA it is
+``1 + --repeats`` full-length steps. On CPU the figure is the peak resident memory (VmHWM, reset after the
+warm-up; ``ru_maxrss`` where there is no /proc) minus the resident memory after the warm-up, i.e. it includes the input and every tensor of the step; on CUDA it is
 ``torch.cuda.max_memory_allocated`` minus the memory allocated after the warm-up. Time per step is the median
 of the ``--repeats`` steps after the first. ``--allocator-variant`` adds, for the lean mode, a column measured
 with ``MALLOC_MMAP_THRESHOLD_=65536`` (an allocator setting, for comparison only). The machine's load average
@@ -58,8 +58,28 @@ def rss_bytes() -> int:
     raise RuntimeError("cannot read the resident memory of this process")
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident memory to its current one (Linux >= 4.0: /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    """Peak resident memory of this process: VmHWM on Linux, else ru_maxrss.
+
+    ``ru_maxrss`` can include the parent's resident memory at fork time (Linux keeps the old memory map's
+    peak across exec), VmHWM is the peak of this program's own memory map."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     scale = 1 if sys.platform == "darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
@@ -94,6 +114,7 @@ def worker(mode: str, N: int, device: str, repeats: int, chunk: int) -> dict:
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
+        reset_peak_rss()
         before = rss_bytes()
     times = []
     for _ in range(1 + repeats):
@@ -213,7 +234,7 @@ def main() -> None:
                     "loss": "y_n[-1].square().mean()", "warmup_steps": WARMUP_STEPS,
                     "checkpoint_every": args.checkpoint_every, "device": args.device,
                     "environment_variables": "none of MALLOC_*, GLIBC_TUNABLES (except the variant rows)",
-                    "measure": "peak RSS minus RSS after the warm-up call (fresh process per point)"
+                    "measure": "peak RSS (VmHWM reset after the warm-up) minus RSS after the warm-up call (fresh process per point)"
                     if args.device == "cpu" else "max_memory_allocated minus allocated after the warm-up call"},
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "machine": platform.machine(), "cpus": os.cpu_count(),

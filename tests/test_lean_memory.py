@@ -2,7 +2,8 @@
 
 Each point runs in a fresh ``python`` whose environment has no glibc allocator variable (``MALLOC_*``,
 ``GLIBC_TUNABLES``): what a user gets. The figure is the peak resident memory of one training step minus the
-resident memory after a short warm-up step. Sizes are small (chunk buffers of 512 KiB, above glibc's initial
+resident memory after a short warm-up step (VmHWM, reset after the warm-up; not ``ru_maxrss``, which can
+carry the forking parent's resident memory). Sizes are small (chunk buffers of 512 KiB, above glibc's initial
 128 KiB mmap threshold, so its dynamic threshold comes into play as it does at real sizes) and run in seconds
 (one PyTorch thread, so that a busy machine does not slow the many small matmuls down).
 """
@@ -31,12 +32,12 @@ WORKING_SET = (2 * LAYERS + 3) * CHUNK_BYTES
 MULTIPLE = 1.5
 
 _SCRIPT = """
-import json, resource, sys, torch
+import json, sys, torch
 from unicornn import UnICORNN
 
-def rss():
+def status(key):
     with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key + ":"))
 
 memory, N, B, M, L, K, return_sequence = sys.argv[1], *map(int, sys.argv[2:7]), sys.argv[7] == "1"
 torch.set_num_threads(1)  # fast on a busy machine; the allocations are the same
@@ -49,10 +50,12 @@ def step(u):
     y_n[-1].square().mean().backward()
 
 step(x[:64])
-before = rss()
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak (VmHWM) to the current resident memory
+before = status("VmRSS")
 step(x)
 step(x)
-print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before}))
+print(json.dumps({"peak": status("VmHWM") - before}))
 """
 
 

@@ -207,12 +207,14 @@ _MALLOC_TRIM = None
 
 
 def _keep(t: Tensor) -> Tensor:
+    """Saved-tensor pack hook that keeps the tensor as it is."""
     return t
 
 
 def _unpack_hook(u: Tensor):
-    """Saved-tensor unpack hook of a chunk's replay: each time the backward reaches a node that saved a
-    chunk-sized tensor, the buffers of the nodes above it have just been freed: release their pages."""
+    """Saved-tensor unpack hook of a chunk's replay: each time the backward pass reaches a node that saved a
+    chunk-sized tensor, the buffers of the nodes after it (in forward order) have just been freed: release
+    their pages."""
     size = u.shape[1] * 1024  # a chunk of 1,024 steps of one unit per sequence: far above any state
 
     def unpack(t: Tensor) -> Tensor:
