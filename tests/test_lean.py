@@ -152,7 +152,7 @@ def _output_and_grads(m, x, g_out, dtype):
 @pytest.mark.slow
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="needs the fused CPU backend for the float64 ground truth")
 def test_lean_accuracy_at_eigenworms_length():
-    """DESIGN §2: lean gradients no worse than 2x float32 autograd's own error at N=17,984 (dt=0.0343, alpha=0).
+    """Accuracy contract: lean gradients no worse than 2x float32 autograd's own error at N=17,984 (dt=0.0343, alpha=0).
 
     Ground truth: the fused CPU backend in float64 (itself equal to the reference loop to 1e-10, tested in
     test_cpu_backend.py); yardstick: float32 autograd through the reference loop."""
