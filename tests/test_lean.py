@@ -152,7 +152,7 @@ def _output_and_grads(m, x, g_out, dtype):
 @pytest.mark.slow
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="needs the fused CPU backend for the float64 ground truth")
 def test_lean_accuracy_at_eigenworms_length():
-    """DESIGN §2: lean gradients no worse than 2x float32 autograd's own error at N=17,984 (dt=0.0343, alpha=0).
+    """Accuracy contract: lean gradients no worse than 2x float32 autograd's own error at N=17,984 (dt=0.0343, alpha=0).
 
     Ground truth: the fused CPU backend in float64 (itself equal to the reference loop to 1e-10, tested in
     test_cpu_backend.py); yardstick: float32 autograd through the reference loop."""
@@ -172,3 +172,72 @@ def test_lean_accuracy_at_eigenworms_length():
     got = _output_and_grads(lean, x, g_out, torch.float32)
     for name, t in truth.items():
         assert rel_err(got[name], t) <= 2.0 * rel_err(yardstick[name], t) + 1e-7, name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lean_retain_graph_like_standard(backend):
+    """Two backward passes through one forward (retain_graph=True), and two autograd.grad calls."""
+    standard, lean = pair(backend, chunk=4)
+    x = torch.randn(13, 2, 3, dtype=torch.float64)
+    state = (torch.randn(4, 2, 6, dtype=torch.float64), torch.randn(4, 2, 6, dtype=torch.float64))
+    results = []
+    for m in (standard, lean):
+        m.zero_grad()
+        xi = x.clone().requires_grad_()
+        torch.manual_seed(5)
+        out, (y, z) = m(xi, state)
+        loss = out.pow(2).sum() + (y.sin() * z).sum()
+        loss.backward(retain_graph=True)
+        once = [p.grad.clone() for p in m.parameters()] + [xi.grad.clone()]
+        loss.backward(retain_graph=True)  # accumulates: twice the first gradients
+        twice = [p.grad for p in m.parameters()] + [xi.grad]
+        for a, b in zip(once, twice):
+            torch.testing.assert_close(b, 2 * a, rtol=1e-12, atol=0)
+        g1 = torch.autograd.grad(loss, [xi, *m.parameters()], retain_graph=True)
+        g2 = torch.autograd.grad(loss, [xi, *m.parameters()])
+        for a, b in zip(g1, g2):
+            torch.testing.assert_close(b, a, rtol=0, atol=0)
+        results.append(g1)
+    for a, b in zip(*results):
+        assert rel_err(b, a) < 1e-9
+    with pytest.raises(RuntimeError, match="second time"):
+        loss.backward()  # the graph was freed by the last call, as in the standard mode
+
+
+def test_lean_gradcheck():
+    """torch.autograd.gradcheck through a lean module (input, initial states), several chunks."""
+    _, lean = pair(chunk=3, dropout=0.0)
+    x = torch.randn(8, 2, 3, dtype=torch.float64, requires_grad=True)
+    y0 = torch.randn(4, 2, 6, dtype=torch.float64, requires_grad=True)
+    z0 = torch.randn(4, 2, 6, dtype=torch.float64, requires_grad=True)
+
+    def f(x, y0, z0):
+        out, (y, z) = lean(x, (y0, z0))
+        return out, y, z
+
+    assert torch.autograd.gradcheck(f, (x, y0, z0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_double_backward_is_a_clear_error_in_lean_mode(backend):
+    _, lean = pair(backend, chunk=4)
+    x = torch.randn(9, 2, 3, dtype=torch.float64, requires_grad=True)
+    out, _ = lean(x)
+    with pytest.raises(RuntimeError, match="does not support double backward"):
+        torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="needs the fused CPU backend")
+def test_double_backward_in_standard_mode():
+    """The reference backend is plain autograd (double backward works); a fused one raises a RuntimeError."""
+    for backend in ("reference", "cpu"):
+        standard, _ = pair(backend, dropout=0.0)
+        x = torch.randn(9, 2, 3, dtype=torch.float64, requires_grad=True)
+        out, _ = standard(x)
+        (g,) = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
+        if backend == "reference":
+            (gg,) = torch.autograd.grad(g.sum(), x)
+            assert torch.isfinite(gg).all()
+        else:
+            with pytest.raises(RuntimeError):
+                torch.autograd.grad(g.sum(), x)
