@@ -67,7 +67,14 @@ def write_config(run_dir: Path, record: dict[str, Any]) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         for name in (METRICS, RESULT, CHECKPOINT, BEST):
             (run_dir / name).unlink(missing_ok=True)
+        _remove_temporaries(run_dir)
         atomic_write_text(json.dumps(record, indent=2) + "\n", run_dir / CONFIG)
+
+
+def _remove_temporaries(run_dir: Path) -> None:
+    """Delete the temporary files of atomic writes that a killed process left (the caller holds the lock)."""
+    for tmp in run_dir.glob(".*.tmp-*"):
+        tmp.unlink(missing_ok=True)
 
 
 def metrics_rows(run_dir: Path, epoch: int) -> tuple[list[dict[str, Any]], bool]:
@@ -101,8 +108,7 @@ def restore_run_files(run_dir: Path, opened: OpenedRun, rows: list[dict[str, Any
     for note in opened.notes:
         say(note)
     with fs_errors(f"write the run directory {run_dir}"):
-        for tmp in run_dir.glob(".*.tmp-*"):
-            tmp.unlink(missing_ok=True)
+        _remove_temporaries(run_dir)
         if opened.changes:
             ckpt["record"] = record
             atomic_save(ckpt, run_dir / CHECKPOINT)
