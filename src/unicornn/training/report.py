@@ -42,7 +42,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _run_summary(run: Path) -> dict[str, Any]:
-    config = json.loads((run / "config.json").read_text())
+    from .run import read_json  # a damaged config.json: RunFileError, one line (``--resume`` repairs it)
+
+    config = read_json(run / "config.json")
     rows = read_jsonl(run / "metrics.jsonl")
     metric = config["spec"]["metric"]
     higher = config["spec"]["higher_is_better"]

@@ -1,10 +1,12 @@
 """The training loop: Adam, the paper's step schedule, validation-based selection, checkpoints and resume.
 
 One call of :func:`train_run` trains one seed into one run directory (files: :mod:`.run`). Its pieces:
-:func:`~.settings.validate_config` (the trainer's settings), :func:`~.run.open_run` (fresh, resume or
-finished), :func:`~.splits.build_splits` (datasets and subsets), ``_setup`` (model from :data:`MODELS`,
-optimiser, schedule), :func:`~.epoch.train_epoch` (one epoch, NaN/Inf guard), :func:`~.epoch.evaluate`,
-:class:`~.records.EpochWriter` (an epoch's results). Several seeds: :mod:`.seeds`.
+:func:`~.settings.validate_config` (the trainer's settings), :func:`~.run.run_lock` (one writer per
+directory), :func:`~.run.open_run` (fresh, resume with the run's own settings, or finished),
+:func:`~.records.restore_run_files` (the directory made whole on resume), :func:`~.splits.build_splits`
+(datasets and subsets), ``_setup`` (model from :data:`MODELS`, optimiser, schedule), :func:`~.epoch.train_epoch`
+(one epoch, NaN/Inf guard), :func:`~.epoch.evaluate`, :class:`~.records.EpochWriter` (an epoch's results),
+:mod:`.progress` (bars or log lines). Several seeds: :mod:`.seeds`. Test hook: :mod:`.faults`.
 
 Under ``torchrun`` every process calls :func:`train_run`; the model is wrapped in DistributedDataParallel,
 the training set is split by a DistributedSampler (the configured batch size is the global one), metrics
