@@ -210,3 +210,19 @@ def test_damaged_result_json_is_written_again_and_eval_reports_damaged_best_pt(t
     assert main(["eval", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert "best.pt is damaged or not a unicornn checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+def test_sigterm_stops_cleanly_and_resume_gives_the_uninterrupted_run(tmp_path, reference):
+    argv = tiny_train_argv(tmp_path, "--quiet")
+    child = start(argv, tmp_path / "log", fault="batch:6:stop")  # in epoch 2
+    os.waitpid(child.pid, os.WUNTRACED)
+    os.kill(child.pid, signal.SIGTERM)  # delivered when it continues
+    os.kill(child.pid, signal.SIGCONT)
+    child.join(60)
+    log = (tmp_path / "log").read_text()
+    assert (
+        child.exitcode == 143 and "terminated (SIGTERM); continue with the same command plus --resume" in log
+    )
+    assert "Traceback" not in log
+    assert train([*argv, "--resume"], tmp_path / "log") == 0, (tmp_path / "log").read_text()
+    assert snapshot(tmp_path) == reference

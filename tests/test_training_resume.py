@@ -209,3 +209,12 @@ def test_progress_in_a_log_file_is_plain_lines(tmp_path, capsys):
     assert any("epoch 2/3: batch 2/4" in line for line in lines)  # in-epoch progress
     assert any(line.endswith("s") and "epoch 3/3  lr" in line for line in lines)
     assert all(line[:4].isdigit() and line[4] == "-" for line in lines)  # each line starts with the date
+
+
+def test_resume_of_a_run_with_a_damaged_config_and_no_checkpoint_starts_afresh(tmp_path, capsys, quiet_run):
+    run_dir = tmp_path / "adding" / "seed-0"
+    quiet_run(get_task("adding"), CFG, OPTS, run_dir, stop_after_epoch=0)
+    (run_dir / "config.json").write_text('{"task": "add')
+    code, _, err = run(capsys, *tiny_train_argv(tmp_path, "--quiet", "--resume", "--set", "epochs=1"))
+    assert code == 0 and "config.json is damaged" in err and "starting afresh" in err
+    assert json.loads((run_dir / "config.json").read_text())["settings"]["epochs"] == 1

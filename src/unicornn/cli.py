@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,15 @@ __all__ = ["main", "build_parser", "parse_value", "parse_sets", "CLIError", "COM
 EXIT_USAGE = 2
 EXIT_NONFINITE = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch system's stop or time limit) received while training."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
 
 
 class CLIError(Exception):
@@ -161,6 +172,8 @@ def _cmd_train(args) -> int:
         torch.set_num_threads(args.threads)
     ctx = init_distributed(args.device)
     out = Path(args.out)
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None  # stop like Ctrl-C
     try:
         results = train_seeds(
             task,
@@ -177,12 +190,13 @@ def _cmd_train(args) -> int:
             tensorboard=not args.no_tensorboard,
             progress_every=args.progress_every,
         )
-    except KeyboardInterrupt:
-        return _err(
-            f"interrupted; continue with the same command plus --resume (runs in {out / args.task})",
-            EXIT_INTERRUPTED,
-        )
+    except KeyboardInterrupt as stop:
+        what, code = ("terminated (SIGTERM)", EXIT_TERMINATED) if isinstance(stop, _Terminated) else (
+            "interrupted", EXIT_INTERRUPTED)  # fmt: skip
+        return _err(f"{what}; continue with the same command plus --resume (runs in {out / args.task})", code)
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         ctx.close()
     if not ctx.is_main:
         return 0
@@ -299,7 +313,8 @@ def _settings_epilog() -> str:
         "leaves no stale lock: continue it with the same command plus --resume.",
         "",
         "exit codes: 0 done, 2 usage, data, run-directory or file-system error, 3 non-finite loss (last good",
-        "checkpoint kept), 130 interrupted.",
+        "checkpoint kept), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM, e.g. a batch system's time limit);",
+        "the files of the last finished epoch are kept whole: continue with --resume.",
     ]
     return "\n".join(lines)
 

@@ -102,11 +102,9 @@ def restore_run_files(run_dir: Path, opened: OpenedRun, rows: list[dict[str, Any
     Removes temporary files a killed process left; stores changed settings in checkpoint.pt (the source of
     truth), then config.json, and drops result.json when the run is extended; rewrites metrics.jsonl with the
     checkpoint's ``rows``; checks best.pt (rewritten from the checkpoint when that is the best epoch). A damaged
-    file is reported through ``say``.
+    file is reported through ``say`` (``opened.notes`` are the caller's to report).
     """
     ckpt, record = opened.checkpoint, opened.record
-    for note in opened.notes:
-        say(note)
     with fs_errors(f"write the run directory {run_dir}"):
         _remove_temporaries(run_dir)
         if opened.changes:

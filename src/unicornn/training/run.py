@@ -163,7 +163,7 @@ def _read_result(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
     checkpoint, which rewrites it."""
     try:
         result = read_json(run_dir / RESULT)
-        int(result["epochs_done"]), result["best"]  # noqa: B018
+        int(result["epochs_done"]), result["best"]["epoch"]  # noqa: B018
         return result
     except (RunFileError, KeyError, TypeError, ValueError) as err:
         notes.append(f"{run_dir / RESULT} is damaged ({err}); it is written again from {CHECKPOINT}")
@@ -185,7 +185,11 @@ def open_run(run_dir: Path, record: dict[str, Any], resume: bool, requested: Req
     has = {name: (run_dir / name).exists() for name in (CHECKPOINT, RESULT, CONFIG)}
     if not (has[CHECKPOINT] or has[RESULT]):
         if resume and has[CONFIG]:  # started, but no epoch finished: start again with its own settings
-            rec, changes = _resumed_record(run_dir, read_json(run_dir / CONFIG), record, requested, None)
+            try:
+                old = read_json(run_dir / CONFIG)
+            except RunFileError as err:  # nothing trained is lost: start from the settings given
+                return OpenedRun(record=record, notes=[f"{err}; no epoch had finished: starting afresh"])
+            rec, changes = _resumed_record(run_dir, old, record, requested, None)
             return OpenedRun(record=rec, changes=changes, restart=True)
         return OpenedRun(record=record)
     if not resume:

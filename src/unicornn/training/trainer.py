@@ -170,6 +170,8 @@ def train_run(
     }
     with _locked(run_dir, ctx):
         opened = open_run(run_dir, record, resume, requested)
+        for note in opened.notes:
+            say(note)
         if opened.result is not None:
             r = opened.result
             say(
