@@ -218,3 +218,11 @@ def test_resume_of_a_run_with_a_damaged_config_and_no_checkpoint_starts_afresh(t
     code, _, err = run(capsys, *tiny_train_argv(tmp_path, "--quiet", "--resume", "--set", "epochs=1"))
     assert code == 0 and "config.json is damaged" in err and "starting afresh" in err
     assert json.loads((run_dir / "config.json").read_text())["settings"]["epochs"] == 1
+
+
+def test_report_of_a_damaged_config_is_a_one_line_error(tmp_path, capsys, quiet_run):
+    run_dir = tmp_path / "adding" / "seed-0"
+    quiet_run(get_task("adding"), dict(CFG, epochs=1), OPTS, run_dir)
+    (run_dir / "config.json").write_bytes(b"\x00\xff garbage")
+    code, _, err = run(capsys, "report", str(tmp_path), "--no-plot")
+    assert code == 2 and "config.json is damaged" in err and len(err.strip().splitlines()) == 1

@@ -162,14 +162,17 @@ def plot_curves(summary: dict[str, Any], path: Path, title: str) -> Path | None:
 def write_report(root: str | Path, plot: bool = True) -> list[dict[str, Any]]:
     """Summarise every group of runs under ``root``; write ``report.md``, ``report.json`` and
     ``curves.png`` into each group's directory. Returns ``[{"dir", "text", "summary", "png"}]``."""
+    from .records import fs_errors  # a read-only or full file system: RunFileError, one line
+
     out = []
     for group, runs in find_runs(root).items():
         summary = summarize(runs)
         title = str(group)
         text = format_report(title, summary)
         public = {k: v for k, v in summary.items() if k != "_rows"}
-        atomic_write_text(text, group / "report.md")
-        atomic_write_text(json.dumps(public, indent=2) + "\n", group / "report.json")
-        png = plot_curves(summary, group / "curves.png", title) if plot else None
+        with fs_errors(f"write the report into {group}"):
+            atomic_write_text(text, group / "report.md")
+            atomic_write_text(json.dumps(public, indent=2) + "\n", group / "report.json")
+            png = plot_curves(summary, group / "curves.png", title) if plot else None
         out.append({"dir": group, "text": text, "summary": public, "png": png})
     return out
