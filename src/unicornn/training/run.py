@@ -165,9 +165,11 @@ def _read_result(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
         result = read_json(run_dir / RESULT)
         int(result["epochs_done"]), result["best"]["epoch"]  # noqa: B018
         return result
-    except (RunFileError, KeyError, TypeError, ValueError) as err:
-        notes.append(f"{run_dir / RESULT} is damaged ({err}); it is written again from {CHECKPOINT}")
-        return None
+    except RunFileError as err:
+        notes.append(f"{err}; it is written again from {CHECKPOINT}")
+    except (KeyError, TypeError, ValueError) as err:
+        notes.append(f"{run_dir / RESULT} is damaged ({err!r}); it is written again from {CHECKPOINT}")
+    return None
 
 
 def open_run(run_dir: Path, record: dict[str, Any], resume: bool, requested: Requested) -> OpenedRun:
@@ -179,7 +181,8 @@ def open_run(run_dir: Path, record: dict[str, Any], resume: bool, requested: Req
 
     Raises:
         RunExistsError: the directory holds a run and ``resume`` is False.
-        RunFileError: checkpoint.pt (or, before the first epoch ended, config.json) is damaged.
+        RunFileError: checkpoint.pt is damaged (or missing where it is needed; or, for a finished run
+            without one, config.json is damaged).
         ConfigError: ``requested`` differs from the run's own settings where they cannot change.
     """
     has = {name: (run_dir / name).exists() for name in (CHECKPOINT, RESULT, CONFIG)}
@@ -197,7 +200,13 @@ def open_run(run_dir: Path, record: dict[str, Any], resume: bool, requested: Req
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
         )
     notes: list[str] = []
-    ckpt = read_checkpoint(run_dir / CHECKPOINT) if has[CHECKPOINT] else None
+    try:
+        ckpt = read_checkpoint(run_dir / CHECKPOINT) if has[CHECKPOINT] else None
+    except RunFileError as err:
+        raise RunFileError(
+            f"{err}; the run cannot continue from it (nothing was changed; to train this seed again, move "
+            f"{run_dir} away)"
+        ) from None
     old = ckpt["record"] if ckpt is not None else read_json(run_dir / CONFIG)
     done = ckpt["epoch"] if ckpt is not None else None
     rec, changes = _resumed_record(run_dir, old, record, requested, done)
