@@ -94,3 +94,33 @@ def run_scan(inp, backend, dt, alpha, dtype=F64, final_grads=True):
         loss.backward()
     grads = tuple(None if leaves[k] is None else leaves[k].grad for k in INPUTS)
     return (y.detach(), yN.detach(), zN.detach()), grads
+
+
+#: ``--set`` items of a tiny adding-problem run (seconds on a CPU): 4 batches of 8 per epoch, 3 epochs.
+TINY_TRAIN_SETS = (
+    "T=10",
+    "n_train=32",
+    "n_valid=16",
+    "n_test=16",
+    "hidden_size=6",
+    "num_layers=2",
+    "epochs=3",
+    "batch_size=8",
+    "eval_batch_size=16",
+    "dropout=0.1",
+    "lr=0.01",
+    "backend=reference",
+)
+
+
+def tiny_train_argv(out, *extra: str, sets=TINY_TRAIN_SETS) -> list[str]:
+    """``unicornn train adding`` arguments of a tiny run into ``out`` (no TensorBoard), then ``extra``."""
+    argv = ["train", "adding", "--out", str(out), "--no-tensorboard"]
+    for s in sets:
+        argv += ["--set", s]
+    return argv + list(extra)
+
+
+def run_files(run_dir) -> dict:
+    """A run directory's files and their bytes (the lock file, whose content names its last holder, left out)."""
+    return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".lock"}

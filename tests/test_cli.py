@@ -74,6 +74,7 @@ def test_help_explains_every_option(capsys):
         "--out",
         "--resume",
         "--quiet",
+        "--progress-every",
         "--no-tensorboard",
     ):
         assert opt in text
@@ -148,9 +149,10 @@ def test_train_report_eval_round_trip(capsys, tmp_path):
     assert (out_dir / "adding" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
     result = json.loads((out_dir / "adding" / "seed-1" / "result.json").read_text())
-    code, out, _ = run(capsys, "eval", str(out_dir / "adding" / "seed-1"), "--json")
+    code, out, err = run(capsys, "eval", str(out_dir / "adding" / "seed-1"), "--json")
     assert code == 0
-    metrics = json.loads(out.strip().splitlines()[-1])
+    metrics = json.loads(out)  # stdout is the JSON alone; the human lines went to stderr
+    assert "valid: mse" in err
     assert metrics["test"]["mse"] == pytest.approx(result["best"]["test"], rel=1e-6)
     assert metrics["valid"]["mse"] == pytest.approx(result["best"]["valid"], rel=1e-6)
 

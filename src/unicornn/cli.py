@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,15 @@ __all__ = ["main", "build_parser", "parse_value", "parse_sets", "CLIError", "COM
 EXIT_USAGE = 2
 EXIT_NONFINITE = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch system's stop or time limit) received while training."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
 
 
 class CLIError(Exception):
@@ -34,12 +45,12 @@ def _exit_codes() -> list[tuple[type[BaseException], int]]:
     from .registry import ConfigError
     from .tasks.download import DataUnavailableError
     from .training.epoch import NonFiniteError
-    from .training.run import RunExistsError
+    from .training.errors import RunDirError
 
     return [
         (CLIError, EXIT_USAGE),
         (ConfigError, EXIT_USAGE),  # bad setting, option, name (UnknownNameError), device, ...
-        (RunExistsError, EXIT_USAGE),
+        (RunDirError, EXIT_USAGE),  # run exists, is locked, a damaged file, a file-system error
         (DataUnavailableError, EXIT_USAGE),
         (NonFiniteError, EXIT_NONFINITE),
     ]
@@ -139,6 +150,7 @@ def _cmd_train(args) -> int:
     from .tasks import TASKS
     from .training.distributed import init_distributed
     from .training.presets import TRAIN_DEFAULTS, get_preset
+    from .training.run import Requested
     from .training.seeds import summary_lines, train_seeds
 
     spec = TASKS.get(args.task).spec
@@ -150,6 +162,8 @@ def _cmd_train(args) -> int:
     options.update(o)
     if args.runs < 1:
         raise CLIError(f"--runs must be >= 1, got {args.runs}")
+    if args.progress_every is not None and args.progress_every < 0:
+        raise CLIError(f"--progress-every must be >= 0 seconds, got {args.progress_every}")
     if args.threads is not None:
         if args.threads < 1:
             raise CLIError(f"--threads must be >= 1, got {args.threads}")
@@ -158,6 +172,8 @@ def _cmd_train(args) -> int:
         torch.set_num_threads(args.threads)
     ctx = init_distributed(args.device)
     out = Path(args.out)
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None  # stop like Ctrl-C
     try:
         results = train_seeds(
             task,
@@ -168,15 +184,19 @@ def _cmd_train(args) -> int:
             data_dir=_data_root(args.data_dir),
             ctx=ctx,
             resume=args.resume,
+            requested=Requested(s, o, args.preset),
+            preset=preset.name,
             quiet=args.quiet,
             tensorboard=not args.no_tensorboard,
+            progress_every=args.progress_every,
         )
-    except KeyboardInterrupt:
-        return _err(
-            f"interrupted; continue with the same command plus --resume (runs in {out / args.task})",
-            EXIT_INTERRUPTED,
-        )
+    except KeyboardInterrupt as stop:
+        what, code = ("terminated (SIGTERM)", EXIT_TERMINATED) if isinstance(stop, _Terminated) else (
+            "interrupted", EXIT_INTERRUPTED)  # fmt: skip
+        return _err(f"{what}; continue with the same command plus --resume (runs in {out / args.task})", code)
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         ctx.close()
     if not ctx.is_main:
         return 0
@@ -187,7 +207,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .training.checkpoint import load_checkpoint
+    from .training.checkpoint import load_model_state, read_checkpoint
     from .training.distributed import resolve_device
     from .training.splits import build_splits
     from .training.trainer import build_model, evaluate
@@ -197,25 +217,23 @@ def _cmd_eval(args) -> int:
         path = path / "best.pt"
     if not path.exists():
         raise CLIError(f"checkpoint {path} does not exist (give a run directory, best.pt or checkpoint.pt)")
-    try:
-        ckpt = load_checkpoint(path)
-        record = ckpt["record"]
-    except Exception as err:  # a file that is not a unicornn checkpoint: the user's mistake
-        raise CLIError(f"{path} is not a unicornn checkpoint: {err}") from None
+    ckpt = read_checkpoint(path, "model")
+    record = ckpt["record"]
     task = _resolve_task(record["task"])
     cfg = record["settings"]
     device = resolve_device(args.device)
     splits = build_splits(task, record["task_options"], _data_root(args.data_dir), cfg)
     model = build_model(task.spec, cfg, splits.model_args).to(device)
-    model.load_state_dict(ckpt["model"])
+    load_model_state(model, ckpt, path)
     names = ["valid", "test"] if args.split == "both" else [args.split]
     metric = task.spec.metric
     batch = args.batch_size or cfg["eval_batch_size"]
     results = {n: evaluate(model, splits.get(n), task.spec, batch_size=batch, device=device, splits=splits)
                for n in names}  # fmt: skip
-    print(f"{path} (task {record['task']}, epoch {ckpt['epoch']}):")
+    human = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the JSON only
+    print(f"{path} (task {record['task']}, epoch {ckpt['epoch']}):", file=human)
     for name, m in results.items():
-        print(f"  {name}: {metric} {m[metric]:.6g}  loss {m['loss']:.6g}")
+        print(f"  {name}: {metric} {m[metric]:.6g}  loss {m['loss']:.6g}", file=human)
     if args.json:
         print(json.dumps(results))
     return 0
@@ -293,7 +311,12 @@ def _settings_epilog() -> str:
         "  unicornn train psmnist --preset paper --runs 10 --device cuda",
         "  torchrun --nproc_per_node=4 -m unicornn train psmnist --preset paper",
         "",
-        "exit codes: 0 done, 2 usage or data error, 3 non-finite loss (last good checkpoint kept).",
+        "one process at a time writes a run directory (its .lock); a second one is refused. A killed run",
+        "leaves no stale lock: continue it with the same command plus --resume.",
+        "",
+        "exit codes: 0 done, 2 usage, data, run-directory or file-system error, 3 non-finite loss (last good",
+        "checkpoint kept), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM, e.g. a batch system's time limit);",
+        "the files of the last finished epoch are kept whole: continue with --resume.",
     ]
     return "\n".join(lines)
 
@@ -344,10 +367,23 @@ def _train_parser(sub) -> None:
     tr.add_argument(
         "--resume",
         action="store_true",
-        help="continue runs from their last checkpoint (finished runs are skipped)",
+        help="continue runs from their last checkpoint with their own settings and task options (the preset "
+        "and --set are not needed; finished runs are skipped). --set may change epochs (e.g. to extend a "
+        "finished run), eval_batch_size or num_workers; the change is recorded in config.json. Any other "
+        "--set must equal the run's value",
     )
     tr.add_argument(
-        "--quiet", action="store_true", help="no progress bars: one plain line per epoch (for log files)"
+        "--quiet",
+        action="store_true",
+        help="no progress bars or progress lines: one line per epoch",
+    )
+    tr.add_argument(
+        "--progress-every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="when stderr is not a terminal (a log file), the progress bars become plain time-stamped lines: "
+        "one per epoch and, within an epoch, one at most every SECONDS (default 60)",
     )
     tr.add_argument(
         "--threads",
@@ -381,7 +417,11 @@ def _eval_parser(sub) -> None:
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     ev.add_argument("--data-dir", metavar="DIR", help="dataset cache (default as for train)")
     ev.add_argument("--batch-size", type=int, metavar="B", help="evaluation batch size (default: the run's)")
-    ev.add_argument("--json", action="store_true", help="also print the metrics as one JSON line")
+    ev.add_argument(
+        "--json",
+        action="store_true",
+        help="print the metrics as one JSON line on stdout (the human-readable lines go to stderr)",
+    )
     ev.set_defaults(func=_cmd_eval)
 
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .distributed import DistContext, all_reduce_sum
+from .faults import fault_point
 from .metrics import SplitMetrics, compute_loss
 from .splits import RunSplits, eval_loader, unpack
 
@@ -61,12 +62,13 @@ def train_epoch(
 
     Before each optimiser step the loss and (unless fp16, whose scaler skips such steps) the gradient norm
     are checked on every process; if any is NaN/Inf, :class:`NonFiniteError` is raised before the update,
-    with the message ``on_nonfinite(what, batch_number)``.
+    with the message ``on_nonfinite(what, batch_number)``. ``progress``: an
+    :class:`~.progress.EpochProgress` (or None).
     """
     device, amp = ctx.device, cfg["amp"]
     net.train()
     acc = SplitMetrics(spec.loss, spec.metric)
-    batches = progress(loader) if progress is not None else loader
+    batches = progress.wrap(loader) if progress is not None else loader
     for step, batch in enumerate(batches):
         x, y, lengths = unpack(batch, device)
         optimizer.zero_grad(set_to_none=True)
@@ -79,14 +81,16 @@ def train_epoch(
             gnorm = nn.utils.clip_grad_norm_(model.parameters(), clip)
         else:
             gnorm = torch.zeros(())
-        loss_ok = math.isfinite(loss.item())
+        loss_value = loss.item()
+        loss_ok = math.isfinite(loss_value)
         if _any_rank(not loss_ok or (amp != "fp16" and not torch.isfinite(gnorm)), ctx):
             raise NonFiniteError(on_nonfinite("loss" if not loss_ok else "gradient", step + 1))
         scaler.step(optimizer)
         scaler.update()
         acc.update(out.detach(), y, loss.detach())
         if progress is not None:
-            batches.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
+            progress.batch_done(loss_value)
+        fault_point("batch")
     acc.load_sums(all_reduce_sum(acc.sums(), ctx))
     return acc.compute()
 

@@ -42,7 +42,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _run_summary(run: Path) -> dict[str, Any]:
-    config = json.loads((run / "config.json").read_text())
+    from .run import read_json  # a damaged config.json: RunFileError, one line (``--resume`` repairs it)
+
+    config = read_json(run / "config.json")
     rows = read_jsonl(run / "metrics.jsonl")
     metric = config["spec"]["metric"]
     higher = config["spec"]["higher_is_better"]
@@ -175,14 +177,17 @@ def plot_curves(summary: dict[str, Any], path: Path, title: str) -> Path | None:
 def write_report(root: str | Path, plot: bool = True) -> list[dict[str, Any]]:
     """Summarise every group of runs under ``root``; write ``report.md``, ``report.json`` and
     ``curves.png`` into each group's directory. Returns ``[{"dir", "text", "summary", "png"}]``."""
+    from .records import fs_errors  # a read-only or full file system: RunFileError, one line
+
     out = []
     for group, runs in find_runs(root).items():
         summary = summarize(runs)
         title = str(group)
         text = format_report(title, summary)
         public = {k: v for k, v in summary.items() if k != "_rows"}
-        atomic_write_text(text, group / "report.md")
-        atomic_write_text(json.dumps(public, indent=2) + "\n", group / "report.json")
-        png = plot_curves(summary, group / "curves.png", title) if plot else None
+        with fs_errors(f"write the report into {group}"):
+            atomic_write_text(text, group / "report.md")
+            atomic_write_text(json.dumps(public, indent=2) + "\n", group / "report.json")
+            png = plot_curves(summary, group / "curves.png", title) if plot else None
         out.append({"dir": group, "text": text, "summary": public, "png": png})
     return out

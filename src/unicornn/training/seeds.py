@@ -3,11 +3,13 @@ summary (per seed, and the mean +- std report when there are several)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .report import write_report
+from .run import Requested
 from .trainer import train_run
 
 __all__ = ["run_dir_for", "train_seeds", "summary_lines"]
@@ -21,18 +23,20 @@ def run_dir_for(out: str | Path, task: str, seed: int) -> Path:
 def train_seeds(task, settings: Mapping[str, Any], options: Mapping[str, Any], out: str | Path, runs: int,
                 **train_kw) -> list[dict[str, Any]]:  # fmt: skip
     """Train seeds ``settings["seed"] + k`` for k < ``runs``, each into :func:`run_dir_for`; ``train_kw``
-    go to :func:`~unicornn.training.trainer.train_run`. Returns the results in seed order."""
+    go to :func:`~unicornn.training.trainer.train_run` (a ``requested`` seed is shifted like the settings').
+    Returns the results in seed order."""
     first = settings.get("seed", 0)
-    return [
-        train_run(
-            task,
-            dict(settings, seed=first + k),
-            options,
-            run_dir_for(out, task.spec.name, first + k),
-            **train_kw,
+    requested: Requested | None = train_kw.pop("requested", None)
+    results = []
+    for k in range(runs):
+        req = requested
+        if req is not None and "seed" in req.settings:
+            req = dataclasses.replace(req, settings=dict(req.settings, seed=first + k))
+        seed_dir = run_dir_for(out, task.spec.name, first + k)
+        results.append(
+            train_run(task, dict(settings, seed=first + k), options, seed_dir, requested=req, **train_kw)
         )
-        for k in range(runs)
-    ]
+    return results
 
 
 def summary_lines(results: list[dict[str, Any]], task_dir: Path, plot: bool = True) -> list[str]:

@@ -81,7 +81,8 @@ TRAIN_KEY_HELP: dict[str, str] = {
     "model": "the model: unicornn (hidden_size ... input_gain, memory, backend are its arguments)",
 }
 
-#: Settings that may differ between a checkpoint and the resumed run (everything else must match).
+#: Settings that ``--resume --set`` may change (the change is recorded in config.json); a resumed run keeps its
+#: own value of every other setting, and asking for a different one is refused.
 RESUME_MUTABLE_KEYS = frozenset({"epochs", "eval_batch_size", "num_workers"})
 
 AMP = ("off", "bf16", "fp16")

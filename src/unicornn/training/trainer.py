@@ -1,10 +1,12 @@
 """The training loop: Adam, the paper's step schedule, validation-based selection, checkpoints and resume.
 
 One call of :func:`train_run` trains one seed into one run directory (files: :mod:`.run`). Its pieces:
-:func:`~.settings.validate_config` (the trainer's settings), :func:`~.run.open_run` (fresh, resume or
-finished), :func:`~.splits.build_splits` (datasets and subsets), ``_setup`` (model from :data:`MODELS`,
-optimiser, schedule), :func:`~.epoch.train_epoch` (one epoch, NaN/Inf guard), :func:`~.epoch.evaluate`,
-:class:`~.records.EpochWriter` (an epoch's results). Several seeds: :mod:`.seeds`.
+:func:`~.settings.validate_config` (the trainer's settings), :func:`~.run.run_lock` (one writer per
+directory), :func:`~.run.open_run` (fresh, resume with the run's own settings, or finished),
+:func:`~.records.restore_run_files` (the directory made whole on resume), :func:`~.splits.build_splits`
+(datasets and subsets), ``_setup`` (model from :data:`MODELS`, optimiser, schedule), :func:`~.epoch.train_epoch`
+(one epoch, NaN/Inf guard), :func:`~.epoch.evaluate`, :class:`~.records.EpochWriter` (an epoch's results),
+:mod:`.progress` (bars or log lines). Several seeds: :mod:`.seeds`. Test hook: :mod:`.faults`.
 
 Under ``torchrun`` every process calls :func:`train_run`; the model is wrapped in DistributedDataParallel,
 the training set is split by a DistributedSampler (the configured batch size is the global one), metrics
@@ -15,11 +17,11 @@ is a multiple of the number of processes (otherwise DistributedSampler repeats a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
-import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,18 +33,23 @@ from torch import nn
 from ..models import MODELS, count_parameters
 from ..registry import ConfigError
 from ..tasks.base import RECORD_FIELDS
-from .checkpoint import capture_rng_state, read_jsonl, restore_rng_state
+from .checkpoint import capture_rng_state, restore_rng_state
 from .distributed import DistContext
 from .epoch import NonFiniteError, evaluate, train_epoch
+from .errors import RunDirError, RunExistsError, RunFileError, RunLockedError
 from .metrics import is_better
-from .records import EpochWriter, epoch_row, fmt, truncate_metrics, write_config, write_result
-from .run import METRICS, RunExistsError, open_run
+from .progress import Progress
+from .records import EpochWriter, epoch_row, fmt, metrics_rows, restore_run_files, write_config, write_result
+from .run import CHECKPOINT, Requested, open_run, run_lock
 from .settings import RESUME_MUTABLE_KEYS, validate_config
 from .splits import RunSplits, build_splits, train_loader
 
 __all__ = [
     "NonFiniteError",
     "RunExistsError",
+    "RunLockedError",
+    "RunFileError",
+    "Requested",
     "train_run",
     "build_model",
     "evaluate",
@@ -63,16 +70,6 @@ def build_model(spec, cfg: Mapping[str, Any], model_args: Mapping[str, Any] | No
         raise ConfigError(f"model {cfg.get('model', 'unicornn')!r}: {err}") from err
 
 
-def _progress(quiet: bool, main: bool):
-    if quiet or not main:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # the [tasks] extra is not installed
-        return None
-    return tqdm
-
-
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -88,17 +85,25 @@ def _gather_rng(ctx: DistContext, gen: torch.Generator) -> list:
     return states
 
 
-def _logger(log: Callable[[str], None] | None, quiet: bool, main: bool) -> Callable[[str], None]:
-    def say(msg: str) -> None:
-        if not main:
-            return
-        if log is not None:
-            log(msg)
-        else:
-            tq = _progress(quiet, main)
-            (tq.write if tq is not None else print)(msg, file=sys.stderr)
-
-    return say
+@contextlib.contextmanager
+def _locked(run_dir: Path, ctx: DistContext):
+    """The run directory's lock (:func:`~.run.run_lock`), taken by the main process; under torchrun every
+    process learns whether it got it (and raises the same error if not)."""
+    with contextlib.ExitStack() as stack:
+        error: BaseException | None = None
+        if ctx.is_main:
+            try:
+                stack.enter_context(run_lock(run_dir))
+            except RunDirError as err:
+                error = err
+        if ctx.enabled:
+            box = [None if error is None else (type(error), str(error))]
+            torch.distributed.broadcast_object_list(box, src=0)
+            if box[0] is not None and error is None:
+                error = box[0][0](box[0][1])
+        if error is not None:
+            raise error
+        yield
 
 
 def train_run(
@@ -110,26 +115,35 @@ def train_run(
     data_dir: Path | None = None,
     ctx: DistContext | None = None,
     resume: bool = False,
+    requested: Requested | None = None,
+    preset: str | None = None,
     quiet: bool = False,
     stop_after_epoch: int | None = None,
     log=None,
     tensorboard: bool = True,
+    progress_every: float | None = 60.0,
 ) -> dict[str, Any]:
     """Train one seed of ``task`` into ``run_dir`` and return the result (see module docstring).
 
     Args:
         task: an object with ``spec`` and ``build(options, data_dir, seed)`` (see :mod:`unicornn.tasks`).
-        config: settings (see :data:`~unicornn.training.settings.TRAIN_DEFAULTS`).
-        task_options: options passed to ``task.build`` (merged into the task's defaults).
-        run_dir: directory of this run.
+        config: settings of a fresh run (see :data:`~unicornn.training.settings.TRAIN_DEFAULTS`).
+        task_options: options of a fresh run, passed to ``task.build`` (merged into the task's defaults).
+        run_dir: directory of this run; one process at a time writes it (its lock, see :mod:`.run`).
         data_dir: dataset cache directory handed to the task.
         ctx: distributed context (default: one process on the CPU).
-        resume: continue from ``run_dir/checkpoint.pt``; a finished run is returned as is.
-        quiet: no progress bars; one plain line per epoch instead.
+        resume: continue from ``run_dir/checkpoint.pt`` with the run's own settings; a finished run is returned
+            as is, unless ``requested`` extends its ``epochs``.
+        requested: what the caller named explicitly; on resume it is checked against (and may change some of)
+            the run's own settings, see :class:`~.run.Requested`. Default: all of ``config`` and
+            ``task_options``.
+        preset: name of the preset ``config`` comes from, recorded in config.json.
+        quiet: no progress bars or in-epoch lines: one line per epoch.
         stop_after_epoch: stop (as if interrupted) once this many epochs are done; for tests and for
             splitting long jobs.
-        log: callable taking one line of text (default: print to stderr on rank 0).
+        log: callable taking one line of text (default: stderr on rank 0, see :mod:`.progress`).
         tensorboard: also write TensorBoard events (when ``tensorboard`` is installed).
+        progress_every: seconds between progress lines within an epoch when stderr is not a terminal.
 
     Returns:
         A dict with ``status`` ("finished" or "stopped"), ``epochs_done``, ``best`` (epoch, valid, test
@@ -138,62 +152,79 @@ def train_run(
     Raises:
         NonFiniteError: the loss, a gradient or a metric became NaN/Inf (files of the last good epoch kept).
         RunExistsError: ``run_dir`` holds a run and ``resume`` is False.
-        ConfigError: a bad setting, task option or model argument (the message names it).
+        RunLockedError: another process is writing ``run_dir``.
+        RunFileError: a file of ``run_dir`` is damaged, or the file system refuses a write.
+        ConfigError: a bad setting, task option or model argument (the message names it), or a resume asking
+            for settings that cannot change.
     """
     spec, ctx, run_dir = task.spec, ctx or DistContext(), Path(run_dir)
     cfg = validate_config(config)
     options = spec.resolve_options(task_options) if hasattr(spec, "resolve_options") else dict(task_options)
-    _check_placement(cfg, ctx)
-    say = _logger(log, quiet, ctx.is_main)
+    requested = requested if requested is not None else Requested(config, task_options, preset)
+    out = Progress(quiet=quiet, main=ctx.is_main, log=log, every=progress_every)
+    say = out.say
     record = {
         "task": spec.name,
+        "preset": preset,
         "settings": cfg,
         "task_options": options,
         "spec": {k: v for k, v in asdict(spec).items() if k in RECORD_FIELDS},
         "world_size": ctx.world_size,
     }
-    opened = open_run(run_dir, record, resume)
-    if opened.result is not None:
-        say(f"{run_dir}: already finished (best epoch {opened.result['best']['epoch']}); nothing to do")
-        return opened.result
-    t = _setup(task, cfg, options, data_dir, ctx)
-    if opened.checkpoint is not None:
-        _restore(t, opened.checkpoint, ctx)
-        if ctx.is_main:
-            truncate_metrics(run_dir, t.start_epoch)
-        say(f"resuming {run_dir} after epoch {t.start_epoch}")
-    elif ctx.is_main:
-        record["parameters"] = count_parameters(t.model)
-        write_config(run_dir, record)
-        say(
-            f"{spec.name}: {count_parameters(t.model):,} parameters, {len(t.splits.train):,} training sequences, "
-            f"{cfg['epochs']} epochs, device {ctx.device}"
-            + (f" x {ctx.world_size} processes" if ctx.enabled else "")
-        )
+    with _locked(run_dir, ctx):
+        opened = open_run(run_dir, record, resume, requested)
+        for note in opened.notes:
+            say(note)
+        if opened.result is not None:
+            r = opened.result
+            say(
+                f"{run_dir}: already finished ({r['epochs_done']} epochs, best epoch {r['best']['epoch']}); "
+                f"nothing to do (to train longer: --resume --set epochs=N)"
+            )
+            return r
+        record = opened.record
+        cfg, options = record["settings"], record["task_options"]
+        _check_placement(cfg, ctx)
+        t = _setup(task, cfg, options, data_dir, ctx)
+        if opened.checkpoint is not None:
+            _restore(t, opened.checkpoint, ctx, run_dir)
+            if ctx.is_main:
+                restore_run_files(run_dir, opened, t.rows, say)
+            changed = "".join(f"; {k} {a} -> {b} as asked" for k, (a, b) in opened.changes.items())
+            say(f"resuming {run_dir} after epoch {t.start_epoch} with its own settings{changed}")
+        elif ctx.is_main:
+            record["parameters"] = count_parameters(t.model)
+            write_config(run_dir, record)
+            again = " (started again with its own settings: no epoch had finished)" if opened.restart else ""
+            say(
+                f"{spec.name}: {count_parameters(t.model):,} parameters, {len(t.splits.train):,} training sequences, "
+                f"{cfg['epochs']} epochs, device {ctx.device}"
+                + (f" x {ctx.world_size} processes" if ctx.enabled else "")
+                + again
+            )
+        return _train_epochs(t, spec, cfg, ctx, run_dir, record, out, tensorboard, stop_after_epoch)
 
-    tq = _progress(quiet, ctx.is_main)
+
+def _train_epochs(t: _Training, spec, cfg, ctx: DistContext, run_dir: Path, record: dict[str, Any],
+                  out: Progress, tensorboard: bool, stop_after_epoch: int | None) -> dict[str, Any]:  # fmt: skip
+    """The epoch loop from ``t.start_epoch``: train, evaluate, write each epoch; then the result."""
     writer = (
-        EpochWriter(run_dir, spec.metric, cfg["epochs"], tensorboard, t.start_epoch, say)
+        EpochWriter(run_dir, spec.metric, cfg["epochs"], tensorboard, t.start_epoch, out.say)
         if ctx.is_main
         else None
     )
-    bar = (
-        tq(total=cfg["epochs"], initial=t.start_epoch, desc=f"{spec.name} seed {cfg['seed']}", unit="epoch")
-        if tq
-        else None
-    )
-    last_row: dict[str, Any] | None = None
+    bar = out.run_bar(cfg["epochs"], t.start_epoch, f"{spec.name} seed {cfg['seed']}")
     status = "finished"
     try:
         for epoch in range(t.start_epoch, cfg["epochs"]):
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 status = "stopped"
                 break
-            good = t.start_epoch if last_row is None else last_row["epoch"]
-            last_row, improved = _epoch(t, spec, cfg, ctx, epoch, good, run_dir, tq)
+            row, improved = _epoch(t, spec, cfg, ctx, epoch, run_dir, out.epoch(epoch + 1, cfg["epochs"]))
+            t.rows.append(row)
             rng = _gather_rng(ctx, t.loader_gen)
             if writer is not None:
-                writer.write(last_row, improved, _state(t, epoch + 1, rng, record))
+                writer.write(row, improved, _state(t, epoch + 1, rng, record))
             if bar is not None:
                 bar.update(1)
     finally:
@@ -201,7 +232,7 @@ def train_run(
             bar.close()
         if writer is not None:
             writer.close()
-    return _finish(run_dir, spec, cfg, status, t.best, last_row, t.start_epoch, ctx.is_main, say)
+    return _finish(run_dir, spec, cfg, status, t, ctx.is_main, out.say)
 
 
 def _check_placement(cfg: dict[str, Any], ctx: DistContext) -> None:
@@ -230,6 +261,7 @@ class _Training:
     scaler: torch.amp.GradScaler
     start_epoch: int = 0
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": None, "valid": None, "test": None})
+    rows: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl rows of the epochs done
 
 
 def _setup(task, cfg: dict[str, Any], options: dict, data_dir: Path | None, ctx: DistContext) -> _Training:
@@ -254,14 +286,29 @@ def _setup(task, cfg: dict[str, Any], options: dict, data_dir: Path | None, ctx:
     return _Training(model, net, splits, loader, sampler, loader_gen, optimizer, scheduler, scaler)
 
 
-def _restore(t: _Training, ckpt: dict[str, Any], ctx: DistContext) -> None:
-    """Continue from checkpoint ``ckpt`` exactly (weights, optimiser, schedule, scaler, RNG states)."""
-    t.model.load_state_dict(ckpt["model"])
-    t.optimizer.load_state_dict(ckpt["optimizer"])
-    t.scheduler.load_state_dict(ckpt["scheduler"])
-    t.scaler.load_state_dict(ckpt["scaler"])
-    t.start_epoch, t.best = ckpt["epoch"], ckpt["best"]
-    restore_rng_state(ckpt["rng"][ctx.rank], t.loader_gen)
+def _restore(t: _Training, ckpt: dict[str, Any], ctx: DistContext, run_dir: Path) -> None:
+    """Continue from checkpoint ``ckpt`` exactly (weights, optimiser, schedule, scaler, RNG states, rows)."""
+    try:
+        t.model.load_state_dict(ckpt["model"])
+        t.optimizer.load_state_dict(ckpt["optimizer"])
+        t.scheduler.load_state_dict(ckpt["scheduler"])
+        t.scaler.load_state_dict(ckpt["scaler"])
+        t.start_epoch, t.best = int(ckpt["epoch"]), dict(ckpt["best"])
+        restore_rng_state(ckpt["rng"][ctx.rank], t.loader_gen)
+    except (
+        KeyError,
+        IndexError,
+        TypeError,
+        ValueError,
+        RuntimeError,
+    ) as err:  # a damaged checkpoint's content
+        raise RunFileError(
+            f"{run_dir / CHECKPOINT} is damaged: it does not fit the run's model and settings ({err!r:.200})"
+        ) from None
+    if "rows" in ckpt:
+        t.rows = list(ckpt["rows"])
+    else:  # a checkpoint of an earlier version: the rows are in metrics.jsonl only
+        t.rows = metrics_rows(run_dir, t.start_epoch)[0]
 
 
 def _state(t: _Training, epoch: int, rng: list, record: dict[str, Any]) -> dict[str, Any]:
@@ -275,12 +322,20 @@ def _state(t: _Training, epoch: int, rng: list, record: dict[str, Any]) -> dict[
         "epoch": epoch,
         "best": t.best,
         "record": record,
+        "rows": t.rows,
     }
 
 
-def _epoch(t: _Training, spec, cfg, ctx: DistContext, epoch: int, good: int, run_dir: Path, tq):
+def _kept(epochs_done: int, run_dir: Path) -> str:
+    """What is left of the run after a failure with ``epochs_done`` epochs on disk."""
+    if epochs_done == 0:
+        return f"no checkpoint was written yet in {run_dir} (the first epoch failed): run it again with other settings"
+    return f"the checkpoint of epoch {epochs_done} in {run_dir} is kept"
+
+
+def _epoch(t: _Training, spec, cfg, ctx: DistContext, epoch: int, run_dir: Path, progress):
     """Train epoch ``epoch`` (0-based), evaluate, update ``t.best``; return the epoch's row and whether the
-    validation metric improved. ``good``: the last epoch whose checkpoint is on disk (for error messages)."""
+    validation metric improved. ``progress``: an :class:`~.progress.EpochProgress` or None."""
     t0 = time.perf_counter()
     if hasattr(t.sampler, "set_epoch"):
         t.sampler.set_epoch(epoch)
@@ -289,13 +344,9 @@ def _epoch(t: _Training, spec, cfg, ctx: DistContext, epoch: int, good: int, run
     def on_nonfinite(what: str, batch: int) -> str:
         return (
             f"non-finite {what} at epoch {epoch + 1}, batch {batch} (lr {lr:.3g}); training stopped before the "
-            f"update. The checkpoint of epoch {good} in {run_dir} is kept. Try a smaller lr, grad_clip or dt "
-            f"(--set key=value)."
+            f"update; {_kept(epoch, run_dir)}. Try a smaller lr, grad_clip or dt (--set key=value)."
         )
 
-    progress = None
-    if tq is not None:
-        progress = lambda it: tq(it, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False, unit="batch")  # noqa: E731
     train_m = train_epoch(
         t.net,
         t.model,
@@ -317,7 +368,7 @@ def _epoch(t: _Training, spec, cfg, ctx: DistContext, epoch: int, good: int, run
     if not (math.isfinite(valid_m[metric]) and math.isfinite(test_m[metric])):
         raise NonFiniteError(
             f"non-finite {metric} after epoch {epoch + 1} (valid {valid_m[metric]}, test "
-            f"{test_m[metric]}); the checkpoint of epoch {epoch} in {run_dir} is kept"
+            f"{test_m[metric]}); {_kept(epoch, run_dir)}"
         )
     improved = is_better(valid_m[metric], t.best["valid"], spec.higher_is_better)
     if improved:
@@ -326,11 +377,10 @@ def _epoch(t: _Training, spec, cfg, ctx: DistContext, epoch: int, good: int, run
     return row, improved
 
 
-def _finish(run_dir, spec, cfg, status, best, last_row, start_epoch, main, say) -> dict[str, Any]:
+def _finish(run_dir, spec, cfg, status, t: _Training, main: bool, say) -> dict[str, Any]:
     """The run's result (written to result.json when finished)."""
-    rows = read_jsonl(run_dir / METRICS) if main else []
-    epochs_done = rows[-1]["epoch"] if rows else (last_row["epoch"] if last_row else start_epoch)
-    metric = spec.metric
+    epochs_done = t.rows[-1]["epoch"] if t.rows else t.start_epoch
+    metric, best = spec.metric, t.best
     result = {
         "task": spec.name,
         "metric": metric,
@@ -340,7 +390,7 @@ def _finish(run_dir, spec, cfg, status, best, last_row, start_epoch, main, say) 
         "epochs_done": epochs_done,
         "epochs": cfg["epochs"],
         "best": best,
-        "final": rows[-1] if rows else last_row,
+        "final": t.rows[-1] if t.rows else None,
     }
     if main and result["status"] == "finished":
         write_result(run_dir, result)
