@@ -10,12 +10,10 @@ once, for every backend. Because it is a registered custom op, ``torch.compile``
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 from torch import Tensor
 
+from ..registry import check_real
 from .dispatch import get_kernels, resolve_backend
 from .reference import scan_reference
 
@@ -104,30 +102,21 @@ def fused_scan(x, weight_hh, c, dt, alpha, y0, z0, kernels: str):
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_float(name: str, value, low: float, high: float | None, low_open: bool) -> float:
+def _scalar(value):
+    """A one-element tensor that needs no gradient as its Python number; anything else unchanged."""
     if isinstance(value, Tensor) and value.numel() == 1 and not value.requires_grad:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    lo = "(" if low_open else "["
-    hi = f"{high}]" if high is not None else "inf)"
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be a finite number in {lo}{low}, {hi}, got {value}")
-    ok_low = v > low if low_open else v >= low
-    if not (ok_low and (high is None or v <= high)):
-        raise ValueError(f"{name} must be in {lo}{low}, {hi}, got {value}")
-    return v
+        return value.item()
+    return value
 
 
 def check_dt(dt, name: str = "dt") -> float:
     """Validate a nominal time step: a finite real number in (0, 1]."""
-    return _check_float(name, dt, 0.0, 1.0, low_open=True)
+    return check_real(name, _scalar(dt), low=0.0, low_open=True, high=1.0)
 
 
 def check_alpha(alpha, name: str = "alpha") -> float:
     """Validate the restoring-force coefficient: a finite real number >= 0."""
-    return _check_float(name, alpha, 0.0, None, low_open=False)
+    return check_real(name, _scalar(alpha), low=0.0)
 
 
 def _check_tensor(name: str, t, shape: tuple[int, ...], x: Tensor, meaning: str) -> None:
