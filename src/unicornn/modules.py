@@ -319,15 +319,18 @@ class UnICORNN(nn.Module):
         y_last, z_last = [], []
         for k in range(self.num_layers):
             p = params[k]
-            x = F.linear(sequences[-1], p["weight_ih"], p["bias_ih"])
+            # The bias goes to the scan, whose kernels add it as they read x (and sum its gradient as they
+            # write grad_x): the projection stays a plain matmul and x + b is never written.
+            x = F.linear(sequences[-1], p["weight_ih"])
             source = self.skip_source(k)
             if source is not None:
                 x = x + F.linear(sequences[source], p["weight_skip"])
             args = (p["weight_hh"], p["c"], self.dt[k], self.alpha, y0[k], z0[k])
+            kw = dict(backend=self.backend, bias=p["bias_ih"])
             if lengths is None:
-                y, yN, zN = unicornn_scan(x, *args, backend=self.backend)
+                y, yN, zN = unicornn_scan(x, *args, **kw)
             else:
-                y, yN, zN = scan_padded(x, *args, lengths=lengths, backend=self.backend)
+                y, yN, zN = scan_padded(x, *args, lengths=lengths, **kw)
             y_last.append(yN)
             z_last.append(zN)
             if masks[k] is not None:
