@@ -5,7 +5,10 @@ it raises :class:`ImportError` when numba is missing, so ``backend="auto"`` fall
 The kernels follow :func:`~unicornn.ops.reference.scan_forward_loop` and
 :func:`~unicornn.ops.reference.scan_backward_loop`: the forward pass runs all N steps in one pass per unit and
 stores ``y``; the backward pass runs once from n = N down to 1, reads the stored ``y`` and rebuilds ``z`` by
-the inverse recurrence (paper eq. 7). Nothing per step is stored besides ``y``.
+the inverse recurrence (paper eq. 7). Nothing per step is stored besides ``y``. The projection's bias is added
+to ``x`` as it is read and its gradient summed as ``grad_x`` is written; without an upstream gradient of the
+sequence (``grad_y`` None: only the final state reaches the loss) the backward kernel is compiled without
+reading one (numba specialises on ``None``, see :func:`_at`).
 
 Precision. Tensors are read and written in the compute dtype (float32 or float64; fp16/bf16 inputs are
 converted to float32 around the kernels and ``y``/``grad_x`` are returned in the input dtype), but the
@@ -28,7 +31,9 @@ are cut into contiguous ranges, one per thread, and each range into blocks of at
 state lives in small local arrays. For every time step the innermost loop runs over the units of a block, so
 each step reads and writes one contiguous slice of ``x``/``y`` and LLVM vectorises it (AVX2 / AVX-512 on x86).
 That needs ``error_model="numpy"`` (numba's default error model puts a zero-division branch around every
-``/``) and the branch-free tanh.
+``/``), the branch-free tanh, and few distinct arrays in the unit loop: the backward kernel keeps its block
+state in one 2-D array, since nine 1-D ones need more runtime alias checks than LLVM allows and the loop then
+stays scalar (4x slower; a test checks the machine code for packed divisions).
 
 Threads. The kernels are compiled ``nogil`` (not ``parallel=True``) and the unit ranges run on a small thread
 pool, one range per thread, ``torch.get_num_threads()`` threads (fewer for small problems, down to one). The

@@ -19,12 +19,15 @@ Design:
   current one: several loads per unit are in flight while the arithmetic runs. The ``N mod 4`` leftover
   steps run one at a time (forward: first; backward: last, before step 0, which reads ``y0``).
 * **Backward.** Reads the stored outputs ``y`` and rebuilds only ``z`` by the inverse (paper eq. 7) from
-  the final ``z_N``; nothing per step is stored besides ``grad_x``.
-* **Deterministic reductions.** ``grad_weight_hh`` and ``grad_s`` (the gradient with respect to the step
-  size ``s``; the op's autograd formula turns it into ``grad_c``) are sums over the batch. Each unit
+  the final ``z_N``; nothing per step is stored besides ``grad_x``. Without an upstream gradient of the
+  sequence (only the final state reaches the loss) a second compilation (``HAS_GY=False``) skips its loads.
+* **Bias.** The projection's bias (M,) is added to ``x_n`` in registers, and its gradient is accumulated
+  per unit alongside ``grad_w``: the projection before the scan is a plain matmul.
+* **Deterministic reductions.** ``grad_weight_hh``, ``grad_s`` (the gradient with respect to the step
+  size ``s``; the op's autograd formula turns it into ``grad_c``) and ``grad_bias`` are sums over the batch. Each unit
   accumulates its own partial sums over time in registers, the kernel writes them as (B, M) float32
   tensors, and ``torch.sum(0)`` finishes. No atomics: results are bitwise reproducible run to run, and the
-  extra traffic (two B x M tensors) is negligible next to the N x B x M streams.
+  extra traffic (three B x M tensors) is negligible next to the N x B x M streams.
 * **Precision.** ``x``, ``y``, ``grad_y`` and ``grad_x`` may be float32, float16 or bfloat16; every
   computation and every state (``y_N``, ``z_N``, gradients of parameters and initial states) is float32.
   float64 input is refused (by :func:`unicornn.ops.dispatch.resolve_backend` for ``unicornn_scan``).
