@@ -6,7 +6,8 @@ Layer ``l`` (1-based) maps the sequence below it, ``y^{l-1}`` (``y^0`` = the inp
     z^l_n = z^l_{n-1} - s^l * (tanh(w^l * y^l_{n-1} + x^l_n) + alpha * y^l_{n-1})
     y^l_n = y^l_{n-1} + s^l * z^l_n,        s^l = dt_l * sigmoid(c^l)
 
-The projection is one matmul over all steps; the recurrence runs through :func:`unicornn.unicornn_scan`.
+The projection is one matmul over all steps; the recurrence runs through :func:`unicornn.unicornn_scan`, which
+also adds the bias ``b^l`` (inside the fused kernels, so the matmul output is not written twice).
 """
 
 from __future__ import annotations

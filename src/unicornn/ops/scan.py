@@ -222,7 +222,7 @@ def scan_padded(
     The batch is cut at each distinct length: every segment runs only the sequences still active, so padding
     never enters a computation, and each sequence's final state is taken at its own last step. Costs one
     scan per distinct length. x: (N, B, M); lengths: (B,) int64 on CPU in [0, N] (0: the state passes
-    through unchanged). Returns y (N, B, M) zero past each length, and y_n, z_n (B, M).
+    through unchanged); bias: (M,) or None, as in :func:`unicornn_scan`. Returns y (N, B, M) zero past each length, and y_n, z_n (B, M).
     """
     N, B, M = x.shape
     if int(lengths.min()) >= N:
