@@ -36,7 +36,7 @@ def make_inputs(N, B, M, seed, dtype=F64, device="cpu", states=True, c_scale=0.1
 
     Returns a dict: ``x`` ~ N(0,1) (N, B, M); ``w`` ~ U(0,1), ``c`` ~ U(-c_scale, c_scale) (M,); ``y0``,
     ``z0`` ~ N(0,1) (B, M), or None without ``states``; upstream gradients ``gy`` (N, B, M), ``gyN``, ``gzN``
-    (B, M) ~ N(0,1).
+    (B, M) ~ N(0,1); a projection bias ``b`` ~ N(0,1) (M,) (drawn last: the other draws do not depend on it).
     """
     g = torch.Generator().manual_seed(seed)
     out = {
@@ -48,6 +48,7 @@ def make_inputs(N, B, M, seed, dtype=F64, device="cpu", states=True, c_scale=0.1
         "gy": torch.randn(N, B, M, generator=g, dtype=F64),
         "gyN": torch.randn(B, M, generator=g, dtype=F64),
         "gzN": torch.randn(B, M, generator=g, dtype=F64),
+        "b": torch.randn(M, generator=g, dtype=F64),
     }
     if not states:
         out["y0"] = out["z0"] = None
@@ -71,28 +72,33 @@ def torch_threads(n: int):
         torch.set_num_threads(old)
 
 
-def run_scan(inp, backend, dt, alpha, dtype=F64, final_grads=True):
+def run_scan(inp, backend, dt, alpha, dtype=F64, final_grads=True, bias=False, sequence_grad=True):
     """Forward and backward through ``unicornn_scan`` on the problem ``inp`` (see :func:`make_inputs`).
 
     The inputs become leaves of ``dtype`` (the parameters and states float32 for half-precision ``x``). The
-    loss is ``<y, gy>`` plus, with ``final_grads``, ``<y_N, gyN> + <z_N, gzN>``, summed in float64.
-    Returns ``(y, y_N, z_N)`` and the gradients of (x, w, c, y0, z0) (None for absent states).
+    loss is ``<y, gy>`` (without ``sequence_grad``: y does not enter it, so its gradient is None) plus, with
+    ``final_grads``, ``<y_N, gyN> + <z_N, gzN>``, summed in float64. With ``bias``, ``inp["b"]`` is passed as
+    ``bias``. Returns ``(y, y_N, z_N)`` and the gradients of (x, w, c, y0, z0) (None for absent states),
+    followed by the gradient of the bias with ``bias``.
     """
     param_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     leaves = {
-        k: None if inp[k] is None else inp[k].to(dtype if k == "x" else param_dtype).detach().requires_grad_()
-        for k in INPUTS
+        k: None
+        if inp.get(k) is None
+        else inp[k].to(dtype if k == "x" else param_dtype).detach().requires_grad_()
+        for k in INPUTS + ("b",)
     }
+    b = leaves["b"] if bias else None
     with torch_threads(1 if backend == "reference" else torch.get_num_threads()):
         y, yN, zN = unicornn_scan(*(leaves[k] for k in ("x", "w", "c")), dt, alpha, leaves["y0"], leaves["z0"],
-                                  backend=backend)  # fmt: skip
-        loss = (y.double() * inp["gy"].double()).sum()
+                                  backend=backend, bias=b)  # fmt: skip
+        loss = (y.double() * inp["gy"].double()).sum() if sequence_grad else 0.0
         if final_grads:
             loss = (
                 loss + (yN.double() * inp["gyN"].double()).sum() + (zN.double() * inp["gzN"].double()).sum()
             )
         loss.backward()
-    grads = tuple(None if leaves[k] is None else leaves[k].grad for k in INPUTS)
+    grads = tuple(None if leaves[k] is None else leaves[k].grad for k in INPUTS + (("b",) if bias else ()))
     return (y.detach(), yN.detach(), zN.detach()), grads
 
 

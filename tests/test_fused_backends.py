@@ -55,14 +55,15 @@ F64_BACKENDS = [b for b in FUSED if takes_float64(b)]
     "N,B,M", [(37, 3, 5), (1, 3, 5), (37, 1, 5), (1, 1, 1), (23, 7, 41), (4, 2, 300)], ids=lambda v: str(v)
 )
 @pytest.mark.parametrize("dt,alpha", [(0.19, 30.65), (0.9, 0.0), (0.0343, 2.5)])
-def test_float64_matches_reference(backend, N, B, M, dt, alpha):
+@pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "bias"])
+def test_float64_matches_reference(backend, N, B, M, dt, alpha, bias):
     # (23, 7, 41): 287 units, more than one block and blocks not aligned with M; (4, 2, 300): M > block.
     inp = make_inputs(N, B, M, seed=N * 1000 + B * 100 + M, c_scale=2.0)
-    out, grads = run_scan(inp, backend, dt, alpha)
-    out_ref, grads_ref = run_scan(inp, "reference", dt, alpha)
+    out, grads = run_scan(inp, backend, dt, alpha, bias=bias)
+    out_ref, grads_ref = run_scan(inp, "reference", dt, alpha, bias=bias)
     for name, a, b in zip(OUTPUTS, out, out_ref, strict=True):
         assert a.dtype == F64 and rel_err(a, b) < 1e-12, name
-    for name, a, b in zip(INPUTS, grads, grads_ref, strict=True):
+    for name, a, b in zip(INPUTS + ("b",) * bias, grads, grads_ref, strict=True):
         assert a is not None and a.dtype == F64, name
         assert rel_err(a, b) < 1e-10, f"grad of {name}: {rel_err(a, b)}"
 
@@ -70,10 +71,10 @@ def test_float64_matches_reference(backend, N, B, M, dt, alpha):
 @pytest.mark.parametrize("backend", F64_BACKENDS)
 def test_gradcheck_float64(backend):
     inp = make_inputs(7, 2, 3, seed=11, c_scale=1.0)
-    args = tuple(inp[k].clone().requires_grad_() for k in INPUTS)
+    args = tuple(inp[k].clone().requires_grad_() for k in INPUTS + ("b",))
 
-    def f(x, w, c, y0, z0):
-        return unicornn_scan(x, w, c, 0.5, 1.5, y0, z0, backend=backend)
+    def f(x, w, c, y0, z0, b):
+        return unicornn_scan(x, w, c, 0.5, 1.5, y0, z0, backend=backend, bias=b)
 
     assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-8, rtol=1e-6)
 
@@ -90,12 +91,14 @@ SHAPES = [(7, 3, 5, 0.19, 30.65), (23, 3, 70, 0.5, 0.0), (11, 2, 33, 1.0, 2.0), 
 @pytest.mark.parametrize("states", [True, False])
 @pytest.mark.parametrize("N,B,M,dt,alpha", SHAPES)
 def test_float32_every_output_and_gradient(backend, N, B, M, dt, alpha, states):
-    """Within 3x float32 autograd's own error plus a few ulps (both errors are rounding-level here)."""
+    """Within 3x float32 autograd's own error plus a few ulps (both errors are rounding-level here).
+    With initial states also a bias (its gradient included); without, neither."""
     inp = on(backend, make_inputs(N, B, M, seed=N * 1000 + M, states=states))
-    out, grads = run_scan(inp, backend, dt, alpha, dtype=torch.float32)
-    out32, grads32 = run_scan(inp, "reference", dt, alpha, dtype=torch.float32)
-    ref, grads_ref = run_scan(inp, "reference", dt, alpha)
-    for name, a, b, r in zip(NAMES, out + grads, out32 + grads32, ref + grads_ref, strict=True):
+    out, grads = run_scan(inp, backend, dt, alpha, dtype=torch.float32, bias=states)
+    out32, grads32 = run_scan(inp, "reference", dt, alpha, dtype=torch.float32, bias=states)
+    ref, grads_ref = run_scan(inp, "reference", dt, alpha, bias=states)
+    names = NAMES + ("grad_b",) * states
+    for name, a, b, r in zip(names, out + grads, out32 + grads32, ref + grads_ref, strict=True):
         if r is None:
             assert a is None, name
             continue
@@ -150,24 +153,48 @@ def test_accuracy_contract_eigenworms(backend):
 # --------------------------------------------------------------------------------------------------
 
 
-def _kernel_pair(name, f, dt, alpha, x=None, gy=None):
-    """Forward then backward of kernel pair ``name`` on the float32 problem ``f`` (x, gy overridable)."""
+def _kernel_pair(name, f, dt, alpha, bias=False, gy="gy"):
+    """Forward then backward of kernel pair ``name`` on the problem ``f``, with ``f["b"]`` as the bias when
+    ``bias``; ``gy``: the key of the upstream gradient of the sequence in ``f``, or None for none."""
     k = get_kernels(name)
-    x = f["x"] if x is None else x
-    gy = f["gy"] if gy is None else gy
-    y, yN, zN = k.forward(x, f["w"], f["c"], dt, alpha, f["y0"], f["z0"])
-    grads = k.backward(gy, f["gyN"], f["gzN"], y, x, f["w"], f["c"], dt, alpha, f["y0"], zN)
+    b = f["b"] if bias else None
+    y, yN, zN = k.forward(f["x"], f["w"], f["c"], dt, alpha, f["y0"], f["z0"], b)
+    g = None if gy is None else f[gy]
+    grads = k.backward(g, f["gyN"], f["gzN"], y, f["x"], f["w"], f["c"], dt, alpha, f["y0"], zN, b)
     return (y, yN, zN), grads
 
 
 @pytest.mark.parametrize("backend", FUSED)
-def test_kernel_pair_matches_loop_kernels_float32(backend):
+@pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "bias"])
+@pytest.mark.parametrize("gy", ["gy", None], ids=["grad_y", "no_grad_y"])
+def test_kernel_pair_matches_loop_kernels_float32(backend, bias, gy):
     f = on(backend, make_inputs(50, 4, 9, seed=7, dtype=torch.float32))
-    out, grads = _kernel_pair(backend, f, 0.3, 4.0)
-    out_l, grads_l = _kernel_pair("loop", {k: v.double() for k, v in f.items()}, 0.3, 4.0)
+    out, grads = _kernel_pair(backend, f, 0.3, 4.0, bias, gy)
+    out_l, grads_l = _kernel_pair("loop", {k: v.double() for k, v in f.items()}, 0.3, 4.0, bias, gy)
+    assert len(grads) == 6  # grad_x, grad_w, grad_s, grad_y0, grad_z0, grad_bias
     for a, b in zip(out + grads, out_l + grads_l, strict=True):
         assert a.dtype == torch.float32 and a.shape == b.shape
         assert rel_err(a, b) < 1e-5
+    torch.testing.assert_close(grads[5], grads[0].sum((0, 1)), rtol=1e-5, atol=1e-5)  # grad_bias
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_kernel_pair_without_grad_y_equals_zero_grad_y(backend):
+    """No upstream gradient of the sequence (not read) gives bit for bit the results of an explicit zero one;
+    a zero bias those of no bias."""
+    f = on(backend, make_inputs(21, 3, 11, seed=8, dtype=torch.float32))
+    f["zero"] = torch.zeros_like(f["gy"])
+    for bias in (False, True):
+        _, none = _kernel_pair(backend, f, 0.4, 2.0, bias, gy=None)
+        _, zero = _kernel_pair(backend, f, 0.4, 2.0, bias, gy="zero")
+        for a, b in zip(none, zero, strict=True):
+            assert torch.equal(a, b)
+    f["b"] = torch.zeros_like(f["b"])
+    for a, b in zip(
+        _kernel_pair(backend, f, 0.4, 2.0, True), _kernel_pair(backend, f, 0.4, 2.0), strict=True
+    ):
+        for u, v in zip(a, b, strict=True):
+            assert torch.equal(u, v)
 
 
 @pytest.mark.parametrize("backend", FUSED)
@@ -208,12 +235,10 @@ def test_kernel_pair_empty_sequence_returns_initial_state(backend):
     f = on(backend, make_inputs(0, 2, 4, seed=5, dtype=torch.float32))
     (y, yN, zN), grads = _kernel_pair(backend, f, 0.1, 0.0)
     assert y.shape == (0, 2, 4) and torch.equal(yN, f["y0"]) and torch.equal(zN, f["z0"])
-    gx, gw, gs, gy0, gz0 = grads
-    assert (
-        gx.shape == (0, 2, 4)
-        and torch.equal(gw, torch.zeros_like(gw))
-        and torch.equal(gs, torch.zeros_like(gs))
-    )
+    gx, gw, gs, gy0, gz0, gb = grads
+    assert gx.shape == (0, 2, 4)
+    for g in (gw, gs, gb):
+        assert g.shape == (4,) and torch.equal(g, torch.zeros_like(g))
     assert torch.equal(gy0, f["gyN"]) and torch.equal(gz0, f["gzN"])
 
 
@@ -246,6 +271,22 @@ def test_default_zero_states_and_partial_upstream_gradients(backend):
     for a, b in zip(out[:1] + grads[:3], out_ref[:1] + grads_ref[:3], strict=True):
         assert rel_err(a, b) < tol
     assert grads[3] is None and grads[4] is None
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "bias"])
+def test_only_the_final_state_reaches_the_loss(backend, dtype, bias):
+    """y unused: autograd hands the op no gradient of the sequence and the kernels read none; the gradients
+    are the reference's."""
+    if dtype == F64 and not takes_float64(backend):
+        pytest.skip(f"{backend} takes no float64")
+    inp = on(backend, make_inputs(29, 3, 13, seed=23))
+    kw = dict(dtype=dtype, bias=bias, sequence_grad=False)
+    (out, grads), (out_ref, grads_ref) = (run_scan(inp, b, 0.3, 5.0, **kw) for b in (backend, "reference"))
+    tol = 1e-10 if dtype == F64 else 1e-4
+    for a, b in zip(out + grads, out_ref + grads_ref, strict=True):
+        assert rel_err(a, b) < tol
 
 
 @pytest.mark.parametrize("backend", FUSED)

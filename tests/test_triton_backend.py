@@ -110,13 +110,15 @@ assert not tk.INTERPRETED
 arch = int(sys.argv[1])
 f32 = "*fp32"
 for t in ("*fp32", "*fp16", "*bf16"):
-    fwd = dict(x_ptr=t, y_ptr=t, w_ptr=f32, s_ptr=f32, y0_ptr=f32, z0_ptr=f32, yN_ptr=f32, zN_ptr=f32,
-               N="i32", BM="i32", M="i32", alpha="fp32", BLOCK="constexpr")
-    bwd = dict(gy_ptr=t, gyN_ptr=f32, gzN_ptr=f32, x_ptr=t, y_ptr=t, w_ptr=f32, s_ptr=f32, y0_ptr=f32,
-               zN_ptr=f32, gx_ptr=t, gw_ptr=f32, ds_ptr=f32, gy0_ptr=f32, gz0_ptr=f32, N="i32", BM="i32",
-               last="i64", M="i32", alpha="fp32", BLOCK="constexpr")
-    for fn, sig in ((tk._scan_fwd_kernel, fwd), (tk._scan_bwd_kernel, bwd)):
-        k = triton.compile(ASTSource(fn, sig, constexprs={"BLOCK": 128}), target=GPUTarget("cuda", arch, 32),
+    fwd = dict(x_ptr=t, y_ptr=t, w_ptr=f32, s_ptr=f32, b_ptr=f32, y0_ptr=f32, z0_ptr=f32, yN_ptr=f32,
+               zN_ptr=f32, N="i32", BM="i32", M="i32", alpha="fp32", BLOCK="constexpr")
+    bwd = dict(gy_ptr=t, gyN_ptr=f32, gzN_ptr=f32, x_ptr=t, y_ptr=t, w_ptr=f32, s_ptr=f32, b_ptr=f32,
+               y0_ptr=f32, zN_ptr=f32, gx_ptr=t, gw_ptr=f32, ds_ptr=f32, gb_ptr=f32, gy0_ptr=f32, gz0_ptr=f32,
+               N="i32", BM="i32", last="i64", M="i32", alpha="fp32", HAS_GY="constexpr", BLOCK="constexpr")
+    builds = [(tk._scan_fwd_kernel, fwd, {"BLOCK": 128})]
+    builds += [(tk._scan_bwd_kernel, bwd, {"BLOCK": 128, "HAS_GY": has_gy}) for has_gy in (True, False)]
+    for fn, sig, constexprs in builds:
+        k = triton.compile(ASTSource(fn, sig, constexprs=constexprs), target=GPUTarget("cuda", arch, 32),
                            options={"num_warps": 4})
         assert k.asm["cubin"], "no cubin"
 print("ok")
@@ -125,8 +127,8 @@ print("ok")
 
 @pytest.mark.skipif(DEVICE.type == "cuda", reason="on a GPU every other test compiles the kernels for real")
 def test_kernels_compile_for_a_gpu_without_one():
-    """The interpreter does not type-check like the compiler: compile both kernels, for float32, float16
-    and bfloat16 io, ahead of time to Hopper (sm_90) cubins, which Triton can do without a GPU."""
+    """The interpreter does not type-check like the compiler: compile both kernels (the backward with and
+    without an upstream gradient of the sequence), for float32, float16 and bfloat16 io, ahead of time to Hopper (sm_90) cubins, which Triton can do without a GPU."""
     import os
     import subprocess
 

@@ -6,12 +6,12 @@ Layer ``l`` (1-based) maps the sequence below it, ``y^{l-1}`` (``y^0`` = the inp
     z^l_n = z^l_{n-1} - s^l * (tanh(w^l * y^l_{n-1} + x^l_n) + alpha * y^l_{n-1})
     y^l_n = y^l_{n-1} + s^l * z^l_n,        s^l = dt_l * sigmoid(c^l)
 
-The projection is one matmul over all steps; the recurrence runs through :func:`unicornn.unicornn_scan`.
+The projection is one matmul over all steps; the recurrence runs through :func:`unicornn.unicornn_scan`, which
+also adds the bias ``b^l`` (inside the fused kernels, so the matmul output is not written twice).
 """
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from .lean import lean_stack
 from .ops.dispatch import check_backend
 from .ops.scan import check_alpha, check_dt, scan_padded, unicornn_scan
+from .registry import check_choice, check_int, check_real
 
 __all__ = ["UnICORNN", "dropout_over_time"]
 
@@ -46,14 +47,6 @@ def _dropout_mask(shape, p: float, device, dtype) -> Tensor:
     """Bernoulli(1 - p) mask of ``shape`` scaled by 1 / (1 - p)."""
     keep = 1.0 - p
     return torch.empty(shape, device=device, dtype=dtype).bernoulli_(keep) / keep
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 class UnICORNN(nn.Module):
@@ -124,9 +117,9 @@ class UnICORNN(nn.Module):
         input_gain: float = 1.0,
     ) -> None:
         super().__init__()
-        self.input_size = _check_int("input_size", input_size, 1)
-        self.hidden_size = _check_int("hidden_size", hidden_size, 1)
-        self.num_layers = _check_int("num_layers", num_layers, 1)
+        self.input_size = check_int("input_size", input_size, 1)
+        self.hidden_size = check_int("hidden_size", hidden_size, 1)
+        self.num_layers = check_int("num_layers", num_layers, 1)
         if isinstance(dt, (numbers.Real, Tensor)) and not isinstance(dt, bool):
             dts = [dt] * self.num_layers
         elif isinstance(dt, Sequence) and not isinstance(dt, str):
@@ -139,31 +132,22 @@ class UnICORNN(nn.Module):
             raise TypeError(f"dt must be a float or a sequence of floats, got {type(dt).__name__}")
         self.dt = tuple(check_dt(float(d) if isinstance(d, Tensor) else d, "dt") for d in dts)
         self.alpha = check_alpha(alpha)
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
-        self.dropout = float(dropout)
+        self.dropout = check_real("dropout", dropout, low=0.0, high=1.0, high_open=True)
         self.batch_first = bool(batch_first)
         self.bias = bool(bias)
         if residual_skip is not None:
-            if isinstance(residual_skip, bool) or not isinstance(residual_skip, numbers.Integral):
-                raise TypeError(f"residual_skip must be an int or None, got {type(residual_skip).__name__}")
+            residual_skip = check_int("residual_skip", residual_skip, optional=True)
             if not 2 <= residual_skip < self.num_layers:
                 raise ValueError(
                     f"residual_skip must be in [2, num_layers) = [2, {self.num_layers}) or None, "
                     f"got {residual_skip}"
                 )
-            residual_skip = int(residual_skip)
         self.residual_skip = residual_skip
         self.backend = check_backend(backend)
-        if memory not in ("standard", "lean"):
-            raise ValueError(f"memory must be 'standard' or 'lean', got {memory!r}")
+        check_choice("memory", memory, ("standard", "lean"))
         self.memory = memory
-        self.checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1)
-        if isinstance(input_gain, bool) or not isinstance(input_gain, numbers.Real):
-            raise TypeError(f"input_gain must be a real number, got {type(input_gain).__name__}")
-        if not (math.isfinite(input_gain) and input_gain > 0):
-            raise ValueError(f"input_gain must be a finite number > 0, got {input_gain!r}")
-        self.input_gain = float(input_gain)
+        self.checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
+        self.input_gain = check_real("input_gain", input_gain, low=0.0, low_open=True)
 
         M = self.hidden_size
         for k in range(self.num_layers):
@@ -199,9 +183,12 @@ class UnICORNN(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """The paper's initialisation (Appendix A): ``V`` (and ``Lambda``) Kaiming-uniform with ``a=8``
-        (fan_in), biases 0, ``w ~ U(0, 1)``, ``c ~ U(-0.1, 0.1)``; then the first layer's ``V`` times
-        ``input_gain``."""
+        """The paper's initialisation (Appendix A): ``V`` Kaiming-uniform with ``a=8`` (fan_in), biases 0,
+        ``w ~ U(0, 1)``, ``c ~ U(-0.1, 0.1)``; then the first layer's ``V`` times ``input_gain``.
+
+        The residual skip weights ``Lambda`` (``weight_skip_l{k}``) get the same Kaiming-uniform ``a=8`` as
+        ``V``: the paper gives no initialisation for them, so this is this package's choice, not the paper's.
+        """
         for k in range(self.num_layers):
             p = self.layer_parameters(k)
             nn.init.kaiming_uniform_(p["weight_ih"], a=8)
@@ -333,15 +320,18 @@ class UnICORNN(nn.Module):
         y_last, z_last = [], []
         for k in range(self.num_layers):
             p = params[k]
-            x = F.linear(sequences[-1], p["weight_ih"], p["bias_ih"])
+            # The bias goes to the scan, whose kernels add it as they read x (and sum its gradient as they
+            # write grad_x): the projection stays a plain matmul and x + b is never written.
+            x = F.linear(sequences[-1], p["weight_ih"])
             source = self.skip_source(k)
             if source is not None:
                 x = x + F.linear(sequences[source], p["weight_skip"])
             args = (p["weight_hh"], p["c"], self.dt[k], self.alpha, y0[k], z0[k])
+            kw = dict(backend=self.backend, bias=p["bias_ih"])
             if lengths is None:
-                y, yN, zN = unicornn_scan(x, *args, backend=self.backend)
+                y, yN, zN = unicornn_scan(x, *args, **kw)
             else:
-                y, yN, zN = scan_padded(x, *args, lengths=lengths, backend=self.backend)
+                y, yN, zN = scan_padded(x, *args, lengths=lengths, **kw)
             y_last.append(yN)
             z_last.append(zN)
             if masks[k] is not None:

@@ -5,7 +5,10 @@ it raises :class:`ImportError` when numba is missing, so ``backend="auto"`` fall
 The kernels follow :func:`~unicornn.ops.reference.scan_forward_loop` and
 :func:`~unicornn.ops.reference.scan_backward_loop`: the forward pass runs all N steps in one pass per unit and
 stores ``y``; the backward pass runs once from n = N down to 1, reads the stored ``y`` and rebuilds ``z`` by
-the inverse recurrence (paper eq. 7). Nothing per step is stored besides ``y``.
+the inverse recurrence (paper eq. 7). Nothing per step is stored besides ``y``. The projection's bias is added
+to ``x`` as it is read and its gradient summed as ``grad_x`` is written; without an upstream gradient of the
+sequence (``grad_y`` None: only the final state reaches the loss) the backward kernel is compiled without
+reading one (numba specialises on ``None``, see :func:`_at`).
 
 Precision. Tensors are read and written in the compute dtype (float32 or float64; fp16/bf16 inputs are
 converted to float32 around the kernels and ``y``/``grad_x`` are returned in the input dtype), but the
@@ -28,7 +31,9 @@ are cut into contiguous ranges, one per thread, and each range into blocks of at
 state lives in small local arrays. For every time step the innermost loop runs over the units of a block, so
 each step reads and writes one contiguous slice of ``x``/``y`` and LLVM vectorises it (AVX2 / AVX-512 on x86).
 That needs ``error_model="numpy"`` (numba's default error model puts a zero-division branch around every
-``/``) and the branch-free tanh.
+``/``), the branch-free tanh, and few distinct arrays in the unit loop: the backward kernel keeps its block
+state in one 2-D array, since nine 1-D ones need more runtime alias checks than LLVM allows and the loop then
+stays scalar (4x slower; a test checks the machine code for packed divisions).
 
 Threads. The kernels are compiled ``nogil`` (not ``parallel=True``) and the unit ranges run on a small thread
 pool, one range per thread, ``torch.get_num_threads()`` threads (fewer for small problems, down to one). The
@@ -130,15 +135,41 @@ def _tanh_overload(a, storage):
     return lambda a, storage: math.tanh(a)
 
 
+def _at(a, i):  # pragma: no cover - only called from compiled code
+    """``a[i]``, or 0.0 when ``a`` is None (an absent bias or upstream gradient)."""
+    return a[i]
+
+
+@overload(_at)
+def _at_overload(a, i):
+    if isinstance(a, numba.types.NoneType):
+        return lambda a, i: 0.0
+    return lambda a, i: a[i]
+
+
+def _row(a, n, b0, L):  # pragma: no cover - only called from compiled code
+    """Row ``n`` of the (N, U) array ``a``, units [b0, b0 + L); None for None (then ``_at`` gives 0.0)."""
+    return a[n, b0 : b0 + L]
+
+
+@overload(_row)
+def _row_overload(a, n, b0, L):
+    if isinstance(a, numba.types.NoneType):
+        return lambda a, n, b0, L: None
+    return lambda a, n, b0, L: a[n, b0 : b0 + L]
+
+
 @_jit(**_FAST)
-def _forward_range(x, w, c, dt, alpha, y0, z0, y, yN, zN, u0, u1):
-    """Forward recurrence for units [u0, u1). x, y: (N, U); w, c: (M,); y0, z0, yN, zN: (U,)."""
+def _forward_range(x, w, c, dt, alpha, y0, z0, bias, y, yN, zN, u0, u1):
+    """Forward recurrence for units [u0, u1). x, y: (N, U); w, c: (M,); bias: (M,) or None;
+    y0, z0, yN, zN: (U,)."""
     N = x.shape[0]
     M = w.shape[0]
     yb = np.empty(_BLOCK, np.float64)
     zb = np.empty(_BLOCK, np.float64)
     wb = np.empty(_BLOCK, np.float64)
     sb = np.empty(_BLOCK, np.float64)
+    bb = np.empty(_BLOCK, np.float64)
     for b0 in range(u0, u1, _BLOCK):
         L = min(_BLOCK, u1 - b0)
         for k in range(L):
@@ -147,13 +178,14 @@ def _forward_range(x, w, c, dt, alpha, y0, z0, y, yN, zN, u0, u1):
             zb[k] = z0[b0 + k]
             wb[k] = w[j]
             sb[k] = dt / (1.0 + math.exp(-np.float64(c[j])))  # s = dt * sigmoid(c), in float64
+            bb[k] = _at(bias, j)
         for n in range(N):
             xr = x[n, b0 : b0 + L]
             yr = y[n, b0 : b0 + L]
             for k in range(L):
                 yk = yb[k]
                 sk = sb[k]
-                zk = zb[k] - sk * (_tanh(wb[k] * yk + xr[k], x) + alpha * yk)
+                zk = zb[k] - sk * (_tanh(wb[k] * yk + (xr[k] + bb[k]), x) + alpha * yk)
                 yk = yk + sk * zk
                 zb[k] = zk
                 yb[k] = yk
@@ -163,59 +195,66 @@ def _forward_range(x, w, c, dt, alpha, y0, z0, y, yN, zN, u0, u1):
             zN[b0 + k] = zb[k]
 
 
+# Rows of the backward kernel's per-block state. One 2-D array rather than nine 1-D ones: LLVM then sees
+# that the rows cannot overlap (one base, constant distance), while nine separate arrays need more runtime
+# alias checks than it allows, and the loop is no longer vectorised (4x slower).
+_GY, _GZ, _Z, _W, _S, _BIAS, _GW, _DS, _GB = range(9)
+
+
 @_jit(**_FAST)
 def _backward_range(
-    grad_y, grad_yN, grad_zN, y, x, w, c, dt, alpha, y0, zN, gx, gy0, gz0, gw_u, ds_u, u0, u1
+    grad_y, grad_yN, grad_zN, y, x, w, c, dt, alpha, y0, zN, bias, gx, gy0, gz0, gw_u, ds_u, gb_u, u0, u1
 ):
     """Appendix-B backward for units [u0, u1), z rebuilt by inversion from the stored y.
 
-    grad_y, y, x, gx: (N, U); w, c: (M,); grad_yN, grad_zN, y0, zN, gy0, gz0: (U,);
-    gw_u, ds_u: (U,) float64 per-unit sums over time of dL/dw and dL/ds (reduced over the batch later).
+    grad_y: (N, U) or None (not read: zeros); y, x, gx: (N, U); w, c: (M,); bias: (M,) or None;
+    grad_yN, grad_zN, y0, zN, gy0, gz0: (U,); gw_u, ds_u, gb_u: (U,) float64 per-unit sums over time of
+    dL/dw, dL/ds and dL/dbias (reduced over the batch later).
     """
     N = x.shape[0]
     M = w.shape[0]
-    gyb = np.empty(_BLOCK, np.float64)
-    gzb = np.empty(_BLOCK, np.float64)
-    zb = np.empty(_BLOCK, np.float64)
-    wb = np.empty(_BLOCK, np.float64)
-    sb = np.empty(_BLOCK, np.float64)
-    gwb = np.empty(_BLOCK, np.float64)
-    dsb = np.empty(_BLOCK, np.float64)
+    st = np.empty((9, _BLOCK), np.float64)
     for b0 in range(u0, u1, _BLOCK):
         L = min(_BLOCK, u1 - b0)
         for k in range(L):
             j = (b0 + k) % M
-            gyb[k] = grad_yN[b0 + k]
-            gzb[k] = grad_zN[b0 + k]
-            zb[k] = zN[b0 + k]
-            wb[k] = w[j]
-            sb[k] = dt / (1.0 + math.exp(-np.float64(c[j])))
-            gwb[k] = 0
-            dsb[k] = 0
+            st[_GY, k] = grad_yN[b0 + k]
+            st[_GZ, k] = grad_zN[b0 + k]
+            st[_Z, k] = zN[b0 + k]
+            st[_W, k] = w[j]
+            st[_S, k] = dt / (1.0 + math.exp(-np.float64(c[j])))
+            st[_BIAS, k] = _at(bias, j)
+            st[_GW, k] = 0
+            st[_DS, k] = 0
+            st[_GB, k] = 0
         for n in range(N - 1, -1, -1):
             xr = x[n, b0 : b0 + L]
-            gyr = grad_y[n, b0 : b0 + L]
+            gyr = _row(grad_y, n, b0, L)
             gxr = gx[n, b0 : b0 + L]
             ypr = y[n - 1, b0 : b0 + L] if n > 0 else y0[b0 : b0 + L]
             for k in range(L):
-                sk = sb[k]
+                sk = st[_S, k]
+                wk = st[_W, k]
+                zk = st[_Z, k]
                 yp = ypr[k]
-                g_y = gyb[k] + gyr[k]
-                th = _tanh(wb[k] * yp + xr[k], x)
+                g_y = st[_GY, k] + _at(gyr, k)
+                th = _tanh(wk * yp + (xr[k] + st[_BIAS, k]), x)
                 force = th + alpha * yp
-                g = gzb[k] + sk * g_y
-                dsb[k] += g_y * zb[k] - g * force
+                g = st[_GZ, k] + sk * g_y
+                st[_DS, k] += g_y * zk - g * force
                 gxk = -g * sk * (1.0 - th * th)
                 gxr[k] = gxk
-                gwb[k] += gxk * yp
-                gyb[k] = g_y + gxk * wb[k] - g * sk * alpha
-                gzb[k] = g
-                zb[k] = zb[k] + sk * force
+                st[_GW, k] += gxk * yp
+                st[_GB, k] += gxk
+                st[_GY, k] = g_y + gxk * wk - g * sk * alpha
+                st[_GZ, k] = g
+                st[_Z, k] = zk + sk * force
         for k in range(L):
-            gy0[b0 + k] = gyb[k]
-            gz0[b0 + k] = gzb[k]
-            gw_u[b0 + k] = gwb[k]
-            ds_u[b0 + k] = dsb[k]
+            gy0[b0 + k] = st[_GY, k]
+            gz0[b0 + k] = st[_GZ, k]
+            gw_u[b0 + k] = st[_GW, k]
+            ds_u[b0 + k] = st[_DS, k]
+            gb_u[b0 + k] = st[_GB, k]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -283,8 +322,9 @@ def _compute_dtype(y0: torch.Tensor) -> torch.dtype:
     return cd
 
 
-def scan_forward(x, weight_hh, c, dt, alpha, y0, z0):
-    """Fused forward pass: x (N, B, M); weight_hh, c (M,); y0, z0 (B, M) -> y (N, B, M), y_N, z_N (B, M).
+def scan_forward(x, weight_hh, c, dt, alpha, y0, z0, bias=None):
+    """Fused forward pass: x (N, B, M); weight_hh, c, bias (M,) (bias may be None); y0, z0 (B, M)
+    -> y (N, B, M), y_N, z_N (B, M).
 
     ``y`` has x's dtype; the states have the compute dtype (``y0.dtype``: float32 or float64).
     """
@@ -302,6 +342,7 @@ def scan_forward(x, weight_hh, c, dt, alpha, y0, z0):
         float(alpha),
         _np(y0, U),
         _np(z0.to(cd), U),
+        None if bias is None else _np(bias.to(cd)),
         y.numpy().reshape(N, U),
         yN.numpy().reshape(U),
         zN.numpy().reshape(U),
@@ -310,12 +351,13 @@ def scan_forward(x, weight_hh, c, dt, alpha, y0, z0):
     return y.to(x.dtype), yN, zN
 
 
-def scan_backward(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, zN):
+def scan_backward(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, zN, bias=None):
     """Fused backward pass (Appendix B, z rebuilt by inversion from the stored ``y``).
 
-    Shapes as in :func:`~unicornn.ops.reference.scan_backward_loop`. Returns grad_x (N, B, M) in x's dtype and
-    grad_weight_hh, grad_s (M,) (``grad_s``: gradient w.r.t. ``s = dt * sigmoid(c)``, summed over the batch),
-    grad_y0, grad_z0 (B, M) in the compute dtype.
+    Shapes as in :func:`~unicornn.ops.reference.scan_backward_loop`; ``grad_y`` None is not read (zeros).
+    Returns grad_x (N, B, M) in x's dtype and grad_weight_hh, grad_s (M,) (``grad_s``: gradient w.r.t.
+    ``s = dt * sigmoid(c)``, summed over the batch), grad_y0, grad_z0 (B, M) and grad_bias (M,) (``grad_x``
+    summed over steps and batch, in float64 before rounding) in the compute dtype.
     """
     cd = _compute_dtype(y0)
     N, B, M = x.shape
@@ -323,10 +365,9 @@ def scan_backward(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, z
     gx = torch.empty((N, B, M), dtype=cd)
     gy0 = torch.empty((B, M), dtype=cd)
     gz0 = torch.empty((B, M), dtype=cd)
-    gw_u = np.empty(U, np.float64)
-    ds_u = np.empty(U, np.float64)
+    sums = np.empty((3, B, M), np.float64)  # per unit: dL/dw, dL/ds, dL/dbias
     args = (
-        _np(grad_y.to(cd), (N, U)),
+        None if grad_y is None else _np(grad_y.to(cd), (N, U)),
         _np(grad_yN.to(cd), U),
         _np(grad_zN.to(cd), U),
         _np(y.to(cd), (N, U)),
@@ -337,17 +378,18 @@ def scan_backward(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, z
         float(alpha),
         _np(y0, U),
         _np(zN.to(cd), U),
+        None if bias is None else _np(bias.to(cd)),
         gx.numpy().reshape(N, U),
         gy0.numpy().reshape(U),
         gz0.numpy().reshape(U),
-        gw_u,
-        ds_u,
+        sums[0].reshape(U),
+        sums[1].reshape(U),
+        sums[2].reshape(U),
     )
     _run(_backward_range, args, U, N)
     # Sums over the batch: numpy, single-threaded, in float64 -- a fixed order, whatever the thread count.
-    grad_w = torch.from_numpy(gw_u.reshape(B, M).sum(axis=0)).to(cd)
-    grad_s = torch.from_numpy(ds_u.reshape(B, M).sum(axis=0)).to(cd)
-    return gx.to(x.dtype), grad_w, grad_s, gy0, gz0
+    grad_w, grad_s, grad_b = (torch.from_numpy(part.sum(axis=0)).to(cd) for part in sums)
+    return gx.to(x.dtype), grad_w, grad_s, gy0, gz0, grad_b
 
 
 def tanh32(a: np.ndarray) -> np.ndarray:

@@ -69,29 +69,32 @@ def register_kernels(
 ) -> None:
     """Register a fused kernel pair under ``name``.
 
-    ``forward(x, weight_hh, c, dt, alpha, y0, z0) -> (y, y_N, z_N)`` and
-    ``backward(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, z_N)
-    -> (grad_x, grad_weight_hh, grad_s, grad_y0, grad_z0)`` with the semantics of
+    ``forward(x, weight_hh, c, dt, alpha, y0, z0, bias=None) -> (y, y_N, z_N)`` and
+    ``backward(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, z_N, bias=None)
+    -> (grad_x, grad_weight_hh, grad_s, grad_y0, grad_z0, grad_bias)`` with the semantics of
     :func:`~unicornn.ops.reference.scan_forward_loop` / :func:`~unicornn.ops.reference.scan_backward_loop`
-    (``grad_s``: gradient with respect to ``s = dt * sigmoid(c)``, summed over the batch).
-    ``x``/``y``/``grad_y``/``grad_x`` have ``x``'s dtype (possibly fp16/bf16); every other tensor has the
-    compute dtype (float32, or float64 for float64 input). Outputs must be new tensors. ``devices``: device
-    types the kernels run on; ``dtypes``: dtypes of ``x`` they take.
+    (``grad_s``: gradient with respect to ``s = dt * sigmoid(c)``, summed over the batch; ``grad_bias``
+    (M,): ``grad_x`` summed over steps and batch, returned whether or not ``bias`` is given). ``bias`` (M,)
+    or None is added to every ``x_n`` as it is read; ``grad_y`` may be None (no upstream gradient of the
+    sequence: taken as zeros and not read). ``x``/``y``/``grad_y``/``grad_x`` have ``x``'s dtype (possibly
+    fp16/bf16); every other tensor has the compute dtype (float32, or float64 for float64 input). Outputs
+    must be new tensors. ``devices``: device types the kernels run on; ``dtypes``: dtypes of ``x`` they take.
     """
     _KERNELS[name] = Kernels(forward, backward, tuple(devices), tuple(dtypes))
 
 
-def _loop_forward(x, weight_hh, c, dt, alpha, y0, z0):
-    y, yN, zN = scan_forward_loop(x.to(y0.dtype), weight_hh, c, dt, alpha, y0, z0)
+def _loop_forward(x, weight_hh, c, dt, alpha, y0, z0, bias=None):
+    y, yN, zN = scan_forward_loop(x.to(y0.dtype), weight_hh, c, dt, alpha, y0, z0, bias)
     return y.to(x.dtype), yN, zN
 
 
-def _loop_backward(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, zN):
+def _loop_backward(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, zN, bias=None):
     cd = y0.dtype
+    grad_y = None if grad_y is None else grad_y.to(cd)
     gx, gw, gs, gy0, gz0 = scan_backward_loop(
-        grad_y.to(cd), grad_yN, grad_zN, y.to(cd), x.to(cd), weight_hh, c, dt, alpha, y0, zN
+        grad_y, grad_yN, grad_zN, y.to(cd), x.to(cd), weight_hh, c, dt, alpha, y0, zN, bias
     )
-    return gx.to(x.dtype), gw, gs, gy0, gz0
+    return gx.to(x.dtype), gw, gs, gy0, gz0, gx.sum((0, 1))
 
 
 register_kernels("loop", _loop_forward, _loop_backward, devices=("cpu", "cuda"))

@@ -8,8 +8,10 @@
 
 A kernel author reads :func:`step`, :func:`scan_forward_loop` and :func:`scan_backward_loop` and nothing else.
 Every function takes the recurrence's arguments in one order, that of :func:`unicornn.unicornn_scan`:
-``(x, weight_hh, c, dt, alpha, y0, z0)``; the backward takes the upstream gradients and the stored output
-first and the final ``z_N`` in the place of ``z0``.
+``(x, weight_hh, c, dt, alpha, y0, z0, bias)``; the backward takes the upstream gradients and the stored
+output first and the final ``z_N`` in the place of ``z0``. ``bias`` (M,) or None is the projection's bias:
+the recurrence sees ``x_n + bias`` (the fused kernels add it as they read ``x``, so the projection is a plain
+matmul and ``x + bias`` is never written to memory).
 
 Semantics, per hidden unit (all units independent), ``s = dt * sigmoid(c)``::
 
@@ -41,7 +43,7 @@ def step(
     return y + s * z, z
 
 
-def scan_reference(x, weight_hh, c, dt, alpha, y0, z0):
+def scan_reference(x, weight_hh, c, dt, alpha, y0, z0, bias=None):
     """Run the recurrence with a PyTorch loop; autograd provides every gradient.
 
     Args:
@@ -49,10 +51,13 @@ def scan_reference(x, weight_hh, c, dt, alpha, y0, z0):
         weight_hh, c: (M,) per-unit frequency weight and time-step parameter.
         dt, alpha: floats.
         y0, z0: (B, M) initial states.
+        bias: (M,) added to every ``x_n``, or None.
 
     Returns:
         y (N, B, M) = y_1..y_N, y_N (B, M), z_N (B, M).
     """
+    if bias is not None:
+        x = x + bias
     s = step_sizes(c, dt)
     y, z = y0, z0
     ys = []
@@ -65,28 +70,32 @@ def scan_reference(x, weight_hh, c, dt, alpha, y0, z0):
 
 
 @torch.no_grad()
-def scan_forward_loop(x, weight_hh, c, dt, alpha, y0, z0):
+def scan_forward_loop(x, weight_hh, c, dt, alpha, y0, z0, bias=None):
     """Forward half of the fused-kernel contract: :func:`scan_reference` without autograd.
 
     Same arguments and results; every tensor already has the compute dtype.
     """
-    return scan_reference(x, weight_hh, c, dt, alpha, y0, z0)
+    return scan_reference(x, weight_hh, c, dt, alpha, y0, z0, bias)
 
 
 @torch.no_grad()
-def scan_backward_loop(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, zN):
+def scan_backward_loop(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, zN, bias=None):
     """Backward half of the contract: Appendix B, reading the stored ``y`` and rebuilding ``z`` by inversion.
 
     Args:
-        grad_y: (N, B, M) upstream gradient of the output sequence.
+        grad_y: (N, B, M) upstream gradient of the output sequence, or None when the sequence reaches the
+            loss only through the final state (the fused kernels then do not read it).
         grad_yN, grad_zN: (B, M) upstream gradients of the final state.
         y: (N, B, M) stored outputs y_1..y_N.
-        x, weight_hh, c, dt, alpha, y0: as in the forward pass; zN: (B, M) final z (in the place of ``z0``).
+        x, weight_hh, c, dt, alpha, y0, bias: as in the forward pass; zN: (B, M) final z (in the place of
+            ``z0``).
 
     Returns:
         grad_x (N, B, M), grad_weight_hh (M,), grad_s (M,), grad_y0 (B, M), grad_z0 (B, M), where
         ``grad_s`` is the gradient with respect to the step size ``s = dt * sigmoid(c)``, summed over the
-        batch. The chain rule to ``c`` is applied once, by the autograd formula of the fused op.
+        batch. The chain rule to ``c`` is applied once, by the autograd formula of the fused op. The
+        gradient of ``bias`` is ``grad_x`` summed over steps and batch; the fused kernels return it as a
+        sixth result, accumulated as they write ``grad_x``.
 
     Walking n = N..1 with adjoints ``gy = dL/dy_n`` and ``gz = dL/dz_n``::
 
@@ -100,6 +109,8 @@ def scan_backward_loop(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, 
 
     The sums over the batch are taken once at the end (deterministic).
     """
+    if bias is not None:
+        x = x + bias
     s = step_sizes(c, dt)
     N = x.shape[0]
     grad_x = torch.empty_like(x)
@@ -109,7 +120,8 @@ def scan_backward_loop(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, 
     ds = torch.zeros_like(y0)
     z = zN.clone()
     for n in range(N - 1, -1, -1):
-        gy = gy + grad_y[n]
+        if grad_y is not None:
+            gy = gy + grad_y[n]
         y_prev = y[n - 1] if n > 0 else y0
         th = torch.tanh(weight_hh * y_prev + x[n])
         force = th + alpha * y_prev

@@ -10,12 +10,10 @@ once, for every backend. Because it is a registered custom op, ``torch.compile``
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 from torch import Tensor
 
+from ..registry import check_real
 from .dispatch import get_kernels, resolve_backend
 from .reference import scan_reference
 
@@ -29,19 +27,27 @@ __all__ = ["unicornn_scan", "check_dt", "check_alpha"]
 
 @torch.library.custom_op("unicornn::scan", mutates_args=())
 def _scan_op(
-    x: Tensor, weight_hh: Tensor, c: Tensor, dt: float, alpha: float, y0: Tensor, z0: Tensor, kernels: str
+    x: Tensor,
+    weight_hh: Tensor,
+    c: Tensor,
+    dt: float,
+    alpha: float,
+    y0: Tensor,
+    z0: Tensor,
+    bias: Tensor | None,
+    kernels: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return get_kernels(kernels).forward(x, weight_hh, c, dt, alpha, y0, z0)
+    return get_kernels(kernels).forward(x, weight_hh, c, dt, alpha, y0, z0, bias)
 
 
 @_scan_op.register_fake
-def _(x, weight_hh, c, dt, alpha, y0, z0, kernels):
+def _(x, weight_hh, c, dt, alpha, y0, z0, bias, kernels):
     return torch.empty_like(x), torch.empty_like(y0), torch.empty_like(z0)
 
 
 @torch.library.custom_op("unicornn::scan_backward", mutates_args=())
 def _scan_backward_op(
-    grad_y: Tensor,
+    grad_y: Tensor | None,
     grad_yN: Tensor,
     grad_zN: Tensor,
     y: Tensor,
@@ -52,51 +58,57 @@ def _scan_backward_op(
     alpha: float,
     y0: Tensor,
     zN: Tensor,
+    bias: Tensor | None,
     kernels: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return get_kernels(kernels).backward(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, zN)
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return get_kernels(kernels).backward(
+        grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, zN, bias
+    )
 
 
 @_scan_backward_op.register_fake
-def _(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, zN, kernels):
+def _(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, zN, bias, kernels):
     return (
         torch.empty_like(x),
         torch.empty_like(weight_hh),
         torch.empty_like(c),
         torch.empty_like(y0),
         torch.empty_like(y0),
+        torch.empty_like(weight_hh),
     )
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight_hh, c, dt, alpha, y0, _z0, kernels = inputs
+    x, weight_hh, c, dt, alpha, y0, _z0, bias, kernels = inputs
     y, _yN, zN = output
-    ctx.save_for_backward(x, y, weight_hh, c, y0, zN)
+    ctx.save_for_backward(x, y, weight_hh, c, y0, zN, bias)
     ctx.dt, ctx.alpha, ctx.kernels = dt, alpha, kernels
+    ctx.set_materialize_grads(False)  # an output that does not reach the loss gets None, not zeros
 
 
 def _backward(ctx, grad_y, grad_yN, grad_zN):
-    x, y, weight_hh, c, y0, zN = ctx.saved_tensors
-    grad_y = torch.zeros_like(y) if grad_y is None else grad_y.to(y.dtype).contiguous()
+    x, y, weight_hh, c, y0, zN, bias = ctx.saved_tensors
+    # grad_y None: only the final state reaches the loss; the kernels then do not read a sequence of zeros.
+    grad_y = None if grad_y is None else grad_y.to(y.dtype).contiguous()
     grad_yN = torch.zeros_like(y0) if grad_yN is None else grad_yN.to(y0.dtype).contiguous()
     grad_zN = torch.zeros_like(zN) if grad_zN is None else grad_zN.to(zN.dtype).contiguous()
-    gx, gw, gs, gy0, gz0 = _scan_backward_op(
-        grad_y, grad_yN, grad_zN, y, x, weight_hh, c, ctx.dt, ctx.alpha, y0, zN, ctx.kernels
+    gx, gw, gs, gy0, gz0, gb = _scan_backward_op(
+        grad_y, grad_yN, grad_zN, y, x, weight_hh, c, ctx.dt, ctx.alpha, y0, zN, bias, ctx.kernels
     )
     sig = torch.sigmoid(c)
     grad_c = gs * ctx.dt * sig * (1.0 - sig)  # ds/dc = dt * sigmoid'(c): the one place of this chain rule
-    return gx, gw, grad_c, None, None, gy0, gz0, None
+    return gx, gw, grad_c, None, None, gy0, gz0, None if bias is None else gb, None
 
 
 torch.library.register_autograd("unicornn::scan", _backward, setup_context=_setup_context)
 
 
-def fused_scan(x, weight_hh, c, dt, alpha, y0, z0, kernels: str):
+def fused_scan(x, weight_hh, c, dt, alpha, y0, z0, kernels: str, bias=None):
     """The custom op with an explicit kernel pair (``"loop"`` included) and no validation: for tests.
 
     Tensors as the kernel contract wants them (see :func:`unicornn.ops.dispatch.register_kernels`).
     """
-    return _scan_op(x, weight_hh, c, dt, alpha, y0, z0, kernels)
+    return _scan_op(x, weight_hh, c, dt, alpha, y0, z0, bias, kernels)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -104,30 +116,21 @@ def fused_scan(x, weight_hh, c, dt, alpha, y0, z0, kernels: str):
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_float(name: str, value, low: float, high: float | None, low_open: bool) -> float:
+def _scalar(value):
+    """A one-element tensor that needs no gradient as its Python number; anything else unchanged."""
     if isinstance(value, Tensor) and value.numel() == 1 and not value.requires_grad:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    lo = "(" if low_open else "["
-    hi = f"{high}]" if high is not None else "inf)"
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be a finite number in {lo}{low}, {hi}, got {value}")
-    ok_low = v > low if low_open else v >= low
-    if not (ok_low and (high is None or v <= high)):
-        raise ValueError(f"{name} must be in {lo}{low}, {hi}, got {value}")
-    return v
+        return value.item()
+    return value
 
 
 def check_dt(dt, name: str = "dt") -> float:
     """Validate a nominal time step: a finite real number in (0, 1]."""
-    return _check_float(name, dt, 0.0, 1.0, low_open=True)
+    return check_real(name, _scalar(dt), low=0.0, low_open=True, high=1.0)
 
 
 def check_alpha(alpha, name: str = "alpha") -> float:
     """Validate the restoring-force coefficient: a finite real number >= 0."""
-    return _check_float(name, alpha, 0.0, None, low_open=False)
+    return check_real(name, _scalar(alpha), low=0.0)
 
 
 def _check_tensor(name: str, t, shape: tuple[int, ...], x: Tensor, meaning: str) -> None:
@@ -155,11 +158,14 @@ def unicornn_scan(
     y0: Tensor | None = None,
     z0: Tensor | None = None,
     backend: str = "auto",
+    *,
+    bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run one UnICORNN layer's recurrence over a whole sequence.
 
     Args:
-        x: (N, B, M) time-major, already projected input ``V u_n + b`` of the layer.
+        x: (N, B, M) time-major, already projected input of the layer: ``V u_n + b``, or ``V u_n`` with
+            ``b`` given as ``bias``.
         weight_hh: (M,) per-unit frequency weights ``w``.
         c: (M,) time-step parameters; the effective step is ``dt * sigmoid(c)``.
         dt: nominal time step in (0, 1].
@@ -167,10 +173,12 @@ def unicornn_scan(
         y0, z0: (B, M) initial states, or None for zeros.
         backend: ``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"`` (rules:
             :func:`unicornn.ops.dispatch.resolve_backend`).
+        bias: (M,) added to every ``x_n``, or None. The fused kernels add it as they read ``x`` and sum its
+            gradient as they write ``grad_x``: cheaper than a projection with a bias, which writes ``x + b``.
 
     Returns:
         ``(y, y_N, z_N)``: y (N, B, M) holds y_1..y_N; y_N and z_N are (B, M). Differentiable in x,
-        weight_hh, c, y0 and z0. float16/bfloat16 inputs are computed in float32: y has x's dtype, the final
+        weight_hh, c, y0, z0 and bias. float16/bfloat16 inputs are computed in float32: y has x's dtype, the final
         states stay in float32 (so that carrying them loses nothing).
     """
     if not isinstance(x, Tensor):
@@ -185,6 +193,8 @@ def unicornn_scan(
     for name, state in (("y0", y0), ("z0", z0)):
         if state is not None:
             _check_tensor(name, state, (B, M), x, "(B, M)")
+    if bias is not None:
+        _check_tensor("bias", bias, (M,), x, "(M,)")
     dt = check_dt(dt)
     alpha = check_alpha(alpha)
     name = resolve_backend(backend, x.device, x.dtype)
@@ -194,26 +204,29 @@ def unicornn_scan(
     c = c.to(compute)
     y0 = x.new_zeros((B, M), dtype=compute) if y0 is None else y0.to(compute)
     z0 = x.new_zeros((B, M), dtype=compute) if z0 is None else z0.to(compute)
+    bias = None if bias is None else bias.to(compute)
 
     if name == "reference":
-        y, yN, zN = scan_reference(x.to(compute), weight_hh, c, dt, alpha, y0, z0)
+        y, yN, zN = scan_reference(x.to(compute), weight_hh, c, dt, alpha, y0, z0, bias)
         return y.to(x.dtype), yN, zN
     if N == 0:
         return x.new_zeros(x.shape), y0.clone(), z0.clone()
-    return _scan_op(x.contiguous(), weight_hh, c, dt, alpha, y0.contiguous(), z0.contiguous(), name)
+    return _scan_op(x.contiguous(), weight_hh, c, dt, alpha, y0.contiguous(), z0.contiguous(), bias, name)
 
 
-def scan_padded(x, weight_hh, c, dt, alpha, y0=None, z0=None, *, lengths: Tensor, backend: str = "auto"):
+def scan_padded(
+    x, weight_hh, c, dt, alpha, y0=None, z0=None, *, lengths: Tensor, backend: str = "auto", bias=None
+):
     """:func:`unicornn_scan` over a right-padded batch, exact per sequence.
 
     The batch is cut at each distinct length: every segment runs only the sequences still active, so padding
     never enters a computation, and each sequence's final state is taken at its own last step. Costs one
     scan per distinct length. x: (N, B, M); lengths: (B,) int64 on CPU in [0, N] (0: the state passes
-    through unchanged). Returns y (N, B, M) zero past each length, and y_n, z_n (B, M).
+    through unchanged); bias: (M,) or None, as in :func:`unicornn_scan`. Returns y (N, B, M) zero past each length, and y_n, z_n (B, M).
     """
     N, B, M = x.shape
     if int(lengths.min()) >= N:
-        return unicornn_scan(x, weight_hh, c, dt, alpha, y0, z0, backend=backend)
+        return unicornn_scan(x, weight_hh, c, dt, alpha, y0, z0, backend=backend, bias=bias)
     device = x.device
     state_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     yc = x.new_zeros(B, M, dtype=state_dtype) if y0 is None else y0.to(state_dtype)
@@ -226,7 +239,7 @@ def scan_padded(x, weight_hh, c, dt, alpha, y0=None, z0=None, *, lengths: Tensor
         active = torch.nonzero(lengths >= end).flatten().to(device)
         y_seg, yN, zN = unicornn_scan(
             x[start:end].index_select(1, active), weight_hh, c, dt, alpha,
-            yc.index_select(0, active), zc.index_select(0, active), backend=backend,
+            yc.index_select(0, active), zc.index_select(0, active), backend=backend, bias=bias,
         )  # fmt: skip
         pieces.append(x.new_zeros(end - start, B, M).index_copy(1, active, y_seg))
         yc = yc.index_copy(0, active, yN)

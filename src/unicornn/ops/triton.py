@@ -19,12 +19,15 @@ Design:
   current one: several loads per unit are in flight while the arithmetic runs. The ``N mod 4`` leftover
   steps run one at a time (forward: first; backward: last, before step 0, which reads ``y0``).
 * **Backward.** Reads the stored outputs ``y`` and rebuilds only ``z`` by the inverse (paper eq. 7) from
-  the final ``z_N``; nothing per step is stored besides ``grad_x``.
-* **Deterministic reductions.** ``grad_weight_hh`` and ``grad_s`` (the gradient with respect to the step
-  size ``s``; the op's autograd formula turns it into ``grad_c``) are sums over the batch. Each unit
+  the final ``z_N``; nothing per step is stored besides ``grad_x``. Without an upstream gradient of the
+  sequence (only the final state reaches the loss) a second compilation (``HAS_GY=False``) skips its loads.
+* **Bias.** The projection's bias (M,) is added to ``x_n`` in registers, and its gradient is accumulated
+  per unit alongside ``grad_w``: the projection before the scan is a plain matmul.
+* **Deterministic reductions.** ``grad_weight_hh``, ``grad_s`` (the gradient with respect to the step
+  size ``s``; the op's autograd formula turns it into ``grad_c``) and ``grad_bias`` are sums over the batch. Each unit
   accumulates its own partial sums over time in registers, the kernel writes them as (B, M) float32
   tensors, and ``torch.sum(0)`` finishes. No atomics: results are bitwise reproducible run to run, and the
-  extra traffic (two B x M tensors) is negligible next to the N x B x M streams.
+  extra traffic (three B x M tensors) is negligible next to the N x B x M streams.
 * **Precision.** ``x``, ``y``, ``grad_y`` and ``grad_x`` may be float32, float16 or bfloat16; every
   computation and every state (``y_N``, ``z_N``, gradients of parameters and initial states) is float32.
   float64 input is refused (by :func:`unicornn.ops.dispatch.resolve_backend` for ``unicornn_scan``).
@@ -83,28 +86,39 @@ def _tanh(a):
 
 
 @triton.jit
-def _fwd_step(xv, yv, zv, w, s, alpha):
-    # One forward step (float32): returns y_n, z_n.
-    th = _tanh(w * yv + xv)
+def _fwd_step(xv, b, yv, zv, w, s, alpha):
+    # One forward step (float32), the input x_n + b: returns y_n, z_n.
+    th = _tanh(w * yv + (xv + b))
     zv = zv - s * (th + alpha * yv)
     yv = yv + s * zv
     return yv, zv
 
 
 @triton.jit
-def _bwd_step(xv, gv, yp, gy, gz, z, gw, ds, w, s, alpha):
+def _bwd_step(xv, b, gv, yp, gy, gz, z, gw, ds, gb, w, s, alpha):
     # One backward step n (float32), yp = y_{n-1}; z = z_n becomes z_{n-1} by the inverse (eq. 7).
-    # Returns grad_x_n and the updated (gy, gz, z, gw, ds).
+    # Returns grad_x_n and the updated (gy, gz, z, gw, ds, gb).
     gy = gy + gv
-    th = _tanh(w * yp + xv)
+    th = _tanh(w * yp + (xv + b))
     force = th + alpha * yp
     g = gz + s * gy
     ds += gy * z - g * force
     gx = -g * s * (1.0 - th * th)
     gw += gx * yp
+    gb += gx
     gy = gy + gx * w - g * s * alpha
     z = z + s * force
-    return gx, gy, g, z, gw, ds
+    return gx, gy, g, z, gw, ds, gb
+
+
+@triton.jit
+def _load_f32(p, mask, ENABLED: tl.constexpr, BLOCK: tl.constexpr):
+    # tl.load(p) as float32, or zeros without reading when ENABLED is false (no upstream gradient).
+    if ENABLED:
+        v = tl.load(p, mask=mask, other=0.0).to(tl.float32)
+    else:
+        v = tl.zeros([BLOCK], dtype=tl.float32)
+    return v
 
 
 @triton.jit
@@ -113,6 +127,7 @@ def _scan_fwd_kernel(
     y_ptr,  # (N, B, M) output y_1..y_N, io dtype
     w_ptr,  # (M,) float32
     s_ptr,  # (M,) float32, dt * sigmoid(c)
+    b_ptr,  # (M,) float32 bias added to every x_n
     y0_ptr,  # (B, M) float32
     z0_ptr,
     yN_ptr,  # (B, M) float32 outputs
@@ -128,6 +143,7 @@ def _scan_fwd_kernel(
     m = offs % M
     w = tl.load(w_ptr + m, mask=mask, other=0.0)
     s = tl.load(s_ptr + m, mask=mask, other=0.0)
+    b = tl.load(b_ptr + m, mask=mask, other=0.0)
     yv = tl.load(y0_ptr + offs, mask=mask, other=0.0)
     zv = tl.load(z0_ptr + offs, mask=mask, other=0.0)
     out_ty = y_ptr.dtype.element_ty
@@ -137,7 +153,7 @@ def _scan_fwd_kernel(
     # Head: the first N % 4 steps one at a time.
     Q = N // 4
     for _ in range(N - 4 * Q):
-        yv, zv = _fwd_step(tl.load(x_p, mask=mask, other=0.0).to(tl.float32), yv, zv, w, s, alpha)
+        yv, zv = _fwd_step(tl.load(x_p, mask=mask, other=0.0).to(tl.float32), b, yv, zv, w, s, alpha)
         tl.store(y_p, yv.to(out_ty), mask=mask)
         x_p += BM
         y_p += BM
@@ -156,13 +172,13 @@ def _scan_fwd_kernel(
         n1 = tl.load(x_p + BM, mask=live, other=0.0)
         n2 = tl.load(x_p + 2 * BM, mask=live, other=0.0)
         n3 = tl.load(x_p + 3 * BM, mask=live, other=0.0)
-        yv, zv = _fwd_step(x0.to(tl.float32), yv, zv, w, s, alpha)
+        yv, zv = _fwd_step(x0.to(tl.float32), b, yv, zv, w, s, alpha)
         tl.store(y_p, yv.to(out_ty), mask=mask)
-        yv, zv = _fwd_step(x1.to(tl.float32), yv, zv, w, s, alpha)
+        yv, zv = _fwd_step(x1.to(tl.float32), b, yv, zv, w, s, alpha)
         tl.store(y_p + BM, yv.to(out_ty), mask=mask)
-        yv, zv = _fwd_step(x2.to(tl.float32), yv, zv, w, s, alpha)
+        yv, zv = _fwd_step(x2.to(tl.float32), b, yv, zv, w, s, alpha)
         tl.store(y_p + 2 * BM, yv.to(out_ty), mask=mask)
-        yv, zv = _fwd_step(x3.to(tl.float32), yv, zv, w, s, alpha)
+        yv, zv = _fwd_step(x3.to(tl.float32), b, yv, zv, w, s, alpha)
         tl.store(y_p + 3 * BM, yv.to(out_ty), mask=mask)
         y_p += 4 * BM
         x0, x1, x2, x3 = n0, n1, n2, n3
@@ -172,18 +188,20 @@ def _scan_fwd_kernel(
 
 @triton.jit
 def _scan_bwd_kernel(
-    gy_ptr,  # (N, B, M) upstream gradient of y_1..y_N, io dtype
+    gy_ptr,  # (N, B, M) upstream gradient of y_1..y_N, io dtype (not read without HAS_GY)
     gyN_ptr,  # (B, M) float32 upstream gradients of y_N, z_N
     gzN_ptr,
     x_ptr,  # (N, B, M) io dtype
     y_ptr,  # (N, B, M) stored outputs, io dtype
     w_ptr,  # (M,) float32
     s_ptr,  # (M,) float32
+    b_ptr,  # (M,) float32 bias
     y0_ptr,  # (B, M) float32
     zN_ptr,  # (B, M) float32 final z
     gx_ptr,  # (N, B, M) out, io dtype
     gw_ptr,  # (B, M) out float32: per-unit partial sums of grad w
     ds_ptr,  # (B, M) out float32: per-unit partial sums of dL/ds
+    gb_ptr,  # (B, M) out float32: per-unit partial sums of dL/dbias
     gy0_ptr,  # (B, M) out float32
     gz0_ptr,
     N,
@@ -191,6 +209,7 @@ def _scan_bwd_kernel(
     last,  # (N - 1) * BM, passed from the host (may need 64 bits)
     M,
     alpha,
+    HAS_GY: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -198,11 +217,13 @@ def _scan_bwd_kernel(
     m = offs % M
     w = tl.load(w_ptr + m, mask=mask, other=0.0)
     s = tl.load(s_ptr + m, mask=mask, other=0.0)
+    b = tl.load(b_ptr + m, mask=mask, other=0.0)
     gy = tl.load(gyN_ptr + offs, mask=mask, other=0.0)
     gz = tl.load(gzN_ptr + offs, mask=mask, other=0.0)
     z = tl.load(zN_ptr + offs, mask=mask, other=0.0)
     gw = tl.zeros([BLOCK], dtype=tl.float32)
     ds = tl.zeros([BLOCK], dtype=tl.float32)
+    gb = tl.zeros([BLOCK], dtype=tl.float32)
     out_ty = gx_ptr.dtype.element_ty
     # Pointers to the current step n (walking N - 1 down to 0); yp_p points at y_{n-1}, stored 0-based at
     # y[n - 1]. Steps N-1..1 read y_{n-1} from the stored outputs, step 0 uses y0.
@@ -218,10 +239,10 @@ def _scan_bwd_kernel(
     x1 = tl.load(x_p - BM, mask=live, other=0.0)
     x2 = tl.load(x_p - 2 * BM, mask=live, other=0.0)
     x3 = tl.load(x_p - 3 * BM, mask=live, other=0.0)
-    g0 = tl.load(g_p, mask=live, other=0.0)
-    g1 = tl.load(g_p - BM, mask=live, other=0.0)
-    g2 = tl.load(g_p - 2 * BM, mask=live, other=0.0)
-    g3 = tl.load(g_p - 3 * BM, mask=live, other=0.0)
+    g0 = _load_f32(g_p, live, HAS_GY, BLOCK)
+    g1 = _load_f32(g_p - BM, live, HAS_GY, BLOCK)
+    g2 = _load_f32(g_p - 2 * BM, live, HAS_GY, BLOCK)
+    g3 = _load_f32(g_p - 3 * BM, live, HAS_GY, BLOCK)
     y0_ = tl.load(yp_p, mask=live, other=0.0)
     y1_ = tl.load(yp_p - BM, mask=live, other=0.0)
     y2_ = tl.load(yp_p - 2 * BM, mask=live, other=0.0)
@@ -235,28 +256,28 @@ def _scan_bwd_kernel(
         nx1 = tl.load(x_p - BM, mask=live, other=0.0)
         nx2 = tl.load(x_p - 2 * BM, mask=live, other=0.0)
         nx3 = tl.load(x_p - 3 * BM, mask=live, other=0.0)
-        ng0 = tl.load(g_p, mask=live, other=0.0)
-        ng1 = tl.load(g_p - BM, mask=live, other=0.0)
-        ng2 = tl.load(g_p - 2 * BM, mask=live, other=0.0)
-        ng3 = tl.load(g_p - 3 * BM, mask=live, other=0.0)
+        ng0 = _load_f32(g_p, live, HAS_GY, BLOCK)
+        ng1 = _load_f32(g_p - BM, live, HAS_GY, BLOCK)
+        ng2 = _load_f32(g_p - 2 * BM, live, HAS_GY, BLOCK)
+        ng3 = _load_f32(g_p - 3 * BM, live, HAS_GY, BLOCK)
         ny0 = tl.load(yp_p, mask=live, other=0.0)
         ny1 = tl.load(yp_p - BM, mask=live, other=0.0)
         ny2 = tl.load(yp_p - 2 * BM, mask=live, other=0.0)
         ny3 = tl.load(yp_p - 3 * BM, mask=live, other=0.0)
-        gx, gy, gz, z, gw, ds = _bwd_step(
-            x0.to(tl.float32), g0.to(tl.float32), y0_.to(tl.float32), gy, gz, z, gw, ds, w, s, alpha
+        gx, gy, gz, z, gw, ds, gb = _bwd_step(
+            x0.to(tl.float32), b, g0, y0_.to(tl.float32), gy, gz, z, gw, ds, gb, w, s, alpha
         )
         tl.store(gx_p, gx.to(out_ty), mask=mask)
-        gx, gy, gz, z, gw, ds = _bwd_step(
-            x1.to(tl.float32), g1.to(tl.float32), y1_.to(tl.float32), gy, gz, z, gw, ds, w, s, alpha
+        gx, gy, gz, z, gw, ds, gb = _bwd_step(
+            x1.to(tl.float32), b, g1, y1_.to(tl.float32), gy, gz, z, gw, ds, gb, w, s, alpha
         )
         tl.store(gx_p - BM, gx.to(out_ty), mask=mask)
-        gx, gy, gz, z, gw, ds = _bwd_step(
-            x2.to(tl.float32), g2.to(tl.float32), y2_.to(tl.float32), gy, gz, z, gw, ds, w, s, alpha
+        gx, gy, gz, z, gw, ds, gb = _bwd_step(
+            x2.to(tl.float32), b, g2, y2_.to(tl.float32), gy, gz, z, gw, ds, gb, w, s, alpha
         )
         tl.store(gx_p - 2 * BM, gx.to(out_ty), mask=mask)
-        gx, gy, gz, z, gw, ds = _bwd_step(
-            x3.to(tl.float32), g3.to(tl.float32), y3_.to(tl.float32), gy, gz, z, gw, ds, w, s, alpha
+        gx, gy, gz, z, gw, ds, gb = _bwd_step(
+            x3.to(tl.float32), b, g3, y3_.to(tl.float32), gy, gz, z, gw, ds, gb, w, s, alpha
         )
         tl.store(gx_p - 3 * BM, gx.to(out_ty), mask=mask)
         gx_p -= 4 * BM
@@ -265,15 +286,17 @@ def _scan_bwd_kernel(
         y0_, y1_, y2_, y3_ = ny0, ny1, ny2, ny3
     # Tail: the remaining (N - 1) % 4 steps down to step 1, one at a time.
     for _ in range(N - 1 - 4 * Q):
-        gx, gy, gz, z, gw, ds = _bwd_step(
+        gx, gy, gz, z, gw, ds, gb = _bwd_step(
             tl.load(x_p, mask=mask, other=0.0).to(tl.float32),
-            tl.load(g_p, mask=mask, other=0.0).to(tl.float32),
+            b,
+            _load_f32(g_p, mask, HAS_GY, BLOCK),
             tl.load(yp_p, mask=mask, other=0.0).to(tl.float32),
             gy,
             gz,
             z,
             gw,
             ds,
+            gb,
             w,
             s,
             alpha,
@@ -284,15 +307,17 @@ def _scan_bwd_kernel(
         yp_p -= BM
         gx_p -= BM
     # Step 0: y_{-1} is the initial state y0.
-    gx, gy, gz, z, gw, ds = _bwd_step(
+    gx, gy, gz, z, gw, ds, gb = _bwd_step(
         tl.load(x_p, mask=mask, other=0.0).to(tl.float32),
-        tl.load(g_p, mask=mask, other=0.0).to(tl.float32),
+        b,
+        _load_f32(g_p, mask, HAS_GY, BLOCK),
         tl.load(y0_ptr + offs, mask=mask, other=0.0),
         gy,
         gz,
         z,
         gw,
         ds,
+        gb,
         w,
         s,
         alpha,
@@ -300,6 +325,7 @@ def _scan_bwd_kernel(
     tl.store(gx_p, gx.to(out_ty), mask=mask)
     tl.store(gw_ptr + offs, gw, mask=mask)
     tl.store(ds_ptr + offs, ds, mask=mask)
+    tl.store(gb_ptr + offs, gb, mask=mask)
     tl.store(gy0_ptr + offs, gy, mask=mask)
     tl.store(gz0_ptr + offs, gz, mask=mask)
 
@@ -360,6 +386,7 @@ def scan_forward(
     alpha: float,
     y0: Tensor,
     z0: Tensor,
+    bias: Tensor | None = None,
     *,
     block: int | None = None,
     num_warps: int | None = None,
@@ -368,14 +395,16 @@ def scan_forward(
 
     Args:
         x: (N, B, M) float32/float16/bfloat16. weight_hh, c: (M,) float32. dt, alpha: floats.
-        y0, z0: (B, M) float32. block, num_warps: launch configuration (default: :func:`launch_config`).
+        y0, z0: (B, M) float32. bias: (M,) float32 added to every x_n, or None.
+        block, num_warps: launch configuration (default: :func:`launch_config`).
 
     Returns:
         y (N, B, M) in x's dtype, y_N (B, M) and z_N (B, M) in float32.
     """
-    device = _check({"x": x, "weight_hh": weight_hh, "c": c, "y0": y0, "z0": z0}, ("x",))
+    bias = torch.zeros_like(weight_hh) if bias is None else bias
+    device = _check({"x": x, "weight_hh": weight_hh, "c": c, "y0": y0, "z0": z0, "bias": bias}, ("x",))
     N, B, M = x.shape
-    x, y0, z0 = x.contiguous(), y0.contiguous(), z0.contiguous()
+    x, y0, z0, bias = x.contiguous(), y0.contiguous(), z0.contiguous(), bias.contiguous()
     w = weight_hh.contiguous()
     s = (float(dt) * torch.sigmoid(c)).contiguous()
     y = torch.empty_like(x)
@@ -394,7 +423,7 @@ def scan_forward(
     grid = (triton.cdiv(units, block),)
     with _device_ctx(device):
         _scan_fwd_kernel[grid](
-            x, y, w, s, y0, z0, yN, zN, N, units, M, float(alpha), BLOCK=block, num_warps=num_warps
+            x, y, w, s, bias, y0, z0, yN, zN, N, units, M, float(alpha), BLOCK=block, num_warps=num_warps
         )
     return y, yN, zN
 
@@ -411,23 +440,30 @@ def scan_backward(
     alpha: float,
     y0: Tensor,
     zN: Tensor,
+    bias: Tensor | None = None,
     *,
     block: int | None = None,
     num_warps: int | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Fused backward pass (paper Appendix B), ``z`` rebuilt by inversion from ``z_N`` and the stored ``y``.
 
     Args:
-        grad_y, y, x: (N, B, M) in x's dtype. grad_yN, grad_zN, y0, zN: (B, M) float32.
-        weight_hh, c: (M,) float32. dt, alpha: floats. block, num_warps: launch configuration.
+        grad_y, y, x: (N, B, M) in x's dtype (grad_y None: zeros, not read). grad_yN, grad_zN, y0, zN:
+        (B, M) float32. weight_hh, c, bias: (M,) float32 (bias may be None). dt, alpha: floats.
+        block, num_warps: launch configuration.
 
     Returns:
         grad_x (N, B, M) in x's dtype; grad_weight_hh, grad_s (M,) (gradient w.r.t. ``s = dt * sigmoid(c)``,
-        summed over the batch), grad_y0, grad_z0 (B, M) in float32.
+        summed over the batch), grad_y0, grad_z0 (B, M) and grad_bias (M,) (grad_x summed over steps and
+        batch) in float32.
     """
+    has_gy = grad_y is not None
+    grad_y = grad_y if has_gy else y  # a valid pointer the kernel does not read
+    bias = torch.zeros_like(weight_hh) if bias is None else bias
     device = _check(
         {
             "grad_y": grad_y,
+            "bias": bias,
             "x": x,
             "y": y,
             "grad_yN": grad_yN,
@@ -442,15 +478,14 @@ def scan_backward(
     N, B, M = x.shape
     grad_y, x, y = grad_y.contiguous(), x.contiguous(), y.contiguous()
     grad_yN, grad_zN, y0, zN = grad_yN.contiguous(), grad_zN.contiguous(), y0.contiguous(), zN.contiguous()
-    w = weight_hh.contiguous()
+    w, bias = weight_hh.contiguous(), bias.contiguous()
     s = (float(dt) * torch.sigmoid(c)).contiguous()
     grad_x = torch.empty_like(x)
     units = B * M
     if N == 0 or units == 0:
         zero = torch.zeros_like(w)
-        return grad_x, zero, zero.clone(), grad_yN.clone(), grad_zN.clone()
-    gw_part = torch.empty_like(y0)
-    ds_part = torch.empty_like(y0)
+        return grad_x, zero, zero.clone(), grad_yN.clone(), grad_zN.clone(), zero.clone()
+    parts = torch.empty((3, B, M), dtype=torch.float32, device=device)  # per unit: dL/dw, dL/ds, dL/dbias
     grad_y0 = torch.empty_like(y0)
     grad_z0 = torch.empty_like(y0)
     dflt_block, dflt_warps = launch_config(units, device)
@@ -466,11 +501,13 @@ def scan_backward(
             y,
             w,
             s,
+            bias,
             y0,
             zN,
             grad_x,
-            gw_part,
-            ds_part,
+            parts[0],
+            parts[1],
+            parts[2],
             grad_y0,
             grad_z0,
             N,
@@ -478,10 +515,12 @@ def scan_backward(
             (N - 1) * units,
             M,
             float(alpha),
+            HAS_GY=has_gy,
             BLOCK=block,
             num_warps=num_warps,
         )
-    return grad_x, gw_part.sum(0), ds_part.sum(0), grad_y0, grad_z0
+    grad_w, grad_s, grad_b = (part.sum(0) for part in parts)  # separate tensors: outputs may not alias
+    return grad_x, grad_w, grad_s, grad_y0, grad_z0, grad_b
 
 
 register_kernels(
