@@ -103,6 +103,20 @@ def _backward(ctx, grad_y, grad_yN, grad_zN):
 torch.library.register_autograd("unicornn::scan", _backward, setup_context=_setup_context)
 
 
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "unicornn: double backward (differentiating a gradient computed with create_graph=True) is not "
+        "supported by the fused backends; use backend='reference' (plain autograd) for it"
+    )
+
+
+# The backward op is differentiable only in name: asking for its gradient gets the message above instead of
+# PyTorch's generic "no autograd formula was registered".
+torch.library.register_autograd(
+    "unicornn::scan_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
+)
+
+
 def fused_scan(x, weight_hh, c, dt, alpha, y0, z0, kernels: str, bias=None):
     """The custom op with an explicit kernel pair (``"loop"`` included) and no validation: for tests.
 
