@@ -23,7 +23,6 @@ Time per step (median over ``repeats`` steps) is recorded too.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -155,7 +154,7 @@ def measure_point(
 
 def _fresh_process(point: dict[str, Any]) -> dict[str, Any]:
     """Run :func:`measure_point` in a new interpreter (the caller's, environment unchanged)."""
-    cmd = [sys.executable, "-m", "unicornn.bench.memory", "--worker", json.dumps(point)]
+    cmd = [sys.executable, "-m", "unicornn.bench._memory_worker", json.dumps(point)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         return {"model": point["model"], "N": point["N"], "error": done.stderr[-2000:]}
@@ -268,14 +267,3 @@ def plot_memory(result: dict[str, Any], path: Path) -> None:
 def write_memory(result: dict[str, Any], out_dir, stem: str = "memory") -> dict[str, Path]:
     """Write ``<stem>.json``, ``<stem>.txt`` and ``<stem>.png`` under ``out_dir``; returns the paths."""
     return write_outputs(result, out_dir, stem, format_table(result), plot_memory)
-
-
-def _main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="one memory measurement (used by run_memory)")
-    parser.add_argument("--worker", required=True, help="JSON keyword arguments of measure_point")
-    args = parser.parse_args(argv)
-    print(json.dumps(measure_point(**json.loads(args.worker))))
-
-
-if __name__ == "__main__":
-    _main()
