@@ -87,6 +87,9 @@ def test_input_gradient_profile():
     g = torch.randn(y[-1].shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     (y[-1] * g / g.norm()).sum().backward()
     assert prof["norm"] == pytest.approx([float(leaf.grad[n].norm()) for n in range(10)], rel=1e-9)
+    task_model = SequenceModel(2, 3, 6, 2, dt=0.2, alpha=3.0, dropout=0.0, readout="last").eval()
+    task_model.rnn.load_state_dict(model.state_dict())
+    assert gradient_profile(task_model, 10, inputs=u, wrt="input")["norm"] == pytest.approx(prof["norm"])
     with pytest.raises(ValueError, match="wrt must be"):
         gradient_profile(model, 10, wrt="weights")
     with pytest.raises(ValueError, match="inputs must be"):

@@ -336,11 +336,12 @@ class IndRNN(_SteppedStack):
     ``u_max = gamma ** (1 / max_steps)`` (``gamma = 2``: a unit's state may grow at most by a factor 2 over
     ``max_steps`` steps), so gradients neither explode nor vanish over the sequence. The forward pass uses the
     clipped weights, and :meth:`constrain_` clips the stored ones (call it after each optimiser step, as the
-    paper does). Initialisation (the paper's adding-problem setting): input weights ``N(0, input_std^2)``
-    with ``input_std = 0.001``, biases 0, recurrent weights ``U(0, 1)`` in every layer but the last, whose
-    weights start in ``U(last_min ** (1/max_steps), u_max)`` with ``last_min = 0.5`` so that the top layer
-    keeps its memory over the whole sequence. The paper's batch normalisation between layers (for deep
-    stacks) is not included.
+    paper does). Initialisation, after the paper's adding-problem experiments: biases 0, small Gaussian input
+    weights ``N(0, input_std^2)`` (``input_std = 0.001``), recurrent weights ``U(0, 1)`` in every layer but
+    the last, whose weights start in ``U(last_min ** (1/max_steps), u_max)`` (``last_min = 0.5``) so that
+    the top layer keeps its memory over the whole sequence. The last-layer range and ``input_std`` are the
+    values of the widely used public port of that experiment; each is an argument. The paper's batch
+    normalisation between layers (for deep stacks) is not included.
 
     Args:
         input_size, hidden_size, num_layers, dropout (over time, between layers), batch_first.

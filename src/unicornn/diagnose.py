@@ -112,7 +112,8 @@ def gradient_profile(
 
     Args:
         model: a time-major recurrent module called as ``model(input, state) -> (output, state)``
-            (:class:`unicornn.UnICORNN` or one of :mod:`unicornn.baselines`), in evaluation mode.
+            (:class:`unicornn.UnICORNN` or one of :mod:`unicornn.baselines`), or a task model holding one as
+            ``.rnn`` (its stack is profiled); in evaluation mode.
         N: sequence length.
         batch: sequences B; inputs ~ N(0, 1) unless ``inputs`` (N, B, d) is given.
         wrt: ``"state"``: ``||dL/dh_k||`` of layer ``layer``'s hidden state after step k, exact, by running
@@ -130,6 +131,8 @@ def gradient_profile(
     """
     if wrt not in ("state", "input"):
         raise ValueError(f"wrt must be 'state' or 'input', got {wrt!r}")
+    if isinstance(getattr(model, "rnn", None), nn.Module) and not hasattr(model, "hidden_size"):
+        model = model.rnn  # a task model: profile its recurrent stack
     if isinstance(N, bool) or not isinstance(N, int) or N < 1:
         raise ValueError(f"N must be an int >= 1, got {N!r}")
     if dtype is not None:
