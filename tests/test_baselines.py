@@ -190,13 +190,11 @@ def test_gradcheck(cls):
             m.weight_ih_l0.normal_()
             m.bias_l0.fill_(0.5)  # away from relu's kink
     u = torch.randn(5, 2, 2, dtype=torch.float64, requires_grad=True)
-    params = [p for p in m.parameters()]
+    names = [n for n, _ in m.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
 
     def f(u, *ps):
-        with torch.nn.utils.stateless._reparametrize_module(
-            m, dict(zip([n for n, _ in m.named_parameters()], ps))
-        ):
-            out, state = m(u, lengths=[5, 3])
+        out, state = torch.func.functional_call(m, dict(zip(names, ps)), (u,), {"lengths": [5, 3]})
         return out, _state_tensors(state)[0]
 
     assert torch.autograd.gradcheck(f, (u, *params), eps=1e-6, atol=1e-5)

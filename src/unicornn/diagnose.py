@@ -113,7 +113,7 @@ def gradient_profile(
     Args:
         model: a time-major recurrent module called as ``model(input, state) -> (output, state)``
             (:class:`unicornn.UnICORNN` or one of :mod:`unicornn.baselines`), or a task model holding one as
-            ``.rnn`` (its stack is profiled); in evaluation mode.
+            ``.rnn`` (its stack is profiled). A copy is run, in evaluation mode.
         N: sequence length.
         batch: sequences B; inputs ~ N(0, 1) unless ``inputs`` (N, B, d) is given.
         wrt: ``"state"``: ``||dL/dh_k||`` of layer ``layer``'s hidden state after step k, exact, by running
@@ -135,14 +135,11 @@ def gradient_profile(
         model = model.rnn  # a task model: profile its recurrent stack
     if isinstance(N, bool) or not isinstance(N, int) or N < 1:
         raise ValueError(f"N must be an int >= 1, got {N!r}")
+    model = copy.deepcopy(model).eval()  # evaluation mode: no dropout mask drawn per call
     if dtype is not None:
-        model = copy.deepcopy(model).to(dtype)
+        model = model.to(dtype)
     if wrt == "state" and isinstance(model, UnICORNN):
-        if dtype is None:
-            model = copy.deepcopy(model)
-        model.backend = (
-            "reference"  # the same recurrence; per-step calls are cheapest without a kernel launch
-        )
+        model.backend = "reference"  # the same recurrence; per-step calls are cheapest without kernels
     param = next(model.parameters())
     dtype, device = param.dtype, param.device
     gen = torch.Generator().manual_seed(seed)
