@@ -151,7 +151,8 @@ class LSTM(_TorchRNN, nn.LSTM):
             batch_first=bool(batch_first),
         )  # fmt: skip
 
-    def forward(self, input, state=None, lengths=None):  # noqa: D102
+    def forward(self, input, state=None, lengths=None):
+        """``(input, state=None, lengths=None) -> (output, state)``; see the class docstring."""
         return self._forward(super().forward, input, state, lengths)
 
 
@@ -169,7 +170,8 @@ class GRU(_TorchRNN, nn.GRU):
             batch_first=bool(batch_first),
         )  # fmt: skip
 
-    def forward(self, input, state=None, lengths=None):  # noqa: D102
+    def forward(self, input, state=None, lengths=None):
+        """``(input, state=None, lengths=None) -> (output, state)``; see the class docstring."""
         return self._forward(super().forward, input, state, lengths)
 
 

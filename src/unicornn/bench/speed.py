@@ -135,7 +135,8 @@ def run_speed(
 
     Returns:
         dict: ``settings``, ``machine``, ``load_average_before`` / ``_after``, ``rows`` (one per length and
-        model: ``N``, ``model``, ``median_s``, ``runs_s``, ``ratio_to_unicornn``; or ``skipped``).
+        model: ``N``, ``model``, ``median_s``, ``runs_s``, ``ratio_to_unicornn`` (None without ``unicornn``
+        among the models); or ``skipped`` with the reason).
     """
     for name, value, lo in (
         ("repeats", repeats, 1),
@@ -159,6 +160,7 @@ def run_speed(
 
 
 def _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_repeats, warmup, seed):
+    """The measurement of :func:`run_speed`, its arguments checked and its thread count set."""
     torch.manual_seed(seed)
     built = {
         name: build_model(name, input_size, hidden, layers, dev, max_steps=max(lengths)) for name in models
