@@ -232,8 +232,9 @@ class _SteppedStack(nn.Module):
             x = self.project(k, seq)
             parts = layers_state[k]
             outs = []
-            for n in range(N):
-                new = self.step(k, x[n], parts)
+            # unbind, not x[n]: each x[n] would cost a full-size zero gradient in the backward pass (O(N^2))
+            for n, x_n in enumerate(x.unbind(0)):
+                new = self.step(k, x_n, parts)
                 if valid is not None:  # a finished sequence keeps its state
                     new = [torch.where(valid[n], a, b) for a, b in zip(new, parts, strict=True)]
                 parts = new

@@ -121,6 +121,7 @@ def run_speed(
     warmup: int = 1,
     seed: int = 0,
     threads: int | None = None,
+    flush_denormal: bool = False,
 ) -> dict[str, Any]:
     """Time one training step of every model at every length; see the module docstring.
 
@@ -132,6 +133,9 @@ def run_speed(
         repeats: timed rounds for fast models; ``slow_repeats`` for those of :data:`SLOW`.
         warmup: untimed rounds first (compilation, allocator warm-up).
         threads: torch threads during the run (restored after); default torch's own choice.
+        flush_denormal: flush subnormal floats to zero on CPU during the run (``torch.set_flush_denormal``).
+            Off by default, as a user's process runs; vanishing gradients (LSTM, GRU on random inputs)
+            reach subnormal values, which CPUs process many times slower (an LSTM step ~10x here).
 
     Returns:
         dict: ``settings``, ``machine``, ``load_average_before`` / ``_after``, ``rows`` (one per length and
@@ -152,11 +156,17 @@ def run_speed(
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    if flush_denormal:
+        torch.set_flush_denormal(True)
     try:
-        return _run(lengths, models, batch, hidden, layers, input_size, torch.device(device), repeats,
-                    slow_repeats, warmup, seed)  # fmt: skip
+        result = _run(lengths, models, batch, hidden, layers, input_size, torch.device(device), repeats,
+                      slow_repeats, warmup, seed)  # fmt: skip
     finally:
         torch.set_num_threads(previous_threads)
+        if flush_denormal:
+            torch.set_flush_denormal(False)
+    result["settings"]["flush_denormal"] = bool(flush_denormal)
+    return result
 
 
 def _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_repeats, warmup, seed):
