@@ -109,10 +109,12 @@ def test_paper_claim_unicornn_gradient_does_not_vanish_where_lstm_gru_do(tmp_pat
     _png(plot_gradient_profiles(profiles, tmp_path / "grad.png"))
 
 
-def test_underflow_is_avoided_in_the_norm():
+def test_underflow_is_avoided_in_the_norm(tmp_path):
     lstm = LSTM(1, 8, 1).eval()
     prof = gradient_profile(lstm, 600, batch=2)
     assert min(prof["norm"]) > 0.0  # values near 1e-160 whose squares underflow still give a norm
+    underflow = {**prof, "norm": [0.0] * 100 + prof["norm"][100:]}  # beyond float64: left out of the plot
+    _png(plot_gradient_profiles({"lstm": underflow}, tmp_path / "zeros.png"))
 
 
 # --------------------------------------------------------------------------------------------------

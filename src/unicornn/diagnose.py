@@ -380,14 +380,21 @@ def _save(fig, path) -> Path:
 
 
 def plot_gradient_profiles(profiles: Mapping[str, Mapping[str, Any]], path, title: str = "") -> Path:
-    """One log-scale curve of ``norm`` against ``N - k`` per model (results of :func:`gradient_profile`)."""
+    """One log-scale curve of ``norm`` against ``N - k`` per entry (results of :func:`gradient_profile`).
+
+    Exact zeros (a gradient below the floating-point range) cannot be drawn on a log scale: they are left
+    out and counted in the legend."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, prof in profiles.items():
         N = prof["N"]
-        lag = [N - k for k in prof["k"]]
-        norms = [max(v, 1e-300) for v in prof["norm"]]
-        ax.semilogy(lag, norms, label=f"{name} (N={N})")
+        points = [(N - k, v) for k, v in zip(prof["k"], prof["norm"], strict=True) if v > 0]
+        zeros = len(prof["norm"]) - len(points)
+        label = name if f"N={N}" in name else f"{name} (N={N})"
+        if zeros:
+            label += f", {zeros} steps underflow to 0"
+        if points:
+            ax.semilogy(*zip(*points), label=label)
     ax.set_xlabel("steps before the loss, N - k")
     wrt = next(iter(profiles.values()))["wrt"] if profiles else "state"
     ax.set_ylabel("||dL/dy_k||" if wrt == "state" else "||dL/du_k||")
