@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .modules import dropout_over_time
+from .registry import check_choice, check_int, check_real
 
 __all__ = [
     "BASELINE_DEFAULTS",
@@ -250,6 +251,10 @@ class _SteppedStack(nn.Module):
         return output, state[0] if self.state_parts == 1 else state
 
 
+#: coRNN damping schemes (see :class:`CoRNN`).
+DAMPINGS = ("explicit", "implicit")
+
+
 class CoRNN(_SteppedStack):
     r"""Coupled oscillatory RNN (Rusch & Mishra, ICLR 2021), stacked.
 
@@ -286,7 +291,7 @@ class CoRNN(_SteppedStack):
         self.dt = _check_real("dt", dt, 0.0, 1.0, lo_open=True)
         self.gamma = _check_real("gamma", gamma, 0.0)
         self.epsilon = _check_real("epsilon", epsilon, 0.0)
-        if damping not in ("explicit", "implicit"):
+        if damping not in DAMPINGS:
             raise ValueError(f"damping must be 'explicit' or 'implicit', got {damping!r}")
         self.damping = damping
         H = self.hidden_size
@@ -468,7 +473,17 @@ BASELINE_DEFAULTS: dict[str, Any] = {
 
 
 def _setting(cfg: Mapping[str, Any], key: str):
-    return cfg.get(key, BASELINE_DEFAULTS[key])
+    """Baseline setting ``key`` of ``cfg`` (default from :data:`BASELINE_DEFAULTS`), checked here, where it is
+    consumed, with an error naming the setting."""
+    value = cfg.get(key, BASELINE_DEFAULTS[key])
+    name = f"setting {key!r}"
+    if key == "cornn_damping":
+        check_choice(name, value, DAMPINGS)
+    elif key == "indrnn_max_steps":
+        check_int(name, value, 1)
+    else:  # cornn_gamma, cornn_epsilon >= 0; indrnn_gamma >= 1 (the largest gain over max_steps steps)
+        value = check_real(name, value, low=1.0 if key == "indrnn_gamma" else 0.0)
+    return value
 
 
 def _between_layers(cfg) -> float:
@@ -512,18 +527,26 @@ _RNNS: dict[str, Callable[[Any, Mapping[str, Any]], nn.Module]] = {
 }
 
 
-def build_baseline(name: str, spec, cfg: Mapping[str, Any]) -> BaselineSequenceModel:
+def build_baseline(name: str, spec, cfg: Mapping[str, Any], **model_args) -> BaselineSequenceModel:
     """The task model of baseline ``name`` for task ``spec`` (input_size, output_size, readout) and trainer
-    settings ``cfg`` (hidden_size, num_layers, dropout, dt, and the keys of :data:`BASELINE_DEFAULTS`)."""
+    settings ``cfg`` (hidden_size, num_layers, dropout, dt, and the keys of :data:`BASELINE_DEFAULTS`).
+
+    ``model_args``: extra arguments a task builds from its data (a token task's embedding); the baselines
+    read real-valued inputs (B, N, d) only, so any such argument is an error."""
     if name not in _RNNS:
         raise ValueError(f"model must be one of {sorted(_RNNS)}, got {name!r}")
+    if model_args:
+        raise ValueError(
+            f"model {name!r} reads real-valued inputs (B, N, d) and takes no task arguments; task "
+            f"{getattr(spec, 'name', '?')!r} hands it {', '.join(sorted(model_args))}"
+        )
     rnn = _RNNS[name](spec, cfg)
     return BaselineSequenceModel(rnn, spec.output_size, spec.readout, dropout=cfg.get("dropout", 0.0))
 
 
-def _factory(name: str) -> Callable[[Any, Mapping[str, Any]], BaselineSequenceModel]:
-    def factory(spec, cfg):
-        return build_baseline(name, spec, cfg)
+def _factory(name: str) -> Callable[..., BaselineSequenceModel]:
+    def factory(spec, cfg, **model_args):
+        return build_baseline(name, spec, cfg, **model_args)
 
     factory.__name__ = f"build_{name}"
     factory.__doc__ = f"``factory(spec, cfg)`` for the {name} baseline (see :func:`build_baseline`)."

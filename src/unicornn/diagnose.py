@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = [
     "plot_time_steps",
     "plot_weight_norms",
     "prop_c1_bound",
+    "recurrent_weight_norms",
     "state_bound_check",
     "time_step_histogram",
     "unicornn_of",
@@ -359,10 +361,30 @@ def time_step_histogram(model: nn.Module, bins: int = 30) -> dict[str, Any]:
     return {"edges": edges.tolist(), "layers": layers}
 
 
+_RECURRENT_WEIGHT = re.compile(r"(?:^|\.)weight_h[hyz]_l(\d+)$")
+
+
+def recurrent_weight_norms(state: Mapping[str, Tensor]) -> list[float]:
+    """Largest absolute recurrent weight of every layer, from a model's ``state_dict``.
+
+    Recurrent weights are the entries named ``weight_hh_l{k}`` (UnICORNN's ``w^l`` (M,), IndRNN's, and
+    LSTM/GRU's matrices) or ``weight_hy_l{k}`` / ``weight_hz_l{k}`` (coRNN), at any prefix (``rnn.``).
+    For UnICORNN this is the paper's ``||w^l||_inf`` (Fig. 7); for a matrix it is the largest entry, not
+    the operator norm. Returns one float per layer (layer k at index k; empty if there are none).
+    """
+    peaks: dict[int, float] = {}
+    for key, value in state.items():
+        match = _RECURRENT_WEIGHT.search(key)
+        if match is not None:
+            k = int(match.group(1))
+            peaks[k] = max(peaks.get(k, 0.0), float(value.detach().abs().max()))
+    return [peaks[k] for k in sorted(peaks)]
+
+
 def weight_norms(model: nn.Module) -> list[float]:
-    """``||w^l||_inf`` (largest absolute recurrent weight) of every layer of a UnICORNN stack."""
-    rnn = unicornn_of(model)
-    return [float(rnn.layer_parameters(k)["weight_hh"].detach().abs().max()) for k in range(rnn.num_layers)]
+    """``||w^l||_inf`` (largest absolute recurrent weight) of every layer of ``model`` (a UnICORNN stack, a
+    task model or a baseline; see :func:`recurrent_weight_norms`)."""
+    return recurrent_weight_norms(model.state_dict())
 
 
 # --------------------------------------------------------------------------------------------------

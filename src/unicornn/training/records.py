@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..diagnose import recurrent_weight_norms
 from .checkpoint import append_jsonl, atomic_save, atomic_write_text, read_jsonl, rewrite_jsonl
 from .run import BEST, CHECKPOINT, CONFIG, METRICS, RESULT
 
@@ -73,6 +74,7 @@ class EpochWriter:
         if improved:
             best = {k: checkpoint[k] for k in ("model", "record", "epoch", "best")}
             atomic_save(best, self.run_dir / BEST)
+        row = {**row, "weight_norms": recurrent_weight_norms(checkpoint["model"])}  # ||w^l||_inf (Fig. 7)
         append_jsonl(row, self.run_dir / METRICS)
         atomic_save(checkpoint, self.run_dir / CHECKPOINT)
         if self.writer is not None:
