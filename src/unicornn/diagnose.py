@@ -39,6 +39,7 @@ __all__ = [
     "recurrent_weight_norms",
     "state_bound_check",
     "time_step_histogram",
+    "unicornn_from_state",
     "unicornn_of",
     "weight_norms",
 ]
@@ -52,6 +53,37 @@ def unicornn_of(model: nn.Module) -> UnICORNN:
     if isinstance(rnn, UnICORNN):
         return rnn
     raise TypeError(f"model must be a UnICORNN or hold one as .rnn, got {type(model).__name__}")
+
+
+def unicornn_from_state(state: Mapping[str, Tensor], settings: Mapping[str, Any]) -> UnICORNN:
+    """The UnICORNN stack of a saved task model, rebuilt from its ``state_dict`` and run settings.
+
+    Works for any model holding a stack (``rnn.`` of :class:`unicornn.models.SequenceModel`, or deeper, e.g.
+    behind a word embedding): sizes come from the weights, ``dt``, ``alpha``, ``residual_skip`` from
+    ``settings`` (a run's ``config.json`` settings). Raises ``ValueError`` when ``state`` holds no stack
+    (a baseline's run).
+    """
+    prefixes = [
+        k[: -len("c_l0")] for k in state if k.endswith("c_l0") and k[: -len("c_l0")] + "weight_hh_l0" in state
+    ]
+    if not prefixes:
+        raise ValueError(
+            "the checkpoint holds no UnICORNN stack (a baseline model?); these diagnostics need one"
+        )
+    prefix = min(prefixes, key=len)
+    own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    layers = sum(1 for k in own if re.fullmatch(r"c_l\d+", k))
+    rnn = UnICORNN(
+        own["weight_ih_l0"].shape[1],
+        own["weight_hh_l0"].shape[0],
+        layers,
+        dt=settings.get("dt", 0.1),
+        alpha=settings.get("alpha", 0.0),
+        residual_skip=settings.get("residual_skip"),
+        bias="bias_ih_l0" in own,
+    )
+    rnn.load_state_dict(own)
+    return rnn
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,6 +13,10 @@ Models (``name`` or ``name:L`` to give that model L layers instead of the common
 * ``lstm``, ``gru``: cuDNN on GPU; ``cornn``, ``indrnn``: :mod:`unicornn.baselines` (per-step PyTorch);
 * ``torchrecurrent``: ``torchrecurrent.UnICORNN`` (PyPI ``torchrecurrent==0.2.5``), skipped when not installed.
 
+With ``floor=True`` a ``floor`` row is added per length (:func:`step_floor`): the least time a fused
+UnICORNN step of that shape can take on this machine -- the projection matmuls (timed) plus one pass over
+every tensor the recurrence kernels must read or write, at the measured memory-copy bandwidth.
+
 The paper's setting (:data:`PAPER_SETTING`): B=128, 2 layers, N=1000 and 2000, on a GPU. The default
 (:data:`CPU_SETTING`) is sized for a CPU.
 """
@@ -33,8 +37,8 @@ from .. import UnICORNN
 from ..baselines import GRU, LSTM, CoRNN, IndRNN
 from .common import fused_backend, load_average, machine_info, pyplot, write_outputs
 
-__all__ = ["CPU_SETTING", "MODELS", "PAPER_SETTING", "build_model", "format_table", "plot_speed", "run_speed",
-           "write_speed"]  # fmt: skip
+__all__ = ["CPU_SETTING", "MODELS", "PAPER_SETTING", "build_model", "copy_bandwidth", "format_table",
+           "plot_speed", "run_speed", "step_floor", "write_speed"]  # fmt: skip
 
 MODELS = ("unicornn", "unicornn_reference", "lstm", "gru", "cornn", "indrnn", "torchrecurrent")
 DEFAULT_MODELS = ("unicornn", "lstm", "gru", "cornn", "indrnn", "torchrecurrent")
@@ -108,6 +112,67 @@ def _time_step(model: nn.Module, u, target, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def _median_time(fn, device: torch.device, repeats: int) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls after one untimed call (synchronised on CUDA)."""
+    times = []
+    for r in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if r:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 64 * 2**20, repeats: int = 5) -> float:
+    """Memory bandwidth in bytes/s of a ``nbytes`` float32 copy, counting the bytes read plus written."""
+    src = torch.ones(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / _median_time(lambda: dst.copy_(src), device, repeats)
+
+
+def step_floor(N: int, batch: int, hidden: int, layers: int, input_size: int, device: torch.device,
+               repeats: int = 5, bandwidth: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """The floor of one fused UnICORNN forward+backward of this shape: matmuls plus one memory pass.
+
+    * matmuls (timed here, float32): per layer the input projection ``x = u W^T`` (N*B, in) x (in, M), and
+      in the backward the weight gradient ``g^T u`` and, above the first layer, the input gradient ``g W``;
+    * memory: per layer the recurrence kernels must read ``x`` and write ``y`` in the forward pass, and read
+      ``dL/dy``, ``x`` and ``y`` and write ``dL/dx`` in the backward pass: 6 passes of N*B*M float32,
+      at :func:`copy_bandwidth` (measured unless ``bandwidth`` in bytes/s is given).
+
+    Returns:
+        dict: ``floor_s`` = ``matmul_s`` + ``memory_s``, ``bytes`` (the kernels' traffic) and
+        ``bandwidth_GBps``.
+    """
+    gen = torch.Generator().manual_seed(0)
+    rows = N * batch
+    mats = []
+    for k in range(layers):
+        width = input_size if k == 0 else hidden
+        u = torch.randn(rows, width, generator=gen).to(device)
+        w = torch.randn(hidden, width, generator=gen).to(device)
+        g = torch.randn(rows, hidden, generator=gen).to(device)
+        mats.append((k, u, w, g))
+
+    def matmuls():
+        for k, u, w, g in mats:
+            u @ w.T
+            g.T @ u
+            if k:
+                g @ w
+
+    matmul_s = _median_time(matmuls, device, repeats)
+    bandwidth = bandwidth or copy_bandwidth(device, repeats=repeats)
+    traffic = 6 * layers * rows * hidden * 4
+    memory_s = traffic / bandwidth
+    return {"floor_s": matmul_s + memory_s, "matmul_s": matmul_s, "memory_s": memory_s, "bytes": traffic,
+            "bandwidth_GBps": bandwidth / 1e9}  # fmt: skip
+
+
 def run_speed(
     lengths: Sequence[int] = CPU_SETTING["lengths"],
     models: Sequence[str] = DEFAULT_MODELS,
@@ -122,6 +187,7 @@ def run_speed(
     seed: int = 0,
     threads: int | None = None,
     flush_denormal: bool = False,
+    floor: bool = False,
 ) -> dict[str, Any]:
     """Time one training step of every model at every length; see the module docstring.
 
@@ -136,11 +202,13 @@ def run_speed(
         flush_denormal: flush subnormal floats to zero on CPU during the run (``torch.set_flush_denormal``).
             Off by default, as a user's process runs; vanishing gradients (LSTM, GRU on random inputs)
             reach subnormal values, which CPUs process many times slower (an LSTM step ~10x here).
+        floor: add a ``floor`` row per length (:func:`step_floor`, with the common ``layers``).
 
     Returns:
         dict: ``settings``, ``machine``, ``load_average_before`` / ``_after``, ``rows`` (one per length and
         model: ``N``, ``model``, ``median_s``, ``runs_s``, ``ratio_to_unicornn`` (None without ``unicornn``
-        among the models); or ``skipped`` with the reason).
+        among the models); or ``skipped`` with the reason; with ``floor``, a row of model ``floor`` per
+        length whose ``median_s`` is the floor and which holds the parts of :func:`step_floor`).
     """
     for name, value, lo in (
         ("repeats", repeats, 1),
@@ -159,8 +227,20 @@ def run_speed(
     if flush_denormal:
         torch.set_flush_denormal(True)
     try:
-        result = _run(lengths, models, batch, hidden, layers, input_size, torch.device(device), repeats,
-                      slow_repeats, warmup, seed)  # fmt: skip
+        dev = torch.device(device)
+        result = _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_repeats, warmup,
+                      seed)  # fmt: skip
+        if floor:
+            bandwidth = copy_bandwidth(dev, repeats=repeats)
+            base = {
+                r["N"]: r["median_s"] for r in result["rows"] if r["model"] == "unicornn" and "median_s" in r
+            }
+            for N in lengths:
+                parts = step_floor(N, batch, hidden, layers, input_size, dev, repeats, bandwidth)
+                ratio = parts["floor_s"] / base[N] if N in base else None
+                result["rows"].append({"N": N, "model": "floor", "median_s": parts["floor_s"], **parts,
+                                       "ratio_to_unicornn": ratio})  # fmt: skip
+            result["settings"]["models"].append("floor")
     finally:
         torch.set_num_threads(previous_threads)
         if flush_denormal:
