@@ -303,3 +303,20 @@ def test_learns_a_tiny_memory_task(name):
     with torch.no_grad():
         accuracy = (model.eval()(x).argmax(1) == y).float().mean().item()
     assert accuracy > 0.95, f"{name}: accuracy {accuracy:.3f} on a task chance solves at 0.5"
+
+
+def test_registered_in_the_model_registry_and_refuse_task_arguments():
+    from unicornn.models import MODELS
+    from unicornn.registry import ConfigError
+
+    assert set(FACTORIES) <= set(MODELS.names()) and "unicornn" in MODELS
+    cfg = {"hidden_size": 4, "num_layers": 1, "dropout": 0.0, "dt": 0.1}
+    for name in FACTORIES:
+        assert isinstance(MODELS.get(name)(_spec("last"), cfg), BaselineSequenceModel)
+        with pytest.raises(ValueError, match="takes no task arguments"):
+            MODELS.get(name)(_spec("last"), cfg, embedding=torch.zeros(3, 2))
+    with pytest.raises(ConfigError, match="setting 'cornn_epsilon' must be >= 0"):
+        FACTORIES["cornn"](_spec("last"), {**cfg, "cornn_epsilon": -0.5})
+    built = FACTORIES["cornn"](_spec("last"), {**cfg, "cornn_gamma": 1.5, "cornn_damping": "implicit"})
+    assert built.rnn.gamma == 1.5 and built.rnn.damping == "implicit"
+    assert FACTORIES["indrnn"](_spec("last"), {**cfg, "indrnn_max_steps": 50}).rnn.max_steps == 50

@@ -221,3 +221,32 @@ def test_weight_norms(tmp_path):
     assert norms[1] == 3.5
     assert norms[0] == pytest.approx(float(rnn.weight_hh_l0.detach().abs().max())) and 0 < norms[2] <= 1
     _png(plot_weight_norms([norms, [v * 1.1 for v in norms]], tmp_path / "norms.png"))
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU, CoRNN, IndRNN])
+def test_weight_norms_of_the_baselines(cls):
+    torch.manual_seed(11)
+    rnn = cls(2, 4, 2)
+    norms = weight_norms(rnn)
+    assert len(norms) == 2
+    for k in range(2):
+        recurrent = [
+            p for n, p in rnn.named_parameters() if n.startswith("weight_h") and n.endswith(f"_l{k}")
+        ]
+        assert recurrent and norms[k] == max(float(p.detach().abs().max()) for p in recurrent)
+
+
+@pytest.mark.parametrize("residual_skip", [None, 2])
+def test_unicornn_rebuilt_from_a_saved_task_model(residual_skip):
+    from unicornn.diagnose import unicornn_from_state
+
+    torch.manual_seed(12)
+    model = SequenceModel(3, 2, 5, 3, dt=[0.3, 0.1, 0.05], alpha=2.0, dropout=0.0, readout="last",
+                          residual_skip=residual_skip)  # fmt: skip
+    settings = {"dt": [0.3, 0.1, 0.05], "alpha": 2.0, "residual_skip": residual_skip}
+    rnn = unicornn_from_state({f"body.{k}": v for k, v in model.state_dict().items()}, settings).eval()
+    u = torch.randn(7, 2, 3)
+    torch.testing.assert_close(rnn(u)[0], model.rnn.eval()(u)[0])
+    assert rnn.dt == model.rnn.dt and rnn.alpha == 2.0
+    with pytest.raises(ValueError, match="no UnICORNN stack"):
+        unicornn_from_state(LSTM(2, 3).state_dict(), settings)

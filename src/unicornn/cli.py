@@ -671,7 +671,7 @@ def _cmd_sweep(args) -> int:
     _set_threads(args.threads)
     out = Path(args.out) if args.out else Path("sweeps") / args.task
     ctx = init_distributed(args.device)
-    log = print if ctx.is_main else (lambda _msg: None)
+    log = (lambda msg: print(msg, file=sys.stderr)) if ctx.is_main else (lambda _msg: None)
     try:
         result = run_sweep(task, settings, options, out, points, args.runs, log=log,
                            data_dir=_data_root(args.data_dir), ctx=ctx, quiet=args.quiet,

@@ -138,6 +138,9 @@ def run_sweep(task, settings: Mapping[str, Any], options: Mapping[str, Any], out
               points: Sequence[Point], runs: int = 1, log=print, **train_kw) -> dict[str, Any]:  # fmt: skip
     """Train every point (``runs`` seeds each, resuming what exists) and return :func:`collect_sweep`.
 
+    ``log``: callable taking a line of text, for the sweep's and the runs' messages; ``train_kw`` go to
+    :func:`~unicornn.training.trainer.train_run` (``data_dir``, ``ctx``, ``quiet``, ``tensorboard``, ...).
+
     A point whose training stops on a non-finite loss is recorded as failed (its message kept) and the
     sweep goes on: a diverging setting is a result of the ablation, not an error.
     """
@@ -153,9 +156,8 @@ def run_sweep(task, settings: Mapping[str, Any], options: Mapping[str, Any], out
         done.add(p.name)
         log(f"sweep point {i}/{len(points)}: {p.name}")
         try:
-            train_seeds(
-                task, {**settings, **p.settings}, options, out / p.name, runs, resume=True, **train_kw
-            )
+            train_seeds(task, {**settings, **p.settings}, options, out / p.name, runs, resume=True, log=log,
+                        **train_kw)  # fmt: skip
         except NonFiniteError as err:
             failures[p.name] = str(err)
             log(f"sweep point {p.name} failed: {err}")
@@ -226,7 +228,8 @@ def plot_sweep(result: Mapping[str, Any], path: str | Path, title: str = "") -> 
         ax.set_xlabel(key)
         ax.set_ylabel(f"test {result['metric']}")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle(title or f"sweep of {result['task']}")
     fig.tight_layout()
     path = Path(path)
