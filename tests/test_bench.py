@@ -101,3 +101,17 @@ def test_memory_cuda_tiny():
     result = run_memory(lengths=[512], device="cuda", batch=2, hidden=8, layers=2, input_size=2)
     for row in result["rows"]:
         assert "error" not in row and row["peak_bytes"] > 0
+
+
+def test_speed_forward_only_and_floor(tmp_path):
+    result = run_speed(lengths=[5], models=("unicornn", "lstm"), batch=2, hidden=4, layers=2, repeats=2,
+                       warmup=0, threads=1, forward_only=True, floor=True)  # fmt: skip
+    rows = {r["model"]: r for r in result["rows"]}
+    for name in ("unicornn", "lstm"):
+        assert math.isfinite(rows[name]["forward_median_s"]) and rows[name]["forward_median_s"] > 0
+    floor = rows["floor"]
+    # matmuls timed, plus 6 passes over N*B*M float32 per layer at the measured copy bandwidth
+    assert floor["bytes"] == 6 * 2 * 5 * 2 * 4 * 4
+    assert floor["memory_s"] == pytest.approx(floor["bytes"] / (floor["bandwidth_GBps"] * 1e9))
+    assert floor["ratio_to_unicornn"] == pytest.approx(floor["median_s"] / rows["unicornn"]["median_s"])
+    assert "floor" in result["settings"]["models"]

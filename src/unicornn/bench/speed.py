@@ -173,6 +173,18 @@ def step_floor(N: int, batch: int, hidden: int, layers: int, input_size: int, de
             "bandwidth_GBps": bandwidth / 1e9}  # fmt: skip
 
 
+def _time_forward(model: nn.Module, u, device: torch.device) -> float:
+    """Seconds of one forward pass without autograd (inference)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        model(u)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def run_speed(
     lengths: Sequence[int] = CPU_SETTING["lengths"],
     models: Sequence[str] = DEFAULT_MODELS,
@@ -188,6 +200,7 @@ def run_speed(
     threads: int | None = None,
     flush_denormal: bool = False,
     floor: bool = False,
+    forward_only: bool = False,
 ) -> dict[str, Any]:
     """Time one training step of every model at every length; see the module docstring.
 
@@ -203,6 +216,8 @@ def run_speed(
             Off by default, as a user's process runs; vanishing gradients (LSTM, GRU on random inputs)
             reach subnormal values, which CPUs process many times slower (an LSTM step ~10x here).
         floor: add a ``floor`` row per length (:func:`step_floor`, with the common ``layers``).
+        forward_only: also time inference (forward under ``torch.no_grad``) in the same rounds:
+            ``forward_median_s`` in each row.
 
     Returns:
         dict: ``settings``, ``machine``, ``load_average_before`` / ``_after``, ``rows`` (one per length and
@@ -229,7 +244,7 @@ def run_speed(
     try:
         dev = torch.device(device)
         result = _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_repeats, warmup,
-                      seed)  # fmt: skip
+                      seed, forward_only)  # fmt: skip
         if floor:
             bandwidth = copy_bandwidth(dev, repeats=repeats)
             base = {
@@ -249,7 +264,8 @@ def run_speed(
     return result
 
 
-def _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_repeats, warmup, seed):
+def _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_repeats, warmup, seed,
+         forward_only=False):  # fmt: skip
     """The measurement of :func:`run_speed`, its arguments checked and its thread count set."""
     torch.manual_seed(seed)
     built = {
@@ -266,13 +282,17 @@ def _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_
         u = torch.randn(N, batch, input_size, generator=gen).to(dev)
         target = torch.randint(0, CLASSES, (batch,), generator=gen).to(dev)
         runs: dict[str, list[float]] = {name: [] for name, m in built.items() if not isinstance(m, str)}
+        forward: dict[str, list[float]] = {name: [] for name in runs}
         for r in range(warmup + repeats):
             for name in runs:
                 if _parse(name, layers)[0] in SLOW and r >= warmup + slow_repeats:
                     continue
                 elapsed = _time_step(built[name], u, target, dev)
+                inference = _time_forward(built[name], u, dev) if forward_only else None
                 if r >= warmup:
                     runs[name].append(elapsed)
+                    if inference is not None:
+                        forward[name].append(inference)
         base = statistics.median(runs["unicornn"]) if runs.get("unicornn") else None
         for name, model in built.items():
             if isinstance(model, str):
@@ -281,6 +301,8 @@ def _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_
             med = statistics.median(runs[name])
             row = {"N": N, "model": name, "median_s": med, "runs_s": runs[name]}
             row["ratio_to_unicornn"] = med / base if base else None
+            if forward_only:
+                row["forward_median_s"] = statistics.median(forward[name])
             result["rows"].append(row)
     result["load_average_after"] = load_average()
     return result
