@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import statistics
+from pathlib import Path
 
 import pytest
 import torch
 
 from unicornn.bench import run_memory, run_speed
-from unicornn.bench.memory import measure_point, write_memory
+from unicornn.bench.memory import default_env, format_table, measure_point, summarize, write_memory
 from unicornn.bench.speed import MODELS, build_model, write_speed
 
 
@@ -67,32 +70,102 @@ def test_speed_bad_arguments():
         run_speed(lengths=[4], repeats=0)
 
 
-@pytest.mark.parametrize("model", ["unicornn_lean", "lstm"])
+@pytest.mark.parametrize("model", ["unicornn_lean", "unicornn_lean_seq", "lstm"])
 def test_memory_point_in_process(model):
-    row = measure_point(model, 300, batch=2, hidden=8, layers=2, input_size=3, checkpoint_every=64, threads=1)
+    row = measure_point(model, 300, batch=2, hidden=8, layers=2, input_size=3, checkpoint_every=64, repeats=3,
+                        threads=1)  # fmt: skip
     assert row["N"] == 300 and row["peak_bytes"] >= 0 and row["input_bytes"] == 300 * 2 * 3 * 4
-    assert math.isfinite(row["step_s"]) and row["step_s"] > 0
+    assert row["output_bytes"] == 300 * 2 * 8 * 4
+    assert len(row["runs_s"]) == 3 and all(t > 0 for t in row["runs_s"])
+    assert row["step_s"] == statistics.median(row["runs_s"][1:])  # the first full step pays page faults
     with pytest.raises(ValueError, match="model must be one of"):
         measure_point("gru", 10)
 
 
-@pytest.mark.slow  # two fresh interpreters importing torch: ~10 s of CPU
-def test_memory_fresh_processes(tmp_path):
-    """Each point in its own interpreter; at this size the standard mode keeps every layer's sequences
+def test_memory_default_env_drops_allocator_settings(monkeypatch):
+    import unicornn
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")
+    monkeypatch.setenv("UNICORNN_TEST_KEEP", "1")
+    env = default_env()
+    assert "MALLOC_ARENA_MAX" not in env and "GLIBC_TUNABLES" not in env and env["UNICORNN_TEST_KEEP"] == "1"
+    src = env["PYTHONPATH"].split(os.pathsep)[0]
+    assert Path(src, "unicornn").resolve() == Path(unicornn.__file__).resolve().parent
+    assert default_env({"MALLOC_MMAP_THRESHOLD_": "65536"})["MALLOC_MMAP_THRESHOLD_"] == "65536"
+
+
+def test_memory_summary_ratios_and_growth():
+    def row(model, N, mib, s, **extra):
+        return {"model": model, "N": N, "peak_bytes": int(mib * 2**20), "peak_MiB": mib, "step_s": s, **extra}
+
+    variant = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    result = {
+        "settings": {"lengths": [100, 800], "models": ["unicornn_standard", "unicornn_lean"], "batch": 2,
+                     "hidden": 4, "layers": 1, "input_size": 1, "device": "cpu", "measure": "m",
+                     "allocator_variant": variant},
+        "rows": [row("unicornn_standard", 100, 8.0, 1.0), row("unicornn_lean", 100, 2.0, 3.0),
+                 row("unicornn_lean", 100, 2.5, 3.5, variant=variant), row("unicornn_standard", 800, 64.0, 4.0),
+                 {"model": "unicornn_lean", "N": 800, "error": "boom"}],
+    }  # fmt: skip
+    result.update(summarize(result))
+    first, second = result["summary"]
+    assert first["memory_ratio"] == 0.25 and first["time_ratio"] == 3.0 and first["lean_variant_MiB"] == 2.5
+    assert first["output_MiB"] == 100 * 2 * 4 * 4 / 2**20 and first["lstm_MiB"] is None
+    assert second["standard_MiB"] == 64.0 and second["lean_MiB"] is None and second["memory_ratio"] is None
+    assert result["lean_growth"] is None  # one lean point only
+    table = format_table(result)
+    assert "| 100 | 8.0 (1.00) | 2.0 (3.00) | 2.5 (3.50) | 0.250 | 3.000 |" in table
+    assert "| 800 | 64.0 (4.00) | error | - | - | - |" in table  # an error row, a missing row
+    result["rows"][-1] = row("unicornn_lean", 800, 3.0, 9.0)
+    result.update(summarize(result))
+    assert result["lean_growth"] == {"from_N": 100, "to_N": 800, "relative": pytest.approx(0.5)}
+
+
+def test_memory_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="model must be one of"):
+        run_memory(lengths=[4], models=["gru"])
+    with pytest.raises(ValueError, match="lengths"):
+        run_memory(lengths=[0])
+    with pytest.raises(ValueError, match="repeats"):
+        run_memory(lengths=[4], repeats=0)
+    with pytest.raises(ValueError, match="allocator_variant applies to CPU"):
+        run_memory(lengths=[4], device="cuda", allocator_variant={"MALLOC_MMAP_THRESHOLD_": "65536"})
+
+
+@pytest.mark.slow  # three fresh interpreters importing torch: ~15 s of CPU
+def test_memory_fresh_processes(tmp_path, monkeypatch):
+    """Each point in its own default interpreter (allocator settings of the caller dropped), the variant row
+    in one with the variant's settings; at this size the standard mode keeps every layer's sequences
     (megabytes) while the lean mode keeps anchors only."""
-    models = ("unicornn_standard", "unicornn_lean")  # the LSTM's point is measured in-process above
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    models = ("unicornn_standard", "unicornn_lean")  # the other models' points are measured in-process above
+    variant = {"MALLOC_MMAP_THRESHOLD_": "65536"}
     result = run_memory(lengths=[6000], models=models, batch=8, hidden=32, layers=2, input_size=2,
-                        checkpoint_every=256, threads=1)  # fmt: skip
-    rows = {r["model"]: r for r in result["rows"]}
-    assert set(rows) == set(models)
+                        checkpoint_every=256, threads=1, allocator_variant=variant)  # fmt: skip
+    assert len(result["rows"]) == 3
+    rows = {r["model"] + ("+variant" if "variant" in r else ""): r for r in result["rows"]}
+    assert set(rows) == {*models, "unicornn_lean+variant"}
     for row in rows.values():
         assert "error" not in row, row.get("error")
         assert row["peak_bytes"] >= 0 and math.isfinite(row["peak_MiB"]) and math.isfinite(row["step_s"])
+    assert rows["unicornn_standard"]["allocator_env"] == {} == rows["unicornn_lean"]["allocator_env"]
+    assert (
+        rows["unicornn_lean+variant"]["allocator_env"] == variant == rows["unicornn_lean+variant"]["variant"]
+    )
     if rows["unicornn_standard"]["peak_reset"]:
         assert rows["unicornn_lean"]["peak_bytes"] < rows["unicornn_standard"]["peak_bytes"]
+    summary = result["summary"][0]
+    assert (
+        summary["memory_ratio"]
+        == rows["unicornn_lean"]["peak_bytes"] / rows["unicornn_standard"]["peak_bytes"]
+    )
     paths = write_memory(result, tmp_path)
     assert json.loads(paths["json"].read_text())["settings"]["lengths"] == [6000]
-    assert "| 6000 |" in paths["table"].read_text()
+    assert (
+        "| 6000 |" in paths["table"].read_text()
+        and "MALLOC_MMAP_THRESHOLD_=65536" in paths["table"].read_text()
+    )
     _png(paths["png"])
 
 

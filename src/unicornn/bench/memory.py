@@ -135,7 +135,8 @@ def measure_point(
 
     On CPU call it in a fresh process (:func:`measure_in_fresh_process`): the peak resident memory of a
     process never goes down. Returns a JSON-able dict: ``peak_bytes``, ``input_bytes``, ``output_bytes``
-    (one ``N x batch x hidden`` float32 sequence), ``step_s``, ``runs_s``, ``backend``.
+    (one ``N x batch x hidden`` float32 sequence), ``step_s``, ``runs_s``, ``backend``, ``allocator_env`` (the
+    glibc allocator variables this process runs with).
     """
     _check_model(model)
     dev = torch.device(device)
@@ -184,6 +185,7 @@ def measure_point(
         "step_s": statistics.median(times[1:] if len(times) > 1 else times),
         "runs_s": times,
         "backend": getattr(rnn, "backend", "torch"),
+        "allocator_env": {k: v for k, v in os.environ.items() if k.startswith(_ALLOCATOR_VARS)},
         **({} if dev.type == "cuda" else {"peak_reset": peak_reset}),
     }
 
@@ -345,7 +347,10 @@ def format_table(result: dict[str, Any]) -> str:
         rows = [_row(result, m, N) for m in models] + (
             [_row(result, "unicornn_lean", N, True)] if variant else []
         )
-        cells = [f"{r['peak_MiB']:.1f} ({r['step_s']:.2f})" if "peak_MiB" in r else "error" for r in rows]
+        cells = [
+            f"{r['peak_MiB']:.1f} ({r['step_s']:.2f})" if "peak_MiB" in r else "error" if r else "-"
+            for r in rows
+        ]
         ratios = [f"{summ[k]:.3f}" if summ[k] is not None else "-" for k in ("memory_ratio", "time_ratio")]
         lines.append(f"| {N} | " + " | ".join(cells + ratios) + " |")
     g = result.get("lean_growth")
