@@ -5,9 +5,10 @@ One run of a few minutes on one GPU:
   (a) correctness against the float64 reference (docs/accuracy.md): relative errors of the output and the
       gradients of x, w, c at psMNIST (N=1000) and EigenWorms (N=17,984) parameters, B=4, M=32, next to
       float32 autograd's own error;
-  (b) forward+backward in the paper's speed setting (its Fig. 2): 2-layer UnICORNN, B=128, hidden 256,
-      N=1000 and 2000, input width 1 and 32, a 10-class head on the last step, side by side with
-      torch.nn.LSTM (cuDNN, 1 layer, hidden 256) and the reference backend (N=1000 only: it is slow);
+  (b) forward+backward and forward-only in the paper's speed setting (its Fig. 2): 2-layer UnICORNN, B=128,
+      hidden 256, N=1000 and 2000, input width 1 and 32, a 10-class head on the last step, side by side with
+      torch.nn.LSTM (cuDNN, 1 layer, hidden 256) and the reference backend -- measured by the package's
+      benchmark (``unicornn bench speed``, :mod:`unicornn.bench.speed`), called here per input width;
   (c) the recurrence alone (unicornn_scan, Triton kernels) at B*M = 32,768 and 262,144, N=2000: achieved
       GB/s (bytes the kernels read and write) against a device-to-device copy measured in the same run,
       with a small sweep of launch configurations;
@@ -55,11 +56,12 @@ if ARGS.device == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "src"))
-from unicornn import UnICORNN, unicornn_scan  # noqa: E402
+from unicornn import unicornn_scan  # noqa: E402
+from unicornn.bench import run_speed  # noqa: E402
+from unicornn.bench.speed import PAPER_SETTING, copy_bandwidth  # noqa: E402
 from unicornn.ops import triton as tk  # noqa: E402
 
 DEV = torch.device(ARGS.device)
@@ -97,15 +99,6 @@ def bench(fn, warmup=3, reps=10):
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
     return {"median_ms": statistics.median(times), "min_ms": min(times), "reps": reps}
-
-
-def copy_bandwidth(nbytes):
-    """Device-to-device copy of ``nbytes``: GB/s counting bytes read plus bytes written."""
-    n = max(1, nbytes // 4)
-    src = torch.randn(n, device=DEV)
-    dst = torch.empty_like(src)
-    t = bench(lambda: dst.copy_(src), warmup=3, reps=10)
-    return 2 * n * 4 / (t["median_ms"] * 1e-3) / 1e9, t
 
 
 def rel(a, ref):
@@ -190,78 +183,24 @@ def section_a():
     return rows
 
 
-class Classifier(nn.Module):
-    """Recurrent body + 10-class head on the last step."""
-
-    def __init__(self, body):
-        super().__init__()
-        self.body = body
-        self.head = nn.Linear(body.hidden_size, 10)
-
-    def forward(self, u):
-        out, _ = self.body(u)
-        return self.head(out[-1])
-
-
-def _paper_case(N, B, H, width, with_reference):
-    u = torch.randn(N, B, width, device=DEV)
-    labels = torch.randint(0, 10, (B,), device=DEV)
-    models = {
-        "unicornn_triton": Classifier(
-            UnICORNN(width, H, num_layers=2, dt=0.042, alpha=2.7, backend="triton")
-        ),
-        "lstm_cudnn": Classifier(nn.LSTM(width, H, num_layers=1)),
-    }
-    if with_reference:
-        models["unicornn_reference"] = Classifier(
-            UnICORNN(width, H, num_layers=2, dt=0.042, alpha=2.7, backend="reference")
-        )
-    row = {"N": N, "B": B, "hidden": H, "input_width": width}
-    for name, model in models.items():
-        model.to(DEV)
-
-        def step(model=model):
-            model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(u), labels).backward()
-
-        def infer(model=model):
-            with torch.no_grad():
-                model(u)
-
-        slow = name == "unicornn_reference"
-        entry = {}
-        try:
-            if DEV.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            entry["fwd_bwd"] = bench(step, warmup=1 if slow else 3, reps=3 if slow else 10)
-            if DEV.type == "cuda":
-                entry["peak_mem_MiB"] = torch.cuda.max_memory_allocated() / 2**20
-            entry["fwd_only"] = bench(infer, warmup=1 if slow else 3, reps=3 if slow else 10)
-        except Exception:  # record and go on with the other models
-            entry["error"] = traceback.format_exc(limit=3)
-        row[name] = entry
-        model.cpu()
-    t = row["unicornn_triton"].get("fwd_bwd", {}).get("median_ms")
-    for other in ("lstm_cudnn", "unicornn_reference"):
-        o = row.get(other, {}).get("fwd_bwd", {}).get("median_ms")
-        if t and o:
-            row[f"speedup_vs_{other}"] = o / t
-    return row
-
-
 def section_b():
-    """Paper speed setting: forward+backward, UnICORNN (Triton, reference) vs cuDNN LSTM."""
-    B, H = 128, 256
-    lengths, widths = (1000, 2000), (1, 32)
+    """Paper speed setting (Fig. 2) through the package benchmark :func:`unicornn.bench.run_speed`:
+    forward+backward and forward-only, 2-layer UnICORNN (Triton, reference) against a 1-layer cuDNN LSTM."""
+    size = dict(PAPER_SETTING)
+    widths = (1, 32)
     if SMOKE:
-        B, H, lengths, widths = 2, 8, (16, 24), (1, 3)
+        size.update(lengths=(16, 24), batch=2, hidden=8)
+        widths = (1, 3)
     rows = []
-    for N in lengths:
-        for width in widths:
-            try:
-                rows.append(_paper_case(N, B, H, width, with_reference=N == lengths[0]))
-            except Exception:
-                rows.append({"N": N, "input_width": width, "error": traceback.format_exc()})
+    for width in widths:
+        try:
+            result = run_speed(size["lengths"], ("unicornn", "unicornn_reference", "lstm:1"), size["batch"],
+                               size["hidden"], size["layers"], width, device=str(DEV),
+                               repeats=2 if SMOKE else 10, slow_repeats=1 if SMOKE else 2,
+                               warmup=1 if SMOKE else 3, forward_only=True)  # fmt: skip
+            rows.append({"input_width": width, **result})
+        except Exception:
+            rows.append({"input_width": width, "error": traceback.format_exc()})
     return rows
 
 
@@ -286,7 +225,7 @@ def _recurrence_case(units, N, M, configs):
     gs = torch.randn(B, M, device=DEV)
     dt, alpha = 0.042, 2.7
     fwd_bytes, bwd_bytes = _scan_bytes(N, B, M)
-    copy_gbs, _ = copy_bandwidth(N * B * M * 4)
+    copy_gbs = copy_bandwidth(DEV, N * B * M * 4, repeats=10) / 1e9
     row = {"N": N, "B": B, "M": M, "units": units, "fwd_bytes": fwd_bytes, "bwd_bytes": bwd_bytes}
     row["copy_GBps"] = copy_gbs
     row["copy_bytes"] = N * B * M * 4
@@ -421,14 +360,22 @@ def targets(results):
             out["recurrence_max_units_fwd_frac_of_copy"] = f
             out["recurrence_max_units_bwd_frac_of_copy"] = b
             out["recurrence_ge_50pct_copy"] = bool(f and b and f >= 0.5 and b >= 0.5)
-    for row in results.get("paper_setting", []) or []:
-        if row.get("N") == max(r.get("N", 0) for r in results["paper_setting"]):
-            s = row.get("speedup_vs_lstm_cudnn")
-            out[f"speedup_vs_lstm_N{row['N']}_width{row['input_width']}"] = s
+    for block in results.get("paper_setting", []) or []:
+        if "rows" not in block:
+            continue
+        top = max(block["settings"]["lengths"])
+        lstm = _speed_row(block, "lstm:1", top)
+        if lstm.get("ratio_to_unicornn"):
+            out[f"speedup_vs_lstm_N{top}_width{block['input_width']}"] = lstm["ratio_to_unicornn"]
     sp = [v for k, v in out.items() if k.startswith("speedup_vs_lstm") and v]
     if sp:
         out["e2e_ge_3x_lstm_at_max_N"] = min(sp) >= 3.0
     return out
+
+
+def _speed_row(block, model, N):
+    """The row of ``model`` at length ``N`` in a :func:`run_speed` result ({} if absent)."""
+    return next((r for r in block["rows"] if r["model"] == model and r["N"] == N), {})
 
 
 def fmt(v, spec=".3g"):
@@ -456,22 +403,25 @@ def print_tables(results):
             )
             print(f"  {key:7s} {pairs}  median ratio {fmt(r['median_ratio'], '.2f')} ok={r['ok']}")
     if results.get("paper_setting"):
-        print("\n(b) paper setting, forward+backward median ms (speedup of Triton)")
+        print("\n(b) paper setting (unicornn.bench.speed), median ms: forward+backward (forward only)")
         print(
-            f"  {'N':>6} {'width':>5} {'triton':>9} {'lstm':>9} {'reference':>10} {'x lstm':>7} {'x ref':>7}"
+            f"  {'N':>6} {'width':>5} {'unicornn':>17} {'lstm':>17} {'reference':>17} {'x lstm':>7} {'x ref':>7}"
         )
-        for row in results["paper_setting"]:
-            if "error" in row:
-                print(f"  N={row['N']} width={row['input_width']}: failed")
+        for block in results["paper_setting"]:
+            if "error" in block:
+                print(f"  width={block['input_width']}: failed")
                 continue
-            g = row.get
-            print(
-                f"  {row['N']:>6} {row['input_width']:>5} "
-                f"{fmt(g('unicornn_triton', {}).get('fwd_bwd', {}).get('median_ms')):>9} "
-                f"{fmt(g('lstm_cudnn', {}).get('fwd_bwd', {}).get('median_ms')):>9} "
-                f"{fmt(g('unicornn_reference', {}).get('fwd_bwd', {}).get('median_ms')):>10} "
-                f"{fmt(g('speedup_vs_lstm_cudnn')):>7} {fmt(g('speedup_vs_unicornn_reference')):>7}"
-            )
+            for N in block["settings"]["lengths"]:
+                cells = []
+                for name in ("unicornn", "lstm:1", "unicornn_reference"):
+                    r = _speed_row(block, name, N)
+                    ms = [r.get(k) and r[k] * 1e3 for k in ("median_s", "forward_median_s")]
+                    cells.append(f"{fmt(ms[0])} ({fmt(ms[1])})")
+                ratios = [
+                    _speed_row(block, n, N).get("ratio_to_unicornn") for n in ("lstm:1", "unicornn_reference")
+                ]
+                print(f"  {N:>6} {block['input_width']:>5} {cells[0]:>17} {cells[1]:>17} {cells[2]:>17} "
+                      f"{fmt(ratios[0]):>7} {fmt(ratios[1]):>7}")  # fmt: skip
     if results.get("recurrence"):
         print("\n(c) recurrence alone: GB/s (fraction of copy bandwidth)")
         for row in results["recurrence"]:

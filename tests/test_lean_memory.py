@@ -1,8 +1,9 @@
 """memory="lean" in an ordinary process: resident memory follows the live tensors, without allocator settings.
 
 Each point runs in a fresh ``python`` whose environment has no glibc allocator variable (``MALLOC_*``,
-``GLIBC_TUNABLES``): what a user gets. The figure is the peak resident memory of one training step minus the
-resident memory after a short warm-up step (VmHWM, reset after the warm-up; not ``ru_maxrss``, which can
+``GLIBC_TUNABLES``): what a user gets, measured by the benchmark's own worker
+(:func:`unicornn.bench.memory.measure_in_fresh_process`). The figure is the peak resident memory of two
+training steps minus the resident memory after a short warm-up step (VmHWM, reset after the warm-up; not ``ru_maxrss``, which can
 carry the forking parent's resident memory). Sizes are small (chunk buffers of 512 KiB, above glibc's initial
 128 KiB mmap threshold, so its dynamic threshold comes into play as it does at real sizes) and run in seconds
 (one PyTorch thread, so that a busy machine does not slow the many small matmuls down).
@@ -10,15 +11,11 @@ carry the forking parent's resident memory). Sizes are small (chunk buffers of 5
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-import unicornn
+from unicornn.bench.memory import measure_in_fresh_process
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux resident memory")
 
@@ -31,48 +28,17 @@ WORKING_SET = (2 * LAYERS + 3) * CHUNK_BYTES
 #: the anchors and the output sequence, which are counted separately).
 MULTIPLE = 1.5
 
-_SCRIPT = """
-import json, sys, torch
-from unicornn import UnICORNN
-
-def status(key):
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key + ":"))
-
-memory, N, B, M, L, K, return_sequence = sys.argv[1], *map(int, sys.argv[2:7]), sys.argv[7] == "1"
-torch.set_num_threads(1)  # fast on a busy machine; the allocations are the same
-torch.manual_seed(0)
-model = UnICORNN(1, M, L, dt=0.05, alpha=1.0, memory=memory, checkpoint_every=K)
-x = torch.randn(N, B, 1)
-
-def step(u):
-    _, (y_n, _) = model(u, return_sequence=return_sequence)
-    y_n[-1].square().mean().backward()
-
-step(x[:64])
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # reset the peak (VmHWM) to the current resident memory
-before = status("VmRSS")
-step(x)
-step(x)
-print(json.dumps({"peak": status("VmHWM") - before}))
-"""
-
-
-def _default_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    src = str(Path(unicornn.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
 
 def extra_peak(memory: str, N: int, return_sequence: bool = False) -> int:
-    """Extra peak resident bytes of two training steps at length N, in a fresh default process."""
-    args = [memory, N, B, M, LAYERS, CHUNK, int(return_sequence)]
-    cmd = [sys.executable, "-c", _SCRIPT, *map(str, args)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=_default_env(), timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])["peak"]
+    """Extra peak resident bytes of two training steps at length N, in a fresh default process (the
+    benchmark's own worker: ``unicornn bench memory`` measures the same way)."""
+    model = "unicornn_" + memory + ("_seq" if return_sequence else "")
+    point = {"model": model, "N": N, "batch": B, "hidden": M, "layers": LAYERS, "input_size": 1, "dt": 0.05,
+             "alpha": 1.0, "checkpoint_every": CHUNK, "repeats": 2, "threads": 1}  # fmt: skip
+    row = measure_in_fresh_process(point, timeout=600)
+    assert "error" not in row, row.get("error")
+    assert row["peak_reset"], "could not reset the peak resident memory (/proc/self/clear_refs)"
+    return row["peak_bytes"]
 
 
 def fixed_costs(N: int) -> int:

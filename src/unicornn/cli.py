@@ -1,4 +1,5 @@
-"""The ``unicornn`` command line: ``train``, ``eval``, ``tasks`` and ``report``.
+"""The ``unicornn`` command line: ``train``, ``eval``, ``tasks``, ``report``, and the checks of the paper's
+claims ``bench``, ``diagnose``, ``plot`` and ``sweep``.
 
 Run ``unicornn COMMAND --help`` for every option. Under ``torchrun --nproc_per_node=K -m unicornn train ...``
 the training runs with DistributedDataParallel over K processes.
@@ -448,9 +449,464 @@ def _report_parser(sub) -> None:
     rp.set_defaults(func=_cmd_report)
 
 
+# --------------------------------------------------------------------------------------------------
+# the paper's claims: bench, diagnose, plot, sweep
+# --------------------------------------------------------------------------------------------------
+
+EXIT_VIOLATED = 4  # diagnose states: the Prop. C.1 bound was exceeded
+
+
+def _ints(text: str) -> list[int]:
+    """``"1000,2000"`` -> [1000, 2000] (argparse type; positive ints)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints >= 1, got {text!r}")
+    return values
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise CLIError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _written(paths: dict) -> str:
+    return "written: " + ", ".join(str(p) for p in paths.values())
+
+
+def _cmd_bench_speed(args) -> int:
+    from .bench.speed import CPU_SETTING, DEFAULT_MODELS, PAPER_SETTING, format_table, run_speed, write_speed
+
+    size = dict(PAPER_SETTING if args.paper else CPU_SETTING)
+    for key in ("lengths", "batch", "hidden", "layers"):
+        if getattr(args, key) is not None:
+            size[key] = getattr(args, key)
+    try:
+        result = run_speed(
+            size["lengths"], args.models or DEFAULT_MODELS, size["batch"], size["hidden"], size["layers"],
+            size["input_size"], args.device, args.repeats, args.slow_repeats, args.warmup,
+            threads=args.threads, flush_denormal=args.flush_denormal, floor=args.floor,
+        )  # fmt: skip
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    paths = write_speed(result, args.out)
+    print(format_table(result))
+    print(_written(paths))
+    return 0
+
+
+def _cmd_bench_memory(args) -> int:
+    from .bench.memory import DEFAULTS, MODELS, format_table, run_memory, write_memory
+
+    try:
+        result = run_memory(
+            args.lengths, args.models or MODELS, args.device, args.batch or DEFAULTS["batch"],
+            args.hidden or DEFAULTS["hidden"], args.layers or DEFAULTS["layers"],
+            checkpoint_every=args.checkpoint_every, repeats=args.repeats, threads=args.threads,
+        )  # fmt: skip
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    paths = write_memory(result, args.out)
+    print(format_table(result))
+    failed = [r for r in result["rows"] if "error" in r]
+    for r in failed:
+        print(f"{r['model']} N={r['N']} failed: {r['error'].strip().splitlines()[-1]}", file=sys.stderr)
+    print(_written(paths))
+    return 1 if failed else 0
+
+
+def _gradient_table(profiles: dict) -> str:
+    wrt = "dL/dh_k" if next(iter(profiles.values()))["wrt"] == "state" else "dL/du_k"
+    lines = [
+        f"norm of {wrt} of a loss on the last step (k = N), float64",
+        "",
+        "| model | N | norm at k=N | norm at k=1 | ratio k=1 / k=N | steps at exactly 0 |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, p in profiles.items():
+        zeros = sum(1 for v in p["norm"] if v == 0)
+        lines.append(
+            f"| {name.split(' ')[0]} | {p['N']} | {p['norm'][-1]:.3g} | {p['norm'][0]:.3g} | {p['decay']:.3g} | "
+            f"{zeros} |"
+        )
+    return "\n".join(lines)
+
+
+def _cmd_diagnose_gradients(args) -> int:
+    import torch
+
+    from .bench.common import load_average, machine_info, write_outputs
+    from .diagnose import gradient_profile, paper_models, plot_gradient_profiles
+
+    _set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    profiles = {}
+    for N in args.lengths:
+        models = paper_models(args.input_size, args.hidden, args.layers, dt=args.dt, alpha=args.alpha)
+        unknown = sorted(set(args.models) - set(models))
+        if unknown:
+            raise CLIError(f"--models: unknown {', '.join(unknown)}; valid: {', '.join(models)}")
+        for name in args.models:
+            p = gradient_profile(models[name], N, batch=args.batch, wrt=args.wrt, seed=args.seed)
+            profiles[f"{name} N={N}"] = p
+            print(
+                f"{name} N={N}: ||grad|| at the last step {p['norm'][-1]:.3g}, at the first {p['norm'][0]:.3g}"
+            )
+    table = _gradient_table(profiles)
+    result = {
+        "diagnostic": "gradients",
+        "settings": {k: getattr(args, k) for k in ("lengths", "models", "hidden", "layers", "input_size",
+                                                    "batch", "dt", "alpha", "wrt", "seed")},
+        "machine": machine_info("cpu"),
+        "load_average": load_average(),
+        "profiles": profiles,
+    }  # fmt: skip
+    paths = write_outputs(result, args.out, "gradients", table,
+                          lambda r, path: plot_gradient_profiles(r["profiles"], path))  # fmt: skip
+    print(table)
+    print(_written(paths))
+    return 0
+
+
+def _checkpoint(path_text: str):
+    """``(path, checkpoint)`` of a run directory (best.pt, else checkpoint.pt) or a .pt file."""
+    from .training.checkpoint import load_checkpoint
+
+    path = Path(path_text)
+    if path.is_dir():
+        path = path / "best.pt" if (path / "best.pt").exists() else path / "checkpoint.pt"
+    if not path.exists():
+        raise CLIError(f"checkpoint {path} does not exist (give a run directory, best.pt or checkpoint.pt)")
+    try:
+        ckpt = load_checkpoint(path)
+        ckpt["record"]["settings"]
+    except Exception as err:  # a file that is not a unicornn checkpoint: the user's mistake
+        raise CLIError(f"{path} is not a unicornn checkpoint: {err}") from None
+    return path, ckpt
+
+
+def _run_stack(path_text: str):
+    """The UnICORNN stack of a run's checkpoint, and a description of where it came from."""
+    from .diagnose import unicornn_from_state
+
+    path, ckpt = _checkpoint(path_text)
+    try:
+        rnn = unicornn_from_state(ckpt["model"], ckpt["record"]["settings"])
+    except ValueError as err:
+        raise CLIError(f"{path}: {err} (model {ckpt['record']['settings'].get('model')!r})") from None
+    return rnn, f"{path} (task {ckpt['record']['task']}, epoch {ckpt['epoch']})"
+
+
+def _cmd_diagnose_states(args) -> int:
+    import torch
+
+    from .bench.common import write_outputs
+    from .diagnose import plot_state_bound, state_bound_check
+    from .modules import UnICORNN
+
+    torch.manual_seed(args.seed)
+    if args.run is not None:
+        rnn, where = _run_stack(args.run)
+    else:
+        try:
+            rnn = UnICORNN(args.input_size, args.hidden, args.layers, dt=args.dt, alpha=args.alpha)
+        except (ValueError, TypeError) as err:
+            raise CLIError(str(err)) from None
+        where = f"fresh weights ({args.layers} x {args.hidden} units, dt {args.dt:g}, alpha {args.alpha:g})"
+    gen = torch.Generator().manual_seed(args.seed)
+    inputs = args.input_scale * torch.randn(args.steps, args.batch, rnn.input_size, generator=gen)
+    state = None
+    if args.initial_state:
+        start = torch.full((rnn.num_layers, args.batch, rnn.hidden_size), float(args.initial_state))
+        state = (start, start)
+    try:
+        check = state_bound_check(rnn, inputs, state, form=args.form)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    check["source"] = where
+    lines = [f"Prop. C.1 ({args.form} form) over {args.steps} steps, {where}:"]
+    for layer in check["layers"]:
+        lines.append(
+            f"  layer {layer['layer']}: max |y| {max(layer['max_abs_y']):.4g} (bound at step N "
+            f"{layer['y_bound'][-1]:.4g}), max |z| {max(layer['max_abs_z']):.4g} (bound {layer['z_bound'][-1]:.4g})"
+        )
+    for v in check["violations"]:
+        lines.append(
+            f"  VIOLATION: layer {v['layer']} |{v['variable']}| = {v['value']:.4g} > bound {v['bound']:.4g} "
+            f"at step {v['step']}"
+        )
+    lines.append("bound violated" if check["violated"] else "bound holds at every step")
+    text = "\n".join(lines)
+    paths = write_outputs(check, args.out, "states", text, plot_state_bound)
+    print(text)
+    print(_written(paths))
+    return EXIT_VIOLATED if check["violated"] else 0
+
+
+def _cmd_plot_timesteps(args) -> int:
+    from .bench.common import write_outputs
+    from .diagnose import plot_time_steps, time_step_histogram
+
+    rnn, where = _run_stack(args.run)
+    hist = time_step_histogram(rnn, bins=args.bins)
+    hist["source"] = where
+    lines = [f"effective time steps dt * sigmoid(c) per layer, {where}:"]
+    lines += [
+        f"  layer {e['layer']} (dt {e['dt']:g}): min {e['min']:.3g}, median {e['median']:.3g}, max {e['max']:.3g}"
+        for e in hist["layers"]
+    ]
+    text = "\n".join(lines)
+    out = (
+        Path(args.out) if args.out else (Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent)
+    )
+    paths = write_outputs(hist, out, "timesteps", text, plot_time_steps)
+    print(text)
+    print(_written(paths))
+    return 0
+
+
+def _parse_grid(items: Sequence[str], train_keys: dict, option_keys: dict) -> list[tuple[str, list]]:
+    """``key=v1,v2`` items -> [(key, [v1, v2])], each value coerced like ``--set`` (settings only)."""
+    grid = []
+    for item in items:
+        if "=" not in item:
+            raise CLIError(f"--grid expects key=v1,v2,..., got {item!r}")
+        key, text = (s.strip() for s in item.split("=", 1))
+        if key not in train_keys:
+            raise CLIError(f"--grid key {key!r} is not a setting; valid settings: {', '.join(train_keys)}")
+        values = [_coerce(_scalar(v), train_keys[key]) for v in text.split(",") if v.strip()]
+        if not values:
+            raise CLIError(f"--grid {key}= needs at least one value")
+        grid.append((key, values))
+    return grid
+
+
+def _cmd_sweep(args) -> int:
+    from .sweep import combine, grid_points, run_sweep, variant_points, write_sweep
+    from .tasks import TASKS
+    from .training.distributed import init_distributed
+    from .training.presets import TRAIN_DEFAULTS, get_preset
+
+    spec = TASKS.get(args.task).spec
+    preset = get_preset(args.task, args.preset or spec.default_preset)
+    task = _resolve_task(args.task)
+    settings, options = preset.config(), dict(preset.task_options)
+    s, o = parse_sets(args.set or [], TRAIN_DEFAULTS, spec.default_options)
+    settings.update(s)
+    options.update(o)
+    if not args.grid and not args.variant:
+        raise CLIError("give at least one --grid key=v1,v2,... or a --variant")
+    if args.runs < 1:
+        raise CLIError(f"--runs must be >= 1, got {args.runs}")
+    grid = grid_points(_parse_grid(args.grid or [], TRAIN_DEFAULTS, spec.default_options))
+    points = combine(variant_points(args.variant, settings) if args.variant else [], grid)
+    _set_threads(args.threads)
+    out = Path(args.out) if args.out else Path("sweeps") / args.task
+    ctx = init_distributed(args.device)
+    log = (lambda msg: print(msg, file=sys.stderr)) if ctx.is_main else (lambda _msg: None)
+    try:
+        result = run_sweep(task, settings, options, out, points, args.runs, log=log,
+                           data_dir=_data_root(args.data_dir), ctx=ctx, quiet=args.quiet,
+                           tensorboard=not args.no_tensorboard)  # fmt: skip
+    except KeyboardInterrupt:
+        return _err(
+            f"interrupted; run the same command again to continue (points in {out})", EXIT_INTERRUPTED
+        )
+    finally:
+        ctx.close()
+    if not ctx.is_main:
+        return 0
+    stem = f"sweep-{args.variant}" if args.variant else "sweep"
+    paths = write_sweep(result, out, stem, title=f"{args.task}: {stem}", plot=not args.no_plot)
+    print((out / f"{stem}.md").read_text())
+    print(_written(paths))
+    return 0
+
+
+def _bench_parser(sub) -> None:
+    be = sub.add_parser(
+        "bench",
+        help="benchmarks of the paper's efficiency claims: speed (Fig. 2) and training memory (Sec. 2.3)",
+        description="Measure, side by side in one process, what the paper claims about speed and memory. "
+        "Each writes a table (.txt), JSON and a PNG into --out.",
+    )
+    bsub = be.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
+    sp = bsub.add_parser(
+        "speed",
+        help="forward+backward time against N: UnICORNN against LSTM, GRU, coRNN, IndRNN (Fig. 2)",
+        description="Time one training step (forward, cross-entropy on the last step, backward) of every "
+        "model at every length, repeats interleaved, medians; load average recorded. Default sizes suit a "
+        "CPU (B=32, hidden 128, 2 layers, N=1000,2000); --paper uses the paper's (B=128, hidden 256).",
+    )
+    sp.add_argument("--lengths", type=_ints, metavar="N,N", help="sequence lengths (default 1000,2000)")
+    sp.add_argument(
+        "--models",
+        type=_names,
+        metavar="M,M",
+        help="unicornn, unicornn_reference, lstm, gru, cornn, indrnn, torchrecurrent (each optionally NAME:L "
+        "for L layers, e.g. lstm:1); default unicornn,lstm,gru,cornn,indrnn,torchrecurrent",
+    )
+    sp.add_argument("--paper", action="store_true", help="the paper's sizes: B=128, hidden 256, 2 layers")
+    sp.add_argument("--batch", type=int, metavar="B")
+    sp.add_argument("--hidden", type=int, metavar="H")
+    sp.add_argument("--layers", type=int, metavar="L")
+    sp.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    sp.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
+    sp.add_argument("--slow-repeats", type=int, default=2, help="timed rounds of per-step models (default 2)")
+    sp.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    sp.add_argument("--threads", type=int, metavar="T", help="torch threads (default torch's choice)")
+    sp.add_argument(
+        "--flush-denormal", action="store_true", help="flush subnormal floats on CPU (LSTM/GRU run faster)"
+    )
+    sp.add_argument(
+        "--floor", action="store_true", help="add the floor of a fused step (matmuls + one memory pass)"
+    )
+    sp.add_argument("--out", default="claims", metavar="DIR", help="output directory (default ./claims)")
+    sp.set_defaults(func=_cmd_bench_speed)
+    me = bsub.add_parser(
+        "memory",
+        help="peak training memory against N: UnICORNN standard and lean against an LSTM (Sec. 2.3)",
+        description="Peak memory of one training step per model and length. CPU: every point in a fresh "
+        "Python process, peak resident memory minus resident memory after a warm-up; CUDA: "
+        "max_memory_allocated. Default: B=16, hidden 128, 3 layers, 6 input channels.",
+    )
+    me.add_argument("--lengths", type=_ints, default=[500, 1000, 2000, 4000], metavar="N,N")
+    me.add_argument(
+        "--models", type=_names, metavar="M,M", help="unicornn_standard, unicornn_lean, lstm (default all)"
+    )
+    me.add_argument("--batch", type=int, metavar="B")
+    me.add_argument("--hidden", type=int, metavar="H")
+    me.add_argument("--layers", type=int, metavar="L")
+    me.add_argument(
+        "--checkpoint-every", type=int, default=2048, metavar="K", help="lean mode's anchor spacing"
+    )
+    me.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    me.add_argument("--repeats", type=int, default=1, help="timed steps per point (default 1)")
+    me.add_argument("--threads", type=int, metavar="T", help="torch threads per measurement")
+    me.add_argument("--out", default="claims", metavar="DIR", help="output directory (default ./claims)")
+    me.set_defaults(func=_cmd_bench_memory)
+
+
+def _diagnose_parser(sub) -> None:
+    di = sub.add_parser(
+        "diagnose",
+        help="check the paper's claims on a model: gradients over time (Prop. 3.2), bounded states (Prop. C.1)",
+        description="Diagnostics of the paper's stability claims; each writes a table, JSON and a PNG into --out.",
+    )
+    dsub = di.add_subparsers(dest="diagnostic", metavar="DIAGNOSTIC", required=True)
+    gr = dsub.add_parser(
+        "gradients",
+        help="||dL/dh_k|| for k = 1..N of a loss on the last step: UnICORNN against LSTM and GRU",
+        description="Gradient norm of a loss on the last step with respect to the top layer's hidden state "
+        "after every step k (or the input at step k, --wrt input), for fresh models with their papers' "
+        "initialisation, in float64. Prop. 3.2: UnICORNN's does not decay with N - k.",
+    )
+    gr.add_argument("--lengths", type=_ints, default=[1000, 10000], metavar="N,N", help="default 1000,10000")
+    gr.add_argument("--models", type=_names, default=["unicornn", "lstm", "gru"], metavar="M,M",
+                    help="unicornn, lstm, gru (default all)")  # fmt: skip
+    gr.add_argument("--hidden", type=int, default=64, help="hidden units (default 64)")
+    gr.add_argument("--layers", type=int, default=1, help="layers (default 1)")
+    gr.add_argument("--input-size", type=int, default=1, help="input width (default 1)")
+    gr.add_argument("--batch", type=int, default=8, help="sequences (default 8)")
+    gr.add_argument("--dt", type=float, default=0.19, help="UnICORNN's dt (default 0.19, psMNIST)")
+    gr.add_argument("--alpha", type=float, default=30.65, help="UnICORNN's alpha (default 30.65, psMNIST)")
+    gr.add_argument("--wrt", choices=("state", "input"), default="state",
+                    help="state: exact, one step at a time (default); input: one pass, cheap at large N")  # fmt: skip
+    gr.add_argument("--seed", type=int, default=0)
+    gr.add_argument("--threads", type=int, metavar="T", help="torch threads")
+    gr.add_argument("--out", default="claims", metavar="DIR", help="output directory (default ./claims)")
+    gr.set_defaults(func=_cmd_diagnose_gradients)
+    st = dsub.add_parser(
+        "states",
+        help="max |y|, max |z| over time against the bound of Prop. C.1 (exit 4 when violated)",
+        description="Run a UnICORNN stack (a trained run's, or fresh weights) on random inputs and compare "
+        "max |y_n| and max |z_n| of every layer with the bound of Prop. C.1. Exit status 4 when the bound "
+        "is exceeded. The bound assumes zero initial states: --initial-state starts every unit elsewhere "
+        "(a way to see a violation reported). --form geometric uses the proof's geometric-sum bound, valid "
+        "at every step; the paper's stated form (eq. 7) is a small-time bound (see unicornn.diagnose).",
+    )
+    st.add_argument(
+        "run", nargs="?", metavar="RUN", help="run directory, best.pt or checkpoint.pt (default: fresh)"
+    )
+    st.add_argument("--steps", type=int, default=1000, help="sequence length N (default 1000)")
+    st.add_argument("--batch", type=int, default=8, help="sequences (default 8)")
+    st.add_argument("--input-scale", type=float, default=1.0, help="inputs ~ N(0, scale^2) (default 1)")
+    st.add_argument("--initial-state", type=float, default=0.0, metavar="V", help="y_0 = z_0 = V (default 0)")
+    st.add_argument(
+        "--form", choices=("paper", "geometric"), default="paper", help="bound form (default paper)"
+    )
+    st.add_argument("--hidden", type=int, default=128, help="fresh weights: hidden units (default 128)")
+    st.add_argument("--layers", type=int, default=2, help="fresh weights: layers (default 2)")
+    st.add_argument("--input-size", type=int, default=1, help="fresh weights: input width (default 1)")
+    st.add_argument("--dt", type=float, default=0.19, help="fresh weights: dt (default 0.19)")
+    st.add_argument("--alpha", type=float, default=30.65, help="fresh weights: alpha (default 30.65)")
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--out", default="claims", metavar="DIR", help="output directory (default ./claims)")
+    st.set_defaults(func=_cmd_diagnose_states)
+
+
+def _plot_parser(sub) -> None:
+    pl = sub.add_parser("plot", help="plots of a trained run: learned time steps (Fig. 5)")
+    psub = pl.add_subparsers(dest="plot", metavar="PLOT", required=True)
+    ts = psub.add_parser(
+        "timesteps",
+        help="per-layer histogram of the effective time steps dt * sigmoid(c) of a trained run (Fig. 5)",
+        description="Histogram per layer of dt * sigmoid(c_i) over the units i, from RUN's best.pt (else "
+        "checkpoint.pt). Writes timesteps.txt, .json and .png into RUN (or --out).",
+    )
+    ts.add_argument("run", metavar="RUN", help="run directory, best.pt or checkpoint.pt")
+    ts.add_argument("--bins", type=int, default=30, help="log-spaced bins (default 30)")
+    ts.add_argument("--out", metavar="DIR", help="output directory (default: the run directory)")
+    ts.set_defaults(func=_cmd_plot_timesteps)
+
+
+def _sweep_parser(sub) -> None:
+    from .sweep import VARIANTS
+
+    sw = sub.add_parser(
+        "sweep",
+        help="train a grid of settings (every point a normal run, resumable) into one table and plot",
+        description="Train TASK at every point of --grid (the Cartesian product of the lists) and/or a "
+        "--variant of the paper's ablations, --runs seeds each, every run in OUT/POINT/TASK/seed-K. "
+        "Finished runs are not trained again and interrupted ones continue: rerun the same command to "
+        "complete a sweep. Writes OUT/sweep[-VARIANT].json, .md (test metric at the best validation epoch, "
+        "mean +- std over seeds) and .png. Variants: " + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()),
+        epilog="examples:\n  unicornn sweep adding --grid dt=0.03,0.1,0.3 --runs 3\n"
+        "  unicornn sweep psmnist --variant fig6 --runs 10 --device cuda",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sw.add_argument("task", metavar="TASK", help="task name (`unicornn tasks` lists them)")
+    sw.add_argument(
+        "--grid", action="append", metavar="KEY=V1,V2", help="a setting and its values (repeatable)"
+    )
+    sw.add_argument("--variant", choices=tuple(VARIANTS), help="one of the paper's ablations")
+    sw.add_argument("--preset", metavar="NAME", help="preset the points start from (as for train)")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting for every point")
+    sw.add_argument("--runs", type=int, default=1, metavar="K", help="seeds per point (default 1)")
+    sw.add_argument("--out", metavar="DIR", help="sweep directory (default ./sweeps/TASK)")
+    sw.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    sw.add_argument("--data-dir", metavar="DIR", help="dataset cache (default as for train)")
+    sw.add_argument("--threads", type=int, metavar="N", help="CPU threads for PyTorch")
+    sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    sw.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
+    sw.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    sw.set_defaults(func=_cmd_sweep)
+
+
 #: Parser builders of the subcommands, in the order ``--help`` lists them. A new subcommand is one
 #: ``_cmd_NAME`` function plus one builder added here.
-COMMANDS = [_train_parser, _eval_parser, _tasks_parser, _report_parser]
+COMMANDS = [_train_parser, _eval_parser, _tasks_parser, _report_parser, _bench_parser, _diagnose_parser,
+            _plot_parser, _sweep_parser]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""Task models and their registry :data:`MODELS`: a UnICORNN stack with a linear read-out.
+"""Task models and their registry :data:`MODELS`: a UnICORNN stack with a linear read-out (``unicornn``),
+and the baselines of :mod:`unicornn.baselines` (``lstm``, ``gru``, ``cornn``, ``indrnn``).
 
 A model factory is registered by name and called as ``factory(spec, cfg, **model_args)`` with the task's
 :class:`~unicornn.tasks.base.TaskSpec`, the run's (flat) settings and the keyword arguments the task built
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .baselines import FACTORIES
 from .modules import UnICORNN, dropout_over_time
 from .registry import Registry, check_choice
 from .tasks.base import READOUTS
@@ -106,8 +108,16 @@ class SequenceModel(nn.Module):
 
 @MODELS.register("unicornn")
 def build_unicornn(spec, cfg: Mapping[str, Any]) -> SequenceModel:
-    """The :class:`SequenceModel` for task ``spec`` and settings ``cfg``."""
-    return SequenceModel(
+    """The :class:`SequenceModel` for task ``spec`` and settings ``cfg``.
+
+    Setting ``learn_time_steps=False`` freezes every layer's ``c`` (``requires_grad=False``): the time steps
+    ``dt * sigmoid(c)`` stay at their initial values, the "without learned multi-scale time steps" ablation
+    of the paper's Fig. 6.
+    """
+    learn = cfg.get("learn_time_steps", True)
+    if not isinstance(learn, bool):
+        raise ValueError(f"setting 'learn_time_steps' must be true or false, got {learn!r}")
+    model = SequenceModel(
         spec.input_size,
         spec.output_size,
         hidden_size=cfg["hidden_size"],
@@ -121,6 +131,15 @@ def build_unicornn(spec, cfg: Mapping[str, Any]) -> SequenceModel:
         input_gain=cfg["input_gain"],
         memory=cfg["memory"],
     )
+    if not learn:
+        for k in range(model.rnn.num_layers):
+            model.rnn.layer_parameters(k)["c"].requires_grad_(False)
+    return model
+
+
+# the baselines of the paper's comparisons (LSTM, GRU, coRNN, IndRNN), trained by the same trainer
+for _name, _factory in FACTORIES.items():
+    MODELS.register(_name, _factory)
 
 
 class EmbeddingSequenceModel(nn.Module):

@@ -1,4 +1,5 @@
-"""Summaries of finished (or running) runs: per-seed table, mean +- std over seeds, learning curves."""
+"""Summaries of finished (or running) runs: per-seed table, mean +- std over seeds, learning curves, and the
+recurrent weight norms ``||w^l||_inf`` per layer and epoch (the paper's Fig. 7) where the runs logged them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from ..registry import ConfigError
 from .checkpoint import atomic_write_text, read_jsonl
 
-__all__ = ["find_runs", "summarize", "format_report", "plot_curves", "write_report"]
+__all__ = ["find_runs", "summarize", "format_report", "plot_curves", "plot_weight_norms", "write_report"]
 
 
 def find_runs(root: str | Path) -> dict[Path, list[Path]]:
@@ -134,7 +135,27 @@ def format_report(title: str, summary: dict[str, Any]) -> str:
         f"{_f(summary['test_mean'])} +- {_f(summary['test_std'])}",
         "",
     ]
+    lines += _weight_norm_lines(summary["_rows"])
     return "\n".join(lines)
+
+
+def _weight_norms(rows: list[dict[str, Any]]) -> list[tuple[int, list[float]]]:
+    """(epoch, ||w^l||_inf per layer) of the rows that logged them."""
+    return [(r["epoch"], r["weight_norms"]) for r in rows if r.get("weight_norms")]
+
+
+def _weight_norm_lines(rows_by_run: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """One line per run: each layer's ||w^l||_inf at its first and last logged epoch (Fig. 7 in numbers)."""
+    lines = []
+    for name, rows in rows_by_run.items():
+        norms = _weight_norms(rows)
+        if norms:
+            (e0, first), (e1, last) = norms[0], norms[-1]
+            change = ", ".join(
+                f"layer {k + 1} {a:.4g} -> {b:.4g}" for k, (a, b) in enumerate(zip(first, last))
+            )
+            lines.append(f"{name}: recurrent weight norm ||w^l||_inf, epoch {e0} -> {e1}: {change}")
+    return lines + [""] if lines else []
 
 
 def plot_curves(summary: dict[str, Any], path: Path, title: str) -> Path | None:
@@ -174,9 +195,41 @@ def plot_curves(summary: dict[str, Any], path: Path, title: str) -> Path | None:
     return path
 
 
+def plot_weight_norms(summary: dict[str, Any], path: Path, title: str) -> Path | None:
+    """``||w^l||_inf`` per layer against the epoch for every run that logged it (the paper's Fig. 7), as a
+    PNG; None without matplotlib or without logged norms."""
+    logged = {name: _weight_norms(rows) for name, rows in summary["_rows"].items()}
+    logged = {name: norms for name, norms in logged.items() if norms}
+    if not logged:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, norms in logged.items():
+        epochs = [e for e, _ in norms]
+        for k in range(len(norms[0][1])):
+            ax.plot(epochs, [n[k] for _, n in norms], "o-", ms=3, label=f"{name}, layer {k + 1}")
+    ax.set(xlabel="epoch", ylabel="||w^l||_inf", title=f"recurrent weight norms: {title}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def write_report(root: str | Path, plot: bool = True) -> list[dict[str, Any]]:
     """Summarise every group of runs under ``root``; write ``report.md``, ``report.json`` and
-    ``curves.png`` into each group's directory. Returns ``[{"dir", "text", "summary", "png"}]``."""
+    ``curves.png`` (and ``weight_norms.png`` when the runs logged weight norms) into each group's directory.
+    Returns ``[{"dir", "text", "summary", "png", "weight_png"}]``."""
     from .records import fs_errors  # a read-only or full file system: RunFileError, one line
 
     out = []
@@ -189,5 +242,6 @@ def write_report(root: str | Path, plot: bool = True) -> list[dict[str, Any]]:
             atomic_write_text(text, group / "report.md")
             atomic_write_text(json.dumps(public, indent=2) + "\n", group / "report.json")
             png = plot_curves(summary, group / "curves.png", title) if plot else None
-        out.append({"dir": group, "text": text, "summary": public, "png": png})
+            weight_png = plot_weight_norms(summary, group / "weight_norms.png", title) if plot else None
+        out.append({"dir": group, "text": text, "summary": public, "png": png, "weight_png": weight_png})
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..baselines import BASELINE_DEFAULTS
 from ..registry import ConfigError, check_choice, check_int, check_real
 
 __all__ = ["TRAIN_DEFAULTS", "TRAIN_KEY_HELP", "MODEL_KEYS", "RESUME_MUTABLE_KEYS", "AMP", "validate_config"]
@@ -38,6 +39,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "eval_subset": None,
     "num_workers": 0,
     "model": "unicornn",
+    "learn_time_steps": True,
+    **BASELINE_DEFAULTS,  # cornn_*, indrnn_*: read by the baselines' factories
 }
 
 #: Settings handed to the model factory and validated by the model, not by the trainer.
@@ -52,6 +55,8 @@ MODEL_KEYS = frozenset(
         "input_gain",
         "memory",
         "backend",
+        "learn_time_steps",
+        *BASELINE_DEFAULTS,
     }
 )
 
@@ -78,7 +83,14 @@ TRAIN_KEY_HELP: dict[str, str] = {
     "train_subset": "train on a fixed random subset of this many training sequences, or none (all)",
     "eval_subset": "evaluate on a fixed random subset of this many validation/test sequences, or none",
     "num_workers": "DataLoader worker processes",
-    "model": "the model: unicornn (hidden_size ... input_gain, memory, backend are its arguments)",
+    "model": "the model: unicornn (hidden_size ... input_gain, memory, backend are its arguments), or a "
+    "baseline: lstm, gru (hidden_size, num_layers, dropout), cornn (also dt and cornn_*), indrnn (indrnn_*)",
+    "learn_time_steps": "unicornn: false freezes every layer's c (fixed time steps dt * sigmoid(c); Fig. 6 ablation)",
+    "cornn_gamma": "coRNN: gamma >= 0 (default 0.4, the authors' psMNIST value)",
+    "cornn_epsilon": "coRNN: epsilon >= 0 (default 8.0, the authors' psMNIST value)",
+    "cornn_damping": "coRNN: explicit (the authors' code) or implicit (the coRNN paper's IMEX scheme)",
+    "indrnn_max_steps": "IndRNN: T of the recurrent-weight bound |u| <= indrnn_gamma^(1/T) (sequence length)",
+    "indrnn_gamma": "IndRNN: the largest gain over indrnn_max_steps steps, >= 1 (default 2.0)",
 }
 
 #: Settings that ``--resume --set`` may change (the change is recorded in config.json); a resumed run keeps its

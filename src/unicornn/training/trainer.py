@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..diagnose import recurrent_weight_norms
 from ..models import MODELS, count_parameters
 from ..registry import ConfigError
 from ..tasks.base import RECORD_FIELDS
@@ -374,6 +375,7 @@ def _epoch(t: _Training, spec, cfg, ctx: DistContext, epoch: int, run_dir: Path,
     if improved:
         t.best = {"epoch": epoch + 1, "valid": valid_m[metric], "test": test_m[metric]}
     row = epoch_row(epoch + 1, lr, metric, train_m, valid_m, test_m, t.best, time.perf_counter() - t0)
+    row["weight_norms"] = recurrent_weight_norms(t.model.state_dict())  # ||w^l||_inf (the paper's Fig. 7)
     return row, improved
 
 

@@ -1,0 +1,366 @@
+"""Forward+backward time against sequence length: UnICORNN against the usual recurrent networks (Fig. 2).
+
+Every model is the recurrent stack plus a 10-class linear head on the last step, trained on a cross-entropy
+loss; one timed step is ``zero_grad``, forward, loss and backward (synchronised on CUDA). All models run in
+one process on the same inputs; the repeats are interleaved (round r times every model once) so that load
+changes on a shared machine hit all models alike, and each model's time is the median over its repeats. The
+load average before and after is recorded.
+
+Models (``name`` or ``name:L`` to give that model L layers instead of the common ``layers``):
+
+* ``unicornn``: :class:`unicornn.UnICORNN` on the fused backend (``cpu`` kernels on CPU, ``triton`` on CUDA);
+* ``unicornn_reference``: the same on the pure-PyTorch reference loop;
+* ``lstm``, ``gru``: cuDNN on GPU; ``cornn``, ``indrnn``: :mod:`unicornn.baselines` (per-step PyTorch);
+* ``torchrecurrent``: ``torchrecurrent.UnICORNN`` (PyPI ``torchrecurrent==0.2.5``), skipped when not installed.
+
+With ``floor=True`` a ``floor`` row is added per length (:func:`step_floor`): the least time a fused
+UnICORNN step of that shape can take on this machine -- the projection matmuls (timed) plus one pass over
+every tensor the recurrence kernels must read or write, at the measured memory-copy bandwidth.
+
+The paper's setting (:data:`PAPER_SETTING`): B=128, 2 layers, N=1000 and 2000, on a GPU. The default
+(:data:`CPU_SETTING`) is sized for a CPU.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import UnICORNN
+from ..baselines import GRU, LSTM, CoRNN, IndRNN
+from .common import fused_backend, load_average, machine_info, pyplot, write_outputs
+
+__all__ = ["CPU_SETTING", "MODELS", "PAPER_SETTING", "build_model", "copy_bandwidth", "format_table",
+           "plot_speed", "run_speed", "step_floor", "write_speed"]  # fmt: skip
+
+MODELS = ("unicornn", "unicornn_reference", "lstm", "gru", "cornn", "indrnn", "torchrecurrent")
+DEFAULT_MODELS = ("unicornn", "lstm", "gru", "cornn", "indrnn", "torchrecurrent")
+#: models run by a per-step Python loop: timed in the first ``slow_repeats`` rounds only
+SLOW = ("unicornn_reference", "cornn", "torchrecurrent")
+
+PAPER_SETTING = {"lengths": (1000, 2000), "batch": 128, "hidden": 256, "layers": 2, "input_size": 1}
+CPU_SETTING = {"lengths": (1000, 2000), "batch": 32, "hidden": 128, "layers": 2, "input_size": 1}
+DT, ALPHA = 0.19, 30.65  # UnICORNN's psMNIST setting (the time does not depend on them)
+CLASSES = 10
+
+
+class _LastStep(nn.Module):
+    """A time-major recurrent stack followed by a linear head on its last output step."""
+
+    def __init__(self, rnn: nn.Module, hidden: int) -> None:
+        super().__init__()
+        self.rnn = rnn
+        self.head = nn.Linear(hidden, CLASSES)
+
+    def forward(self, u):
+        out, _ = self.rnn(u)
+        return self.head(out[-1])
+
+
+def _parse(name: str, layers: int) -> tuple[str, int]:
+    base, _, count = name.partition(":")
+    if base not in MODELS:
+        raise ValueError(f"model must be one of {MODELS} (optionally ':layers'), got {name!r}")
+    if count:
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"the layer count after ':' must be an int >= 1, got {name!r}")
+        return base, int(count)
+    return base, layers
+
+
+def build_model(name: str, input_size: int, hidden: int, layers: int, device: torch.device,
+                max_steps: int = 1000) -> nn.Module | str:  # fmt: skip
+    """The benchmark model ``name`` (see the module docstring), or a string saying why it is skipped.
+
+    ``max_steps`` sets IndRNN's weight constraint (the sequence length)."""
+    base, layers = _parse(name, layers)
+    if base.startswith("unicornn"):
+        backend = "reference" if base == "unicornn_reference" else fused_backend(device)
+        rnn = UnICORNN(input_size, hidden, layers, dt=DT, alpha=ALPHA, backend=backend)
+    elif base == "lstm":
+        rnn = LSTM(input_size, hidden, layers)
+    elif base == "gru":
+        rnn = GRU(input_size, hidden, layers)
+    elif base == "cornn":
+        rnn = CoRNN(input_size, hidden, layers)
+    elif base == "indrnn":
+        rnn = IndRNN(input_size, hidden, layers, max_steps=max_steps)
+    else:
+        try:
+            import torchrecurrent
+        except ImportError as err:
+            return f"not installed ({err}); pip install torchrecurrent==0.2.5"
+        rnn = torchrecurrent.UnICORNN(input_size, hidden, num_layers=layers, dt=DT, alpha=ALPHA)
+    return _LastStep(rnn, hidden).to(device)
+
+
+def _time_step(model: nn.Module, u, target, device: torch.device) -> float:
+    model.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    F.cross_entropy(model(u), target).backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _median_time(fn, device: torch.device, repeats: int) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls after one untimed call (synchronised on CUDA)."""
+    times = []
+    for r in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if r:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 64 * 2**20, repeats: int = 5) -> float:
+    """Memory bandwidth in bytes/s of a ``nbytes`` float32 copy, counting the bytes read plus written."""
+    src = torch.ones(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / _median_time(lambda: dst.copy_(src), device, repeats)
+
+
+def step_floor(N: int, batch: int, hidden: int, layers: int, input_size: int, device: torch.device,
+               repeats: int = 5, bandwidth: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """The floor of one fused UnICORNN forward+backward of this shape: matmuls plus one memory pass.
+
+    * matmuls (timed here, float32): per layer the input projection ``x = u W^T`` (N*B, in) x (in, M), and
+      in the backward the weight gradient ``g^T u`` and, above the first layer, the input gradient ``g W``;
+    * memory: per layer the recurrence kernels must read ``x`` and write ``y`` in the forward pass, and read
+      ``dL/dy``, ``x`` and ``y`` and write ``dL/dx`` in the backward pass: 6 passes of N*B*M float32,
+      at :func:`copy_bandwidth` (measured unless ``bandwidth`` in bytes/s is given).
+
+    Returns:
+        dict: ``floor_s`` = ``matmul_s`` + ``memory_s``, ``bytes`` (the kernels' traffic) and
+        ``bandwidth_GBps``.
+    """
+    gen = torch.Generator().manual_seed(0)
+    rows = N * batch
+    mats = []
+    for k in range(layers):
+        width = input_size if k == 0 else hidden
+        u = torch.randn(rows, width, generator=gen).to(device)
+        w = torch.randn(hidden, width, generator=gen).to(device)
+        g = torch.randn(rows, hidden, generator=gen).to(device)
+        mats.append((k, u, w, g))
+
+    def matmuls():
+        for k, u, w, g in mats:
+            u @ w.T
+            g.T @ u
+            if k:
+                g @ w
+
+    matmul_s = _median_time(matmuls, device, repeats)
+    bandwidth = bandwidth or copy_bandwidth(device, repeats=repeats)
+    traffic = 6 * layers * rows * hidden * 4
+    memory_s = traffic / bandwidth
+    return {"floor_s": matmul_s + memory_s, "matmul_s": matmul_s, "memory_s": memory_s, "bytes": traffic,
+            "bandwidth_GBps": bandwidth / 1e9}  # fmt: skip
+
+
+def _time_forward(model: nn.Module, u, device: torch.device) -> float:
+    """Seconds of one forward pass without autograd (inference)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        model(u)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def run_speed(
+    lengths: Sequence[int] = CPU_SETTING["lengths"],
+    models: Sequence[str] = DEFAULT_MODELS,
+    batch: int = CPU_SETTING["batch"],
+    hidden: int = CPU_SETTING["hidden"],
+    layers: int = CPU_SETTING["layers"],
+    input_size: int = CPU_SETTING["input_size"],
+    device: str = "cpu",
+    repeats: int = 5,
+    slow_repeats: int = 2,
+    warmup: int = 1,
+    seed: int = 0,
+    threads: int | None = None,
+    flush_denormal: bool = False,
+    floor: bool = False,
+    forward_only: bool = False,
+) -> dict[str, Any]:
+    """Time one training step of every model at every length; see the module docstring.
+
+    Args:
+        lengths: sequence lengths N.
+        models: model names (see :data:`MODELS`), each optionally ``name:L``.
+        batch, hidden, layers, input_size: B, hidden size, layers and input width shared by all models.
+        device: ``"cpu"`` or ``"cuda"`` (``"cuda:i"``).
+        repeats: timed rounds for fast models; ``slow_repeats`` for those of :data:`SLOW`.
+        warmup: untimed rounds first (compilation, allocator warm-up).
+        threads: torch threads during the run (restored after); default torch's own choice.
+        flush_denormal: flush subnormal floats to zero on CPU during the run (``torch.set_flush_denormal``).
+            Off by default, as a user's process runs; vanishing gradients (LSTM, GRU on random inputs)
+            reach subnormal values, which CPUs process many times slower (an LSTM step ~10x here).
+        floor: add a ``floor`` row per length (:func:`step_floor`, with the common ``layers``).
+        forward_only: also time inference (forward under ``torch.no_grad``) in the same rounds:
+            ``forward_median_s`` in each row.
+
+    Returns:
+        dict: ``settings``, ``machine``, ``load_average_before`` / ``_after``, ``rows`` (one per length and
+        model: ``N``, ``model``, ``median_s``, ``runs_s``, ``ratio_to_unicornn`` (None without ``unicornn``
+        among the models); or ``skipped`` with the reason; with ``floor``, a row of model ``floor`` per
+        length whose ``median_s`` is the floor and which holds the parts of :func:`step_floor`).
+    """
+    for name, value, lo in (
+        ("repeats", repeats, 1),
+        ("slow_repeats", slow_repeats, 1),
+        ("warmup", warmup, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+    if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths):
+        raise ValueError(f"lengths must be a non-empty list of ints >= 1, got {lengths!r}")
+    for name in models:
+        _parse(name, layers)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if flush_denormal:
+        torch.set_flush_denormal(True)
+    try:
+        dev = torch.device(device)
+        result = _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_repeats, warmup,
+                      seed, forward_only)  # fmt: skip
+        if floor:
+            bandwidth = copy_bandwidth(dev, repeats=repeats)
+            base = {
+                r["N"]: r["median_s"] for r in result["rows"] if r["model"] == "unicornn" and "median_s" in r
+            }
+            for N in lengths:
+                parts = step_floor(N, batch, hidden, layers, input_size, dev, repeats, bandwidth)
+                ratio = parts["floor_s"] / base[N] if N in base else None
+                result["rows"].append({"N": N, "model": "floor", "median_s": parts["floor_s"], **parts,
+                                       "ratio_to_unicornn": ratio})  # fmt: skip
+            result["settings"]["models"].append("floor")
+    finally:
+        torch.set_num_threads(previous_threads)
+        if flush_denormal:
+            torch.set_flush_denormal(False)
+    result["settings"]["flush_denormal"] = bool(flush_denormal)
+    return result
+
+
+def _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_repeats, warmup, seed,
+         forward_only=False):  # fmt: skip
+    """The measurement of :func:`run_speed`, its arguments checked and its thread count set."""
+    torch.manual_seed(seed)
+    built = {
+        name: build_model(name, input_size, hidden, layers, dev, max_steps=max(lengths)) for name in models
+    }
+    settings = {"lengths": list(lengths), "models": list(models), "batch": batch, "hidden": hidden,
+                "layers": layers, "input_size": input_size, "classes": CLASSES, "device": str(dev),
+                "repeats": repeats, "slow_repeats": slow_repeats, "warmup": warmup, "dt": DT, "alpha": ALPHA,
+                "unicornn_backend": fused_backend(dev)}  # fmt: skip
+    result = {"benchmark": "speed", "settings": settings, "machine": machine_info(str(dev)),
+              "load_average_before": load_average(), "rows": []}  # fmt: skip
+    gen = torch.Generator().manual_seed(seed)
+    for N in lengths:
+        u = torch.randn(N, batch, input_size, generator=gen).to(dev)
+        target = torch.randint(0, CLASSES, (batch,), generator=gen).to(dev)
+        runs: dict[str, list[float]] = {name: [] for name, m in built.items() if not isinstance(m, str)}
+        forward: dict[str, list[float]] = {name: [] for name in runs}
+        for r in range(warmup + repeats):
+            for name in runs:
+                if _parse(name, layers)[0] in SLOW and r >= warmup + slow_repeats:
+                    continue
+                elapsed = _time_step(built[name], u, target, dev)
+                inference = _time_forward(built[name], u, dev) if forward_only else None
+                if r >= warmup:
+                    runs[name].append(elapsed)
+                    if inference is not None:
+                        forward[name].append(inference)
+        base = statistics.median(runs["unicornn"]) if runs.get("unicornn") else None
+        for name, model in built.items():
+            if isinstance(model, str):
+                result["rows"].append({"N": N, "model": name, "skipped": model})
+                continue
+            med = statistics.median(runs[name])
+            row = {"N": N, "model": name, "median_s": med, "runs_s": runs[name]}
+            row["ratio_to_unicornn"] = med / base if base else None
+            if forward_only:
+                row["forward_median_s"] = statistics.median(forward[name])
+            result["rows"].append(row)
+    result["load_average_after"] = load_average()
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A Markdown table: one row per model, one column per length (median ms and the ratio to unicornn)."""
+    lengths = result["settings"]["lengths"]
+    s = result["settings"]
+    lines = [
+        f"forward+backward, B={s['batch']}, hidden={s['hidden']}, layers={s['layers']}, input width "
+        f"{s['input_size']}, {s['device']} (unicornn backend: {s['unicornn_backend']}); "
+        f"load average {result.get('load_average_before')} -> {result.get('load_average_after')}",
+        "",
+        "| model | " + " | ".join(f"N={n}: ms (x unicornn)" for n in lengths) + " |",
+        "| --- |" + " --- |" * len(lengths),
+    ]
+    for name in s["models"]:
+        cells = []
+        for n in lengths:
+            row = next(r for r in result["rows"] if r["N"] == n and r["model"] == name)
+            if "skipped" in row:
+                cells.append("skipped")
+            else:
+                ratio = row["ratio_to_unicornn"]
+                cells.append(
+                    f"{row['median_s'] * 1e3:.1f} ({ratio:.2f})" if ratio else f"{row['median_s'] * 1e3:.1f}"
+                )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_speed(result: dict[str, Any], path: Path) -> None:
+    """Grouped bars as the paper's Fig. 2: time per forward+backward for every model, one bar per length."""
+    plt = pyplot()
+    s = result["settings"]
+    names = [m for m in s["models"] if any(r["model"] == m and "median_s" in r for r in result["rows"])]
+    lengths = s["lengths"]
+    width = 0.8 / max(1, len(lengths))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names) + 2), 4))
+    for i, n in enumerate(lengths):
+        times = []
+        for name in names:
+            row = next(r for r in result["rows"] if r["N"] == n and r["model"] == name)
+            times.append(row.get("median_s", float("nan")) * 1e3)
+        xs = [j + (i - (len(lengths) - 1) / 2) * width for j in range(len(names))]
+        ax.bar(xs, times, width, label=f"N={n}")
+    ax.set_xticks(range(len(names)), names, rotation=20)
+    ax.set_yscale("log")
+    ax.set_ylabel("forward + backward (ms)")
+    ax.set_title(f"B={s['batch']}, hidden {s['hidden']}, {s['layers']} layers, {s['device']}")
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_speed(result: dict[str, Any], out_dir, stem: str = "speed") -> dict[str, Path]:
+    """Write ``<stem>.json``, ``<stem>.txt`` and ``<stem>.png`` under ``out_dir``; returns the paths."""
+    return write_outputs(result, out_dir, stem, format_table(result), plot_speed)

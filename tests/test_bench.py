@@ -1,0 +1,190 @@
+"""Benchmarks on tiny sizes: every row measured or skipped with a reason, numbers finite, files written.
+
+No timing is asserted (shared machines are noisy); only what the benchmarks produce.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+from unicornn.bench import run_memory, run_speed
+from unicornn.bench.memory import default_env, format_table, measure_point, summarize, write_memory
+from unicornn.bench.speed import MODELS, build_model, write_speed
+
+
+def _png(path):
+    assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_speed_tiny(tmp_path):
+    models = ("unicornn", "unicornn_reference", "lstm", "lstm:1", "gru", "cornn", "indrnn", "torchrecurrent")
+    result = run_speed(lengths=[6, 10], models=models, batch=2, hidden=4, layers=2, repeats=2, slow_repeats=1,
+                       warmup=1, threads=1)  # fmt: skip
+    assert result["settings"]["unicornn_backend"] in ("cpu", "reference")
+    assert len(result["rows"]) == 2 * len(models)
+    for row in result["rows"]:
+        if "skipped" in row:
+            assert row["model"] == "torchrecurrent" and "pip install" in row["skipped"]
+            continue
+        slow = row["model"] in ("unicornn_reference", "cornn", "torchrecurrent")
+        assert len(row["runs_s"]) == (1 if slow else 2)
+        assert all(math.isfinite(t) and t > 0 for t in row["runs_s"])
+        assert math.isfinite(row["ratio_to_unicornn"]) and row["ratio_to_unicornn"] > 0
+        if row["model"] == "unicornn":
+            assert row["ratio_to_unicornn"] == 1.0
+    assert result["load_average_before"] is None or len(result["load_average_before"]) == 3
+    paths = write_speed(result, tmp_path)
+    assert json.loads(paths["json"].read_text())["rows"] == result["rows"]
+    table = paths["table"].read_text()
+    for name in models:
+        assert f"| {name} |" in table
+    _png(paths["png"])
+
+
+def test_speed_models_match_in_size():
+    dev = torch.device("cpu")
+    lstm2, lstm1 = build_model("lstm", 1, 8, 2, dev), build_model("lstm:1", 1, 8, 2, dev)
+    assert lstm2.rnn.num_layers == 2 and lstm1.rnn.num_layers == 1
+    for name in MODELS:
+        model = build_model(name, 3, 8, 2, dev)
+        if isinstance(model, str):
+            continue
+        assert model(torch.randn(5, 2, 3)).shape == (2, 10)
+
+
+def test_speed_bad_arguments():
+    with pytest.raises(ValueError, match="model must be one of"):
+        run_speed(lengths=[4], models=["rnn"])
+    with pytest.raises(ValueError, match="layer count"):
+        run_speed(lengths=[4], models=["lstm:x"])
+    with pytest.raises(ValueError, match="lengths"):
+        run_speed(lengths=[0])
+    with pytest.raises(ValueError, match="repeats"):
+        run_speed(lengths=[4], repeats=0)
+
+
+@pytest.mark.parametrize("model", ["unicornn_lean", "unicornn_lean_seq", "lstm"])
+def test_memory_point_in_process(model):
+    row = measure_point(model, 300, batch=2, hidden=8, layers=2, input_size=3, checkpoint_every=64, repeats=3,
+                        threads=1)  # fmt: skip
+    assert row["N"] == 300 and row["peak_bytes"] >= 0 and row["input_bytes"] == 300 * 2 * 3 * 4
+    assert row["output_bytes"] == 300 * 2 * 8 * 4
+    assert len(row["runs_s"]) == 3 and all(t > 0 for t in row["runs_s"])
+    assert row["step_s"] == statistics.median(row["runs_s"][1:])  # the first full step pays page faults
+    with pytest.raises(ValueError, match="model must be one of"):
+        measure_point("gru", 10)
+
+
+def test_memory_default_env_drops_allocator_settings(monkeypatch):
+    import unicornn
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")
+    monkeypatch.setenv("UNICORNN_TEST_KEEP", "1")
+    env = default_env()
+    assert "MALLOC_ARENA_MAX" not in env and "GLIBC_TUNABLES" not in env and env["UNICORNN_TEST_KEEP"] == "1"
+    src = env["PYTHONPATH"].split(os.pathsep)[0]
+    assert Path(src, "unicornn").resolve() == Path(unicornn.__file__).resolve().parent
+    assert default_env({"MALLOC_MMAP_THRESHOLD_": "65536"})["MALLOC_MMAP_THRESHOLD_"] == "65536"
+
+
+def test_memory_summary_ratios_and_growth():
+    def row(model, N, mib, s, **extra):
+        return {"model": model, "N": N, "peak_bytes": int(mib * 2**20), "peak_MiB": mib, "step_s": s, **extra}
+
+    variant = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    result = {
+        "settings": {"lengths": [100, 800], "models": ["unicornn_standard", "unicornn_lean"], "batch": 2,
+                     "hidden": 4, "layers": 1, "input_size": 1, "device": "cpu", "measure": "m",
+                     "allocator_variant": variant},
+        "rows": [row("unicornn_standard", 100, 8.0, 1.0), row("unicornn_lean", 100, 2.0, 3.0),
+                 row("unicornn_lean", 100, 2.5, 3.5, variant=variant), row("unicornn_standard", 800, 64.0, 4.0),
+                 {"model": "unicornn_lean", "N": 800, "error": "boom"}],
+    }  # fmt: skip
+    result.update(summarize(result))
+    first, second = result["summary"]
+    assert first["memory_ratio"] == 0.25 and first["time_ratio"] == 3.0 and first["lean_variant_MiB"] == 2.5
+    assert first["output_MiB"] == 100 * 2 * 4 * 4 / 2**20 and first["lstm_MiB"] is None
+    assert second["standard_MiB"] == 64.0 and second["lean_MiB"] is None and second["memory_ratio"] is None
+    assert result["lean_growth"] is None  # one lean point only
+    table = format_table(result)
+    assert "| 100 | 8.0 (1.00) | 2.0 (3.00) | 2.5 (3.50) | 0.250 | 3.000 |" in table
+    assert "| 800 | 64.0 (4.00) | error | - | - | - |" in table  # an error row, a missing row
+    result["rows"][-1] = row("unicornn_lean", 800, 3.0, 9.0)
+    result.update(summarize(result))
+    assert result["lean_growth"] == {"from_N": 100, "to_N": 800, "relative": pytest.approx(0.5)}
+
+
+def test_memory_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="model must be one of"):
+        run_memory(lengths=[4], models=["gru"])
+    with pytest.raises(ValueError, match="lengths"):
+        run_memory(lengths=[0])
+    with pytest.raises(ValueError, match="repeats"):
+        run_memory(lengths=[4], repeats=0)
+    with pytest.raises(ValueError, match="allocator_variant applies to CPU"):
+        run_memory(lengths=[4], device="cuda", allocator_variant={"MALLOC_MMAP_THRESHOLD_": "65536"})
+
+
+@pytest.mark.slow  # three fresh interpreters importing torch: ~15 s of CPU
+def test_memory_fresh_processes(tmp_path, monkeypatch):
+    """Each point in its own default interpreter (allocator settings of the caller dropped), the variant row
+    in one with the variant's settings; at this size the standard mode keeps every layer's sequences
+    (megabytes) while the lean mode keeps anchors only."""
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    models = ("unicornn_standard", "unicornn_lean")  # the other models' points are measured in-process above
+    variant = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    result = run_memory(lengths=[6000], models=models, batch=8, hidden=32, layers=2, input_size=2,
+                        checkpoint_every=256, threads=1, allocator_variant=variant)  # fmt: skip
+    assert len(result["rows"]) == 3
+    rows = {r["model"] + ("+variant" if "variant" in r else ""): r for r in result["rows"]}
+    assert set(rows) == {*models, "unicornn_lean+variant"}
+    for row in rows.values():
+        assert "error" not in row, row.get("error")
+        assert row["peak_bytes"] >= 0 and math.isfinite(row["peak_MiB"]) and math.isfinite(row["step_s"])
+    assert rows["unicornn_standard"]["allocator_env"] == {} == rows["unicornn_lean"]["allocator_env"]
+    assert (
+        rows["unicornn_lean+variant"]["allocator_env"] == variant == rows["unicornn_lean+variant"]["variant"]
+    )
+    if rows["unicornn_standard"]["peak_reset"]:
+        assert rows["unicornn_lean"]["peak_bytes"] < rows["unicornn_standard"]["peak_bytes"]
+    summary = result["summary"][0]
+    assert (
+        summary["memory_ratio"]
+        == rows["unicornn_lean"]["peak_bytes"] / rows["unicornn_standard"]["peak_bytes"]
+    )
+    paths = write_memory(result, tmp_path)
+    assert json.loads(paths["json"].read_text())["settings"]["lengths"] == [6000]
+    assert (
+        "| 6000 |" in paths["table"].read_text()
+        and "MALLOC_MMAP_THRESHOLD_=65536" in paths["table"].read_text()
+    )
+    _png(paths["png"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_memory_cuda_tiny():
+    result = run_memory(lengths=[512], device="cuda", batch=2, hidden=8, layers=2, input_size=2)
+    for row in result["rows"]:
+        assert "error" not in row and row["peak_bytes"] > 0
+
+
+def test_speed_forward_only_and_floor(tmp_path):
+    result = run_speed(lengths=[5], models=("unicornn", "lstm"), batch=2, hidden=4, layers=2, repeats=2,
+                       warmup=0, threads=1, forward_only=True, floor=True)  # fmt: skip
+    rows = {r["model"]: r for r in result["rows"]}
+    for name in ("unicornn", "lstm"):
+        assert math.isfinite(rows[name]["forward_median_s"]) and rows[name]["forward_median_s"] > 0
+    floor = rows["floor"]
+    # matmuls timed, plus 6 passes over N*B*M float32 per layer at the measured copy bandwidth
+    assert floor["bytes"] == 6 * 2 * 5 * 2 * 4 * 4
+    assert floor["memory_s"] == pytest.approx(floor["bytes"] / (floor["bandwidth_GBps"] * 1e9))
+    assert floor["ratio_to_unicornn"] == pytest.approx(floor["median_s"] / rows["unicornn"]["median_s"])
+    assert "floor" in result["settings"]["models"]
