@@ -93,5 +93,5 @@ def test_model_registry_builds_the_task_model():
                input_gain=1.0, memory="standard", backend="reference")  # fmt: skip
     m = MODELS.get("unicornn")(spec, cfg)
     assert m(torch.randn(2, 5, spec.input_size)).shape == (2, 5, spec.output_size)
-    with pytest.raises(UnknownNameError, match="unknown model 'lstm'; valid models: unicornn"):
-        MODELS.get("lstm")
+    with pytest.raises(UnknownNameError, match="unknown model 'transformer'; valid models: unicornn, lstm"):
+        MODELS.get("transformer")

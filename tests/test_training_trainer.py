@@ -182,8 +182,8 @@ def test_validate_config_errors():
         validate_config({"train_subset": 0})
     with pytest.raises(ConfigError, match="'amp' must be one of off, bf16, fp16"):
         validate_config({"amp": "fp8"})
-    with pytest.raises(ConfigError, match="'model' must be one of unicornn"):
-        validate_config({"model": "lstm"})
+    with pytest.raises(ConfigError, match="'model' must be one of unicornn, lstm"):
+        validate_config({"model": "transformer"})
     assert validate_config({"num_layers": 2, "dt": (0.1, 0.2)})["dt"] == [0.1, 0.2]  # JSON form
 
 
