@@ -240,6 +240,9 @@ def plot_sweep(result: Mapping[str, Any], path: str | Path, title: str = "") -> 
             ax.set_xticks(sorted(set(xs)), [_fmt(x) for x in sorted(set(xs))])
         if not numeric:
             ax.set_xticks(range(len(labels)), labels)
+        ys = [r["test_mean"] for r in group if r["n"]]
+        if ys and min(ys) > 0 and max(ys) / min(ys) >= 10:  # errors spanning decades
+            ax.set_yscale("log")
         ax.set_xlabel(key)
         ax.set_ylabel(f"test {result['metric']}")
         ax.grid(True, which="both", alpha=0.3)
