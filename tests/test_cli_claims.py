@@ -123,9 +123,24 @@ def test_bench_speed_with_floor(capsys, tmp_path):
     _png(tmp_path / "speed.png")
 
 
-def test_bench_speed_bad_model_exits_2(capsys, tmp_path):
-    code, _, err = run(capsys, "bench", "speed", "--models", "rnn", "--out", tmp_path)
-    assert code == 2 and "model must be one of" in err
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "speed", "--models", "rnn"], "model must be one of"),
+        (["bench", "speed", "--lengths", "0"], "expected comma-separated ints >= 1"),
+        (["bench", "memory", "--models", "gru"], "model must be one of"),
+        (["diagnose", "gradients", "--models", "rnn", "--lengths", "3"], "--models: unknown rnn"),
+        (["diagnose", "gradients", "--hidden", "0", "--lengths", "3"], "hidden_size must be"),
+        (["diagnose", "states", "--dt", "2"], "dt must be in (0.0, 1.0]"),
+    ],
+)
+def test_claim_command_errors_exit_2(capsys, tmp_path, argv, message):
+    try:
+        code = main([*argv, "--out", str(tmp_path)])
+    except SystemExit as exit:  # argparse's own usage errors
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
 
 
 def test_bench_memory_one_point(capsys, tmp_path):

@@ -184,3 +184,12 @@ def test_collect_and_write_without_runs(tmp_path):
     assert result["rows"][0]["n"] == 0 and result["rows"][0]["status"] == "0/0 finished"
     paths = write_sweep(result, tmp_path)
     assert "| dt=0.1 |" in paths["table"].read_text() and paths["png"].exists()
+
+
+def test_a_sweep_over_names_is_plotted_side_by_side(tmp_path):
+    from unicornn.sweep import plot_sweep
+
+    rows = [{"point": f"model={m}", "series": "all", "x_key": "model", "x": m, "n": 1, "test_mean": 0.1 * i,
+             "test_std": 0.0} for i, m in enumerate(("unicornn", "lstm", "gru"))]  # fmt: skip
+    path = plot_sweep({"task": "adding", "metric": "mse", "rows": rows}, tmp_path / "models.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"

@@ -552,7 +552,10 @@ def _cmd_diagnose_gradients(args) -> int:
     torch.manual_seed(args.seed)
     profiles = {}
     for N in args.lengths:
-        models = paper_models(args.input_size, args.hidden, args.layers, dt=args.dt, alpha=args.alpha)
+        try:
+            models = paper_models(args.input_size, args.hidden, args.layers, dt=args.dt, alpha=args.alpha)
+        except (ValueError, TypeError) as err:
+            raise CLIError(str(err)) from None
         unknown = sorted(set(args.models) - set(models))
         if unknown:
             raise CLIError(f"--models: unknown {', '.join(unknown)}; valid: {', '.join(models)}")
@@ -778,7 +781,8 @@ def _bench_parser(sub) -> None:
         help="peak training memory against N: UnICORNN standard and lean against an LSTM (Sec. 2.3)",
         description="Peak memory of one training step per model and length. CPU: every point in a fresh "
         "Python process, peak resident memory minus resident memory after a warm-up; CUDA: "
-        "max_memory_allocated. Default: B=16, hidden 128, 3 layers, 6 input channels.",
+        "max_memory_allocated. Default: B=16, hidden 128, 3 layers, 6 input channels. Exit status 1 when a "
+        "point failed (its error is in the JSON).",
     )
     me.add_argument("--lengths", type=_ints, default=[500, 1000, 2000, 4000], metavar="N,N")
     me.add_argument(

@@ -207,24 +207,42 @@ def format_sweep(result: Mapping[str, Any], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _numeric(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def plot_sweep(result: Mapping[str, Any], path: str | Path, title: str = "") -> Path:
-    """Test metric against x, one curve per series (error bars: std over seeds), one panel per x setting."""
+    """Test metric against x, one curve per series (error bars: std over seeds), one panel per x setting.
+
+    Numeric x values are placed on their axis (log-scaled when they span 5x or more); other values (a model
+    name, true/false) are placed side by side in the order of the sweep."""
     from .bench.common import pyplot
 
     plt = pyplot()
-    rows = [r for r in result["rows"] if isinstance(r["x"], (int, float)) and not isinstance(r["x"], bool)]
+    rows = list(result["rows"])
     keys = list(dict.fromkeys(r["x_key"] for r in rows)) or [""]
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.8), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
-        for series in dict.fromkeys(r["series"] for r in rows if r["x_key"] == key):
-            pts = sorted((r["x"], r["test_mean"], r["test_std"]) for r in rows
-                         if r["x_key"] == key and r["series"] == series and r["n"])  # fmt: skip
+        group = [r for r in rows if r["x_key"] == key]
+        numeric = all(_numeric(r["x"]) for r in group)
+        labels = list(dict.fromkeys(_fmt(r["x"]) for r in group))
+        for series in dict.fromkeys(r["series"] for r in group):
+            pts = [(r["x"] if numeric else labels.index(_fmt(r["x"])), r["test_mean"], r["test_std"])
+                   for r in group if r["series"] == series and r["n"]]  # fmt: skip
             if pts:
-                xs, ys, es = zip(*pts)
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=series)
-        xs = [r["x"] for r in rows if r["x_key"] == key]
-        if xs and min(xs) > 0 and max(xs) / min(xs) >= 5:
+                xs, ys, es = zip(*sorted(pts))
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=series,
+                            linestyle="-" if numeric else "none")  # fmt: skip
+        xs = [r["x"] for r in group]
+        if numeric and xs and min(xs) > 0 and max(xs) / min(xs) >= 5:
             ax.set_xscale("log")
+            ax.minorticks_off()
+            ax.set_xticks(sorted(set(xs)), [_fmt(x) for x in sorted(set(xs))])
+        if not numeric:
+            ax.set_xticks(range(len(labels)), labels)
+        ys = [r["test_mean"] for r in group if r["n"]]
+        if ys and min(ys) > 0 and max(ys) / min(ys) >= 10:  # errors spanning decades
+            ax.set_yscale("log")
         ax.set_xlabel(key)
         ax.set_ylabel(f"test {result['metric']}")
         ax.grid(True, which="both", alpha=0.3)
