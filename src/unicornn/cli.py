@@ -147,12 +147,11 @@ def _data_root(data_dir: str | None) -> Path:
     return data_root(data_dir)
 
 
-def _cmd_train(args) -> int:
+def _task_settings(args):
+    """``(task, preset, settings, task options, --set settings, --set options)`` of ``train``/``sweep``: the
+    preset's values overridden by ``--set``."""
     from .tasks import TASKS
-    from .training.distributed import init_distributed
     from .training.presets import TRAIN_DEFAULTS, get_preset
-    from .training.run import Requested
-    from .training.seeds import summary_lines, train_seeds
 
     spec = TASKS.get(args.task).spec
     preset = get_preset(args.task, args.preset or spec.default_preset)
@@ -163,14 +162,18 @@ def _cmd_train(args) -> int:
     options.update(o)
     if args.runs < 1:
         raise CLIError(f"--runs must be >= 1, got {args.runs}")
+    return task, preset, settings, options, s, o
+
+
+def _cmd_train(args) -> int:
+    from .training.distributed import init_distributed
+    from .training.run import Requested
+    from .training.seeds import summary_lines, train_seeds
+
+    task, preset, settings, options, s, o = _task_settings(args)
     if args.progress_every is not None and args.progress_every < 0:
         raise CLIError(f"--progress-every must be >= 0 seconds, got {args.progress_every}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise CLIError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     ctx = init_distributed(args.device)
     out = Path(args.out)
     main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
@@ -696,21 +699,13 @@ def _parse_grid(items: Sequence[str], train_keys: dict, option_keys: dict) -> li
 
 def _cmd_sweep(args) -> int:
     from .sweep import combine, grid_points, run_sweep, variant_points, write_sweep
-    from .tasks import TASKS
     from .training.distributed import init_distributed
-    from .training.presets import TRAIN_DEFAULTS, get_preset
+    from .training.presets import TRAIN_DEFAULTS
 
-    spec = TASKS.get(args.task).spec
-    preset = get_preset(args.task, args.preset or spec.default_preset)
-    task = _resolve_task(args.task)
-    settings, options = preset.config(), dict(preset.task_options)
-    s, o = parse_sets(args.set or [], TRAIN_DEFAULTS, spec.default_options)
-    settings.update(s)
-    options.update(o)
+    task, _preset, settings, options, _s, _o = _task_settings(args)
+    spec = task.spec
     if not args.grid and not args.variant:
         raise CLIError("give at least one --grid key=v1,v2,... or a --variant")
-    if args.runs < 1:
-        raise CLIError(f"--runs must be >= 1, got {args.runs}")
     grid = grid_points(_parse_grid(args.grid or [], TRAIN_DEFAULTS, spec.default_options))
     points = combine(variant_points(args.variant, settings) if args.variant else [], grid)
     _set_threads(args.threads)

@@ -106,20 +106,9 @@ class SequenceModel(nn.Module):
         return self.head(top).transpose(0, 1)
 
 
-@MODELS.register("unicornn")
-def build_unicornn(spec, cfg: Mapping[str, Any]) -> SequenceModel:
-    """The :class:`SequenceModel` for task ``spec`` and settings ``cfg``.
-
-    Setting ``learn_time_steps=False`` freezes every layer's ``c`` (``requires_grad=False``): the time steps
-    ``dt * sigmoid(c)`` stay at their initial values, the "without learned multi-scale time steps" ablation
-    of the paper's Fig. 6.
-    """
-    learn = cfg.get("learn_time_steps", True)
-    if not isinstance(learn, bool):
-        raise ValueError(f"setting 'learn_time_steps' must be true or false, got {learn!r}")
-    model = SequenceModel(
-        spec.input_size,
-        spec.output_size,
+def _stack_arguments(spec, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The :class:`SequenceModel` arguments (after its input and output sizes) that come from settings ``cfg``."""
+    return dict(
         hidden_size=cfg["hidden_size"],
         num_layers=cfg["num_layers"],
         dt=cfg["dt"],
@@ -131,9 +120,25 @@ def build_unicornn(spec, cfg: Mapping[str, Any]) -> SequenceModel:
         input_gain=cfg["input_gain"],
         memory=cfg["memory"],
     )
+
+
+def _apply_learn_time_steps(rnn: UnICORNN, cfg: Mapping[str, Any]) -> None:
+    """Setting ``learn_time_steps=False`` freezes every layer's ``c`` (``requires_grad=False``): the time steps
+    ``dt * sigmoid(c)`` stay at their initial values, the "without learned multi-scale time steps" ablation of
+    the paper's Fig. 6."""
+    learn = cfg.get("learn_time_steps", True)
+    if not isinstance(learn, bool):
+        raise ValueError(f"setting 'learn_time_steps' must be true or false, got {learn!r}")
     if not learn:
-        for k in range(model.rnn.num_layers):
-            model.rnn.layer_parameters(k)["c"].requires_grad_(False)
+        for k in range(rnn.num_layers):
+            rnn.layer_parameters(k)["c"].requires_grad_(False)
+
+
+@MODELS.register("unicornn")
+def build_unicornn(spec, cfg: Mapping[str, Any]) -> SequenceModel:
+    """The :class:`SequenceModel` for task ``spec`` and settings ``cfg`` (``learn_time_steps`` included)."""
+    model = SequenceModel(spec.input_size, spec.output_size, **_stack_arguments(spec, cfg))
+    _apply_learn_time_steps(model.rnn, cfg)
     return model
 
 
@@ -205,22 +210,11 @@ def build_embedding_unicornn(
         raise ValueError(
             f"embedding has {embedding.shape[1]} columns, task {spec.name!r} expects {spec.input_size}"
         )
-    return EmbeddingSequenceModel(
-        embedding,
-        embedding_dropout,
-        pad_index,
-        spec.output_size,
-        hidden_size=cfg["hidden_size"],
-        num_layers=cfg["num_layers"],
-        dt=cfg["dt"],
-        alpha=cfg["alpha"],
-        dropout=cfg["dropout"],
-        readout=spec.readout,
-        residual_skip=cfg["residual_skip"],
-        backend=cfg["backend"],
-        input_gain=cfg["input_gain"],
-        memory=cfg["memory"],
+    model = EmbeddingSequenceModel(
+        embedding, embedding_dropout, pad_index, spec.output_size, **_stack_arguments(spec, cfg)
     )
+    _apply_learn_time_steps(model.body.rnn, cfg)
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:
