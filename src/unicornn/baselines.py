@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .modules import dropout_over_time
+from .modules import check_lengths, check_state_tensor, dropout_over_time
 from .registry import check_choice, check_int, check_real
 
 __all__ = [
@@ -86,33 +86,6 @@ def _check_input(input, input_size: int, batch_first: bool) -> tuple[int, int]:
     return (input.shape[1], input.shape[0]) if batch_first else (input.shape[0], input.shape[1])
 
 
-def _check_lengths(lengths, N: int, B: int) -> Tensor | None:
-    """(B,) int64 on CPU in [1, N], or None when absent or nothing is padded."""
-    if lengths is None:
-        return None
-    lengths = torch.as_tensor(lengths)
-    if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
-        raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
-    if tuple(lengths.shape) != (B,):
-        raise ValueError(f"lengths must have shape (B,) = ({B},), got {tuple(lengths.shape)}")
-    if B and (int(lengths.min()) < 1 or int(lengths.max()) > N):
-        raise ValueError(
-            f"lengths must lie in [1, N] = [1, {N}], got min {int(lengths.min())}, max {int(lengths.max())}"
-        )
-    lengths = lengths.to(device="cpu", dtype=torch.long)
-    return None if B == 0 or int(lengths.min()) == N else lengths
-
-
-def _check_state_tensor(name: str, t, expected: tuple[int, ...]) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
-    if tuple(t.shape) != expected:
-        raise ValueError(
-            f"{name} must have shape (num_layers, B, hidden_size) = {expected}, got {tuple(t.shape)}"
-        )
-    return t
-
-
 # --------------------------------------------------------------------------------------------------
 # LSTM and GRU: torch.nn with lengths
 # --------------------------------------------------------------------------------------------------
@@ -127,7 +100,7 @@ class _TorchRNN:
 
     def _forward(self, base_forward, input, state, lengths):
         N, B = _check_input(input, self.input_size, self.batch_first)
-        lengths = _check_lengths(lengths, N, B)
+        lengths = check_lengths(lengths, N, B)
         if lengths is None:
             return base_forward(input, state)
         packed = pack_padded_sequence(input, lengths, batch_first=self.batch_first, enforce_sorted=False)
@@ -216,13 +189,13 @@ class _SteppedStack(nn.Module):
         if not isinstance(tensors, (tuple, list)) or len(tensors) != self.state_parts:
             what = "a tensor" if self.state_parts == 1 else f"a tuple of {self.state_parts} tensors"
             raise TypeError(f"state must be {what}, each (num_layers, B, hidden_size)")
-        tensors = [_check_state_tensor(f"state[{i}]", t, (L, B, H)) for i, t in enumerate(tensors)]
+        tensors = [check_state_tensor(f"state[{i}]", t, (L, B, H)) for i, t in enumerate(tensors)]
         return [[t[k] for t in tensors] for k in range(L)]
 
     def forward(self, input: Tensor, state=None, lengths=None):
         """input (N, B, d) or (B, N, d) -> (output (N, B, H) or (B, N, H), state); see the module docstring."""
         N, B = _check_input(input, self.input_size, self.batch_first)
-        lengths = _check_lengths(lengths, N, B)
+        lengths = check_lengths(lengths, N, B)
         seq = input.transpose(0, 1) if self.batch_first else input
         layers_state = self._initial_state(state, B, seq)
         valid = None

@@ -49,6 +49,37 @@ def _dropout_mask(shape, p: float, device, dtype) -> Tensor:
     return torch.empty(shape, device=device, dtype=dtype).bernoulli_(keep) / keep
 
 
+def check_lengths(lengths, N: int, B: int) -> Tensor | None:
+    """Validate per-sequence lengths of a right-padded batch: (B,) integers in [1, N].
+
+    Returns them as int64 on the CPU, or None when absent or when nothing is padded (all equal N).
+    """
+    if lengths is None:
+        return None
+    lengths = torch.as_tensor(lengths)
+    if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
+        raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
+    if tuple(lengths.shape) != (B,):
+        raise ValueError(f"lengths must have shape (B,) = ({B},), got {tuple(lengths.shape)}")
+    if B and (int(lengths.min()) < 1 or int(lengths.max()) > N):
+        raise ValueError(
+            f"lengths must lie in [1, N] = [1, {N}], got min {int(lengths.min())}, max {int(lengths.max())}"
+        )
+    lengths = lengths.to(device="cpu", dtype=torch.long)
+    return None if B == 0 or int(lengths.min()) == N else lengths
+
+
+def check_state_tensor(name: str, t, expected: tuple[int, ...]) -> Tensor:
+    """Validate one initial-state tensor of shape ``expected`` = (num_layers, B, hidden_size)."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != expected:
+        raise ValueError(
+            f"{name} must have shape (num_layers, B, hidden_size) = {expected}, got {tuple(t.shape)}"
+        )
+    return t
+
+
 class UnICORNN(nn.Module):
     r"""Multi-layer UnICORNN (Rusch & Mishra, ICML 2021), a drop-in for :class:`torch.nn.LSTM`.
 
@@ -260,28 +291,8 @@ class UnICORNN(nn.Module):
                 )
             y0, z0 = state
             for name, t in (("state[0] (y_0)", y0), ("state[1] (z_0)", z0)):
-                if not isinstance(t, Tensor):
-                    raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
-                if tuple(t.shape) != expected:
-                    raise ValueError(
-                        f"{name} must have shape (num_layers, B, hidden_size) = {expected}, "
-                        f"got {tuple(t.shape)}"
-                    )
-        if lengths is not None:
-            lengths = torch.as_tensor(lengths)
-            if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
-                raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
-            if tuple(lengths.shape) != (B,):
-                raise ValueError(f"lengths must have shape (B,) = ({B},), got {tuple(lengths.shape)}")
-            if B and (int(lengths.min()) < 1 or int(lengths.max()) > N):
-                raise ValueError(
-                    f"lengths must lie in [1, N] = [1, {N}], got min {int(lengths.min())}, "
-                    f"max {int(lengths.max())}"
-                )
-            lengths = lengths.to(device="cpu", dtype=torch.long)
-            if B and int(lengths.min()) == N:
-                lengths = None  # nothing is padded
-        return y0, z0, lengths
+                check_state_tensor(name, t, expected)
+        return y0, z0, check_lengths(lengths, N, B)
 
     def dropout_masks(self, B: int, device, dtype) -> list[Tensor | None]:
         """One over-time dropout mask (B, M) per layer, scaled by 1/(1-p); None where no dropout applies
