@@ -301,7 +301,8 @@ def _mib(row):
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     """Per N: each model's peak MiB, lean/standard memory and step-time ratios, and the lean peak's relative
-    growth from the shortest to the longest length. Returns ``{"summary": [...], "lean_growth": ...}``."""
+    growth from the shortest to the longest length of at least one chunk (``N >= checkpoint_every``; shorter
+    sequences are a single, shorter chunk). Returns ``{"summary": [...], "lean_growth": ...}``."""
     summary = []
     for N in result["settings"]["lengths"]:
         std, lean = _row(result, "unicornn_standard", N), _row(result, "unicornn_lean", N)
@@ -316,7 +317,8 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
             "standard_s": std.get("step_s"), "lean_s": lean.get("step_s"), "lstm_s": lstm.get("step_s"),
             "time_ratio": lean["step_s"] / std["step_s"] if both else None,
         })  # fmt: skip
-    lean = [(r["N"], r["lean_MiB"]) for r in summary if r["lean_MiB"]]
+    full = result["settings"].get("checkpoint_every") or 0  # below one chunk, lean grows like standard
+    lean = [(r["N"], r["lean_MiB"]) for r in summary if r["lean_MiB"] and r["N"] >= full]
     growth = None
     if len(lean) >= 2 and lean[0][0] != lean[-1][0]:
         (n0, m0), (n1, m1) = min(lean), max(lean)
