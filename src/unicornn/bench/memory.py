@@ -266,11 +266,11 @@ def run_memory(
     )
     result = {"benchmark": "memory", "settings": {**common, "lengths": list(lengths), "models": list(models),
               "loss": "cross_entropy(Linear(hidden, 4)(y_N[-1]))", "warmup_steps": WARMUP_STEPS,
-              "measure": measure, "environment_variables": "none of MALLOC_*, GLIBC_TUNABLES (except variant rows)",
+              "measure": measure, "environment_variables": "none of MALLOC_*, GLIBC_TUNABLES (except variant rows)" if dev.type == "cpu" else "this process's",
               "allocator_variant": dict(allocator_variant or {}) or None, "unicornn_backend": fused_backend(dev)},
               "machine": machine_info(str(dev)), "load_average_before": load_average(), "rows": []}  # fmt: skip
     extra = [("unicornn_lean", allocator_variant)] if allocator_variant else []
-    for N, (m, variant) in ((N, job) for N in lengths for job in [*((m, None) for m in models), *extra]):
+    for N, (m, variant) in [(N, job) for N in lengths for job in [*((m, None) for m in models), *extra]]:
         if progress:
             print(f"measuring {m} N={N}" + (f" with {dict(variant)}" if variant else "") + " ...", flush=True)
         point = {"model": m, "N": N, **common}
