@@ -120,6 +120,9 @@ def test_memory_summary_ratios_and_growth():
     result["rows"][-1] = row("unicornn_lean", 800, 3.0, 9.0)
     result.update(summarize(result))
     assert result["lean_growth"] == {"from_N": 100, "to_N": 800, "relative": pytest.approx(0.5)}
+    result["settings"]["checkpoint_every"] = 200  # N=100 is shorter than one chunk: no growth to compare
+    result.update(summarize(result))
+    assert result["lean_growth"] is None
 
 
 def test_memory_rejects_bad_arguments():

@@ -266,11 +266,11 @@ def run_memory(
     )
     result = {"benchmark": "memory", "settings": {**common, "lengths": list(lengths), "models": list(models),
               "loss": "cross_entropy(Linear(hidden, 4)(y_N[-1]))", "warmup_steps": WARMUP_STEPS,
-              "measure": measure, "environment_variables": "none of MALLOC_*, GLIBC_TUNABLES (except variant rows)",
+              "measure": measure, "environment_variables": "none of MALLOC_*, GLIBC_TUNABLES (except variant rows)" if dev.type == "cpu" else "this process's",
               "allocator_variant": dict(allocator_variant or {}) or None, "unicornn_backend": fused_backend(dev)},
               "machine": machine_info(str(dev)), "load_average_before": load_average(), "rows": []}  # fmt: skip
     extra = [("unicornn_lean", allocator_variant)] if allocator_variant else []
-    for N, (m, variant) in ((N, job) for N in lengths for job in [*((m, None) for m in models), *extra]):
+    for N, (m, variant) in [(N, job) for N in lengths for job in [*((m, None) for m in models), *extra]]:
         if progress:
             print(f"measuring {m} N={N}" + (f" with {dict(variant)}" if variant else "") + " ...", flush=True)
         point = {"model": m, "N": N, **common}
@@ -301,7 +301,8 @@ def _mib(row):
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     """Per N: each model's peak MiB, lean/standard memory and step-time ratios, and the lean peak's relative
-    growth from the shortest to the longest length. Returns ``{"summary": [...], "lean_growth": ...}``."""
+    growth from the shortest to the longest length of at least one chunk (``N >= checkpoint_every``; shorter
+    sequences are a single, shorter chunk). Returns ``{"summary": [...], "lean_growth": ...}``."""
     summary = []
     for N in result["settings"]["lengths"]:
         std, lean = _row(result, "unicornn_standard", N), _row(result, "unicornn_lean", N)
@@ -316,7 +317,8 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
             "standard_s": std.get("step_s"), "lean_s": lean.get("step_s"), "lstm_s": lstm.get("step_s"),
             "time_ratio": lean["step_s"] / std["step_s"] if both else None,
         })  # fmt: skip
-    lean = [(r["N"], r["lean_MiB"]) for r in summary if r["lean_MiB"]]
+    full = result["settings"].get("checkpoint_every") or 0  # below one chunk, lean grows like standard
+    lean = [(r["N"], r["lean_MiB"]) for r in summary if r["lean_MiB"] and r["N"] >= full]
     growth = None
     if len(lean) >= 2 and lean[0][0] != lean[-1][0]:
         (n0, m0), (n1, m1) = min(lean), max(lean)
