@@ -63,6 +63,13 @@ def test_speed_models_match_in_size():
         if isinstance(model, str):
             continue
         assert model(torch.randn(5, 2, 3)).shape == (2, 10)
+    # the head on the final state reads what the head on output[-1] reads
+    torch.manual_seed(3)
+    final = build_model("unicornn_final", 3, 8, 2, dev)
+    torch.manual_seed(3)
+    output = build_model("unicornn", 3, 8, 2, dev)
+    u = torch.randn(7, 2, 3, dtype=torch.float64)
+    torch.testing.assert_close(final.double()(u), output.double()(u))
 
 
 def test_speed_bad_arguments():
