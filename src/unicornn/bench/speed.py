@@ -359,7 +359,8 @@ def _paired_ratio(times: Sequence[float], base: Sequence[float]) -> float:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """A Markdown table: one row per model, one column per length (median ms and the ratio to unicornn)."""
+    """A Markdown table: one row per model, one column per length (median ms and the paired ratio to the
+    ``ratio_to`` model)."""
     lengths = result["settings"]["lengths"]
     s = result["settings"]
     lines = [
@@ -367,7 +368,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"{s['input_size']}, {s['device']} (unicornn backend: {s['unicornn_backend']}); "
         f"load average {result.get('load_average_before')} -> {result.get('load_average_after')}",
         "",
-        "| model | " + " | ".join(f"N={n}: ms (x unicornn)" for n in lengths) + " |",
+        "| model | " + " | ".join(f"N={n}: ms (x {s.get('ratio_to', 'unicornn')})" for n in lengths) + " |",
         "| --- |" + " --- |" * len(lengths),
     ]
     for name in s["models"]:
