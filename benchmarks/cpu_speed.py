@@ -1,26 +1,22 @@
 """CPU speed of the fused backend, side by side with what a CPU user can run today, and its floor.
 
-End to end: forward + backward of a 2-layer model at N=1000, B=32, M=128, input width 1, a 10-class linear head
-on the last step (cross-entropy), for
+End to end, through the package benchmark (:func:`unicornn.bench.run_speed`, ``unicornn bench speed``): forward
++ backward of a 2-layer model at N=1000, B=32, M=128, input width 1, a 10-class linear head on the last step
+(cross-entropy), for
 
 * ``UnICORNN(backend="cpu")`` with the head on ``y_n[-1]`` and ``return_sequence=False`` (the way to classify
-  sequences, README), and the same model with the head on ``output[-1]``,
-* ``UnICORNN(backend="reference")`` -- the project's pure-PyTorch loop,
+  sequences, README; model ``unicornn_final``), and the same model with the head on ``output[-1]``,
+* ``UnICORNN(backend="reference")`` -- the project's pure-PyTorch loop (head on ``output[-1]``),
 * ``torchrecurrent.UnICORNN`` (PyPI ``torchrecurrent==0.2.5``) with the same sizes, dt and alpha,
-* ``torch.nn.LSTM`` with hidden 128, 1 and 2 layers.
+* ``torch.nn.LSTM`` with hidden 128, 1 and 2 layers,
+* the floor of the step (:func:`unicornn.bench.speed.step_floor`, head on the final state).
 
-All in one process and interleaved: every round times one step of each model in turn (the slow peers take
-part in fewer rounds), so that a change of load on a shared machine hits all of them alike. Reported: the
-median per model, and for each model the median over rounds of its time divided by the ``cpu`` model's time
-in the same round. The load average is recorded before, during and after.
-
-Then the floor of that training step (:func:`step_floor`): the measured time of the projections' matmuls
-(forward and backward) plus one pass over every (N, B, M) tensor the scan kernels must read or write, at the
-measured memory copy bandwidth. Then the recurrence alone at the step's shape, through the op and autograd:
-forward, backward with an upstream gradient of the sequence (a lower layer) and without one (the top layer
-read through ``y_n``), and the bare kernels; and unit-steps per second at B*M = 4,096 and 65,536. Finally the
-first-call cost: one float32 forward+backward in a fresh process with an empty numba cache (compilation), and
-again with the cache filled.
+The timing method is the package's: interleaved rounds (the slow peers take part in fewer), medians, and for
+each model the median over rounds of its time divided by the ``cpu`` model's time in the same round; load
+average before, after every round and after. Script-only sections follow: the recurrence in the step (the
+scan's backward/forward ratio, with and without an upstream gradient of the sequence), the recurrence alone
+(unit-steps per second at B*M = 4,096 and 65,536, through the op and the bare kernels), and the first-call
+cost (a fresh process with an empty numba cache, then with the cache filled).
 
 Usage: ``python benchmarks/cpu_speed.py [--repeats 9] [--threads T] [--out benchmarks/results/cpu_speed.json]``.
 Needs the ``[bench]`` extra (``torchrecurrent``); a missing peer is reported and skipped.
@@ -31,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -42,164 +37,43 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-import numba  # noqa: E402
-
-import unicornn  # noqa: E402
-from unicornn import UnICORNN, unicornn_scan  # noqa: E402
+from unicornn import unicornn_scan  # noqa: E402
+from unicornn.bench import run_speed  # noqa: E402
+from unicornn.bench.speed import ALPHA, CLASSES, DT  # noqa: E402
 from unicornn.ops import cpu as cpu_ops  # noqa: E402
 
-N, B, M, WIDTH, CLASSES, LAYERS = 1000, 32, 128, 1, 10, 2
-DT, ALPHA = 0.19, 30.65  # the paper's psMNIST setting
-FAST = "unicornn cpu"
+N, B, M, WIDTH, LAYERS = 1000, 32, 128, 1, 2
+#: package model name -> the label of this benchmark's table and JSON (``end_to_end``)
+PEERS = {
+    "unicornn_final": "unicornn cpu",
+    "unicornn": "unicornn cpu, head on output[-1]",
+    "unicornn_reference": "unicornn reference",
+    "torchrecurrent": "torchrecurrent.UnICORNN",
+    "lstm:1": "nn.LSTM 1 layer",
+    "lstm:2": "nn.LSTM 2 layers",
+}
+SLOW = ("unicornn_reference", "torchrecurrent", "lstm")
 
 
-class Classifier(nn.Module):
-    """A sequence model followed by a linear head on the last step: ``output[-1]``, or with ``final_state``
-    the top layer's final state ``y_n[-1]`` of a model called with ``return_sequence=False``."""
-
-    def __init__(self, rnn: nn.Module, hidden: int = M, final_state: bool = False):
-        super().__init__()
-        self.rnn = rnn
-        self.head = nn.Linear(hidden, CLASSES)
-        self.final_state = final_state
-
-    def forward(self, u):
-        if self.final_state:
-            _, (y_n, _) = self.rnn(u, return_sequence=False)
-            return self.head(y_n[-1])
-        out, _ = self.rnn(u)
-        return self.head(out[-1])
-
-
-def build_models() -> dict[str, nn.Module | str]:
-    def ours(backend):
-        return UnICORNN(WIDTH, M, num_layers=LAYERS, dt=DT, alpha=ALPHA, backend=backend)
-
-    models: dict[str, nn.Module | str] = {
-        FAST: Classifier(ours("cpu"), final_state=True),
-        "unicornn cpu, head on output[-1]": Classifier(ours("cpu")),
-        "unicornn reference": Classifier(ours("reference"), final_state=True),
-    }
-    try:
-        import torchrecurrent
-
-        models["torchrecurrent.UnICORNN"] = Classifier(
-            torchrecurrent.UnICORNN(WIDTH, M, num_layers=LAYERS, dt=DT, alpha=ALPHA)
-        )
-    except ImportError as err:
-        models["torchrecurrent.UnICORNN"] = f"not installed ({err}); pip install torchrecurrent==0.2.5"
-    models["nn.LSTM 1 layer"] = Classifier(nn.LSTM(WIDTH, M, num_layers=1))
-    models["nn.LSTM 2 layers"] = Classifier(nn.LSTM(WIDTH, M, num_layers=2))
-    return models
-
-
-def train_step(model: nn.Module, u, target) -> float:
-    """Wall time of one forward + backward (cross-entropy on the head's output)."""
-    model.zero_grad(set_to_none=True)
-    t0 = time.perf_counter()
-    F.cross_entropy(model(u), target).backward()
-    return time.perf_counter() - t0
-
-
-def end_to_end(repeats: int, slow_repeats: int) -> dict:
-    """Interleaved rounds: each round times one step of every model still taking part."""
-    torch.manual_seed(0)
-    u = torch.randn(N, B, WIDTH)
-    target = torch.randint(0, CLASSES, (B,))
-    models = build_models()
-    live = {name: m for name, m in models.items() if not isinstance(m, str)}
-    rounds = {name: (repeats if name.startswith("unicornn cpu") else slow_repeats) for name in live}
-    for model in live.values():  # warm-up (and numba compilation)
-        train_step(model, u, target)
-    times: dict[str, list[float]] = {name: [] for name in live}
-    fast_times: list[float] = []
-    load_during = []
-    for r in range(max(rounds.values())):
-        for name, model in live.items():
-            if r < rounds[name]:
-                times[name].append(train_step(model, u, target))
-        fast_times.append(times[FAST][-1])
-        load_during.append(os.getloadavg()[0])
+def end_to_end(repeats: int, slow_repeats: int, threads: int | None) -> dict:
+    """The package benchmark at this script's shape, with the floor; rows relabelled by :data:`PEERS`."""
+    result = run_speed([N], tuple(PEERS), B, M, LAYERS, WIDTH, "cpu", repeats, slow_repeats, warmup=1,
+                       threads=threads, floor=True, slow=SLOW, ratio_to="unicornn_final")  # fmt: skip
     rows: dict[str, dict] = {}
-    for name, model in models.items():
-        if isinstance(model, str):
-            rows[name] = {"skipped": model}
-            print(f"{name:34s} skipped: {model}")
-            continue
-        ts = times[name]
-        paired = [t / f for t, f in zip(ts, fast_times, strict=False)]
-        rows[name] = {
-            "median_s": statistics.median(ts),
-            "runs_s": ts,
-            "ratio_to_cpu_backend": statistics.median(paired),
-        }
-        print(
-            f"{name:34s} {statistics.median(ts) * 1e3:9.1f} ms  ({len(ts)} runs)  "
-            f"x{rows[name]['ratio_to_cpu_backend']:.2f} of {FAST} (median of per-round ratios)"
-        )
-    return {"rows": rows, "load_average_1min_during": load_during}
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
-def copy_bandwidth(nbytes: int = 1 << 26, repeats: int = 15) -> float:
-    """Bytes moved per second (read + write) by ``Tensor.copy_`` of ``nbytes`` float32 data."""
-    src = torch.randn(nbytes // 4)
-    dst = torch.empty_like(src)
-    return 2 * nbytes / _median_time(lambda: dst.copy_(src), repeats)
-
-
-def step_floor(n=N, b=B, m=M, width=WIDTH, layers=LAYERS, repeats=15) -> dict:
-    """A floor for one float32 forward + backward of the UnICORNN stack at this shape (head excluded).
-
-    ``matmul_s``: the measured time of the projections' matmuls -- forward ``u V^T`` for every layer,
-    backward ``grad_x^T u`` (dL/dV) for every layer and ``grad_x V`` (dL/du) for every layer but the first,
-    whose input needs no gradient. ``memory_s``: one pass over every (n, b, m) tensor the scan kernels
-    must touch, at the measured copy bandwidth: forward reads x and writes y; backward reads x, the stored y
-    and (below the top layer) grad_y, and writes grad_x. The bias is read inside the kernels, so no matmul
-    writes ``x + b``. ``floor_s``: their sum, for a loss that reads the top layer's final state;
-    ``floor_output_readout_s``: one pass more, the top layer's grad_y, when its output sequence reaches the
-    loss (a head on ``output[-1]``).
-    """
-    g = torch.Generator().manual_seed(0)
-    rows = n * b
-    matmul = 0.0
-    for k in range(layers):
-        fan_in = width if k == 0 else m
-        inp = torch.randn(rows, fan_in, generator=g)
-        weight = torch.randn(m, fan_in, generator=g)
-        grad = torch.randn(rows, m, generator=g)
-        matmul += _median_time(lambda i=inp, w=weight: F.linear(i, w), repeats)
-        matmul += _median_time(lambda i=inp, gr=grad: gr.t() @ i, repeats)
-        if k > 0:
-            matmul += _median_time(lambda gr=grad, w=weight: gr @ w, repeats)
-    passes = 2 * layers + 3 * layers + (layers - 1)
-    tensor_bytes = 4 * n * b * m
-    bandwidth = copy_bandwidth()
-    memory = passes * tensor_bytes / bandwidth
-    return {
-        "matmul_s": matmul,
-        "memory_passes": passes,
-        "tensor_bytes": tensor_bytes,
-        "copy_bandwidth_bytes_per_s": bandwidth,
-        "memory_s": memory,
-        "floor_s": matmul + memory,
-        "floor_output_readout_s": matmul + memory * (passes + 1) / passes,
-    }
+    floor: dict = {}
+    for row in result["rows"]:
+        if row["model"] == "floor":
+            floor = {k: v for k, v in row.items() if k not in ("N", "model", "median_s")}
+        elif "skipped" in row:
+            rows[PEERS[row["model"]]] = {"skipped": row["skipped"]}
+        else:
+            rows[PEERS[row["model"]]] = {"median_s": row["median_s"], "runs_s": row["runs_s"],
+                                         "ratio_to_cpu_backend": row["ratio_to_unicornn"]}  # fmt: skip
+    return {"result": result, "rows": rows, "floor": floor}
 
 
 def scan_in_step(repeats: int) -> dict:
@@ -339,28 +213,6 @@ def first_call() -> dict:
     return out
 
 
-def machine() -> dict:
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numba": numba.__version__,
-        "numpy": np.__version__,
-        "unicornn": unicornn.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=9, help="rounds of the fast models (default 9)")
@@ -371,48 +223,56 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    info = machine()
-    print(json.dumps(info))
-    load_before = os.getloadavg()
-    print(f"load average before: {load_before}")
     print(
         f"\nEnd to end: {LAYERS} layers, N={N}, B={B}, M={M}, input width {WIDTH}, {CLASSES}-class head, fwd+bwd"
     )
-    e2e = end_to_end(args.repeats, args.slow_repeats)
-    rows = e2e["rows"]
-    floor = step_floor()
-    print(
-        f"\nfloor of the step: matmuls {floor['matmul_s'] * 1e3:.1f} ms + {floor['memory_passes']} passes of "
-        f"{floor['tensor_bytes'] / 2**20:.1f} MiB at {floor['copy_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s "
-        f"({floor['memory_s'] * 1e3:.1f} ms) = {floor['floor_s'] * 1e3:.1f} ms"
-    )
-    print("\n| model | median fwd+bwd | x slower than unicornn cpu |\n| --- | --- | --- |")
+    e2e = end_to_end(args.repeats, args.slow_repeats, args.threads)
+    result, rows, floor = e2e["result"], e2e["rows"], e2e["floor"]
+    print(json.dumps(result["machine"]))
+    print(f"load average before {result['load_average_before']}, after {result['load_average_after']}")
+    print("\n| model | median fwd+bwd | x slower than unicornn cpu (median of per-round ratios) |")
+    print("| --- | --- | --- |")
     for name, row in rows.items():
         if "median_s" in row:
             print(f"| {name} | {row['median_s'] * 1e3:.1f} ms | {row['ratio_to_cpu_backend']:.2f} |")
-    print(f"| floor (matmuls + one pass per tensor) | {floor['floor_s'] * 1e3:.1f} ms | |")
+        else:
+            print(f"| {name} | skipped: {row['skipped']} | |")
+    print(
+        f"| floor: matmuls {floor['matmul_s'] * 1e3:.1f} ms + {floor['memory_passes']} passes of "
+        f"{floor['tensor_bytes'] / 2**20:.1f} MiB at {floor['bandwidth_GBps']:.1f} GB/s "
+        f"({floor['memory_s'] * 1e3:.1f} ms) | {floor['floor_s'] * 1e3:.1f} ms | {floor['ratio_to_unicornn']:.2f} |"
+    )
     print(f"| floor, head on output[-1] | {floor['floor_output_readout_s'] * 1e3:.1f} ms | |")
     print("\nThe recurrence in the step:")
     scan = scan_in_step(args.repeats)
     print("\nRecurrence alone (float32, N=1000):")
     rec = recurrence_alone(args.repeats)
     first = {} if args.skip_first_call else first_call()
-    result = {
-        "machine": info,
-        "load_average_before": load_before,
+    out = {
+        "machine": result["machine"],
+        "load_average_before": result["load_average_before"],
         "load_average_after": os.getloadavg(),
-        "settings": {"N": N, "B": B, "M": M, "width": WIDTH, "classes": CLASSES, "layers": LAYERS},
+        "settings": {
+            "N": N,
+            "B": B,
+            "M": M,
+            "width": WIDTH,
+            "classes": CLASSES,
+            "layers": LAYERS,
+            "speed": result["settings"],
+        },  # fmt: skip
         "dt": DT,
         "alpha": ALPHA,
         "end_to_end": rows,
-        "load_average_1min_during_end_to_end": e2e["load_average_1min_during"],
+        "load_average_1min_during_end_to_end": result["load_average_1min_during"],
+        "load_average_after_end_to_end": result["load_average_after"],
         "floor": floor,
         "scan_in_step_float32": scan,
         "recurrence_float32": rec,
         "first_call": first,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 
 

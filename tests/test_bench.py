@@ -24,11 +24,13 @@ def _png(path):
 
 
 def test_speed_tiny(tmp_path):
-    models = ("unicornn", "unicornn_reference", "lstm", "lstm:1", "gru", "cornn", "indrnn", "torchrecurrent")
+    models = ("unicornn", "unicornn_final", "unicornn_reference", "lstm", "lstm:1", "gru", "cornn", "indrnn",
+              "torchrecurrent")  # fmt: skip
     result = run_speed(lengths=[6, 10], models=models, batch=2, hidden=4, layers=2, repeats=2, slow_repeats=1,
                        warmup=1, threads=1)  # fmt: skip
     assert result["settings"]["unicornn_backend"] in ("cpu", "reference")
     assert len(result["rows"]) == 2 * len(models)
+    assert len(result["load_average_1min_during"]) == 2 * 2  # after every timed round, at each length
     for row in result["rows"]:
         if "skipped" in row:
             assert row["model"] == "torchrecurrent" and "pip install" in row["skipped"]
@@ -39,6 +41,10 @@ def test_speed_tiny(tmp_path):
         assert math.isfinite(row["ratio_to_unicornn"]) and row["ratio_to_unicornn"] > 0
         if row["model"] == "unicornn":
             assert row["ratio_to_unicornn"] == 1.0
+        # paired: the median over rounds of the time over unicornn's time in the same round
+        base = next(r for r in result["rows"] if r["N"] == row["N"] and r["model"] == "unicornn")["runs_s"]
+        paired = [t / b for t, b in zip(row["runs_s"], base, strict=False)]
+        assert row["ratio_to_unicornn"] == pytest.approx(statistics.median(paired))
     assert result["load_average_before"] is None or len(result["load_average_before"]) == 3
     paths = write_speed(result, tmp_path)
     assert json.loads(paths["json"].read_text())["rows"] == result["rows"]
@@ -57,6 +63,13 @@ def test_speed_models_match_in_size():
         if isinstance(model, str):
             continue
         assert model(torch.randn(5, 2, 3)).shape == (2, 10)
+    # the head on the final state reads what the head on output[-1] reads
+    torch.manual_seed(3)
+    final = build_model("unicornn_final", 3, 8, 2, dev)
+    torch.manual_seed(3)
+    output = build_model("unicornn", 3, 8, 2, dev)
+    u = torch.randn(7, 2, 3, dtype=torch.float64)
+    torch.testing.assert_close(final.double()(u), output.double()(u))
 
 
 def test_speed_bad_arguments():
@@ -68,6 +81,10 @@ def test_speed_bad_arguments():
         run_speed(lengths=[0])
     with pytest.raises(ValueError, match="repeats"):
         run_speed(lengths=[4], repeats=0)
+    with pytest.raises(ValueError, match="model must be one of"):
+        run_speed(lengths=[4], ratio_to="fast")
+    with pytest.raises(ValueError, match="slow must hold names"):
+        run_speed(lengths=[4], slow=("lstm:1",))
 
 
 @pytest.mark.parametrize("model", ["unicornn_lean", "unicornn_lean_seq", "lstm"])
@@ -186,8 +203,33 @@ def test_speed_forward_only_and_floor(tmp_path):
     for name in ("unicornn", "lstm"):
         assert math.isfinite(rows[name]["forward_median_s"]) and rows[name]["forward_median_s"] > 0
     floor = rows["floor"]
-    # matmuls timed, plus 6 passes over N*B*M float32 per layer at the measured copy bandwidth
+    # head on output[-1]: matmuls timed, plus 6 passes over N*B*M float32 per layer at the copy bandwidth
+    assert floor["memory_passes"] == 6 * 2 and floor["tensor_bytes"] == 5 * 2 * 4 * 4
     assert floor["bytes"] == 6 * 2 * 5 * 2 * 4 * 4
-    assert floor["memory_s"] == pytest.approx(floor["bytes"] / (floor["bandwidth_GBps"] * 1e9))
+    assert floor["memory_s"] == pytest.approx(floor["bytes"] / floor["copy_bandwidth_bytes_per_s"])
+    assert floor["copy_bandwidth_bytes_per_s"] == pytest.approx(floor["bandwidth_GBps"] * 1e9)
+    assert floor["median_s"] == floor["floor_s"] == pytest.approx(floor["matmul_s"] + floor["memory_s"])
+    assert floor["floor_s"] == floor["floor_output_readout_s"] > floor["floor_final_state_s"]
     assert floor["ratio_to_unicornn"] == pytest.approx(floor["median_s"] / rows["unicornn"]["median_s"])
     assert "floor" in result["settings"]["models"]
+
+
+def test_speed_final_state_ratio_slow_and_floor():
+    """Ratios against the final-state model, LSTMs timed in the slow rounds only, its floor one pass less."""
+    result = run_speed(lengths=[7], models=("unicornn_final", "unicornn", "lstm:1"), batch=3, hidden=5, layers=3,
+                       repeats=3, slow_repeats=1, warmup=0, threads=1, floor=True, slow=("lstm",),
+                       ratio_to="unicornn_final")  # fmt: skip
+    rows = {r["model"]: r for r in result["rows"]}
+    assert len(rows["lstm:1"]["runs_s"]) == 1 and len(rows["unicornn"]["runs_s"]) == 3
+    assert rows["unicornn_final"]["ratio_to_unicornn"] == 1.0
+    assert rows["lstm:1"]["ratio_to_unicornn"] == pytest.approx(
+        rows["lstm:1"]["runs_s"][0] / rows["unicornn_final"]["runs_s"][0]
+    )
+    floor = rows["floor"]
+    # the top layer's grad_y is never read: 6 L - 1 passes
+    assert floor["memory_passes"] == 6 * 3 - 1 and floor["bytes"] == 17 * 7 * 3 * 5 * 4
+    assert floor["median_s"] == floor["floor_s"] == floor["floor_final_state_s"]
+    assert floor["floor_output_readout_s"] == pytest.approx(
+        floor["floor_s"] + floor["tensor_bytes"] / floor["copy_bandwidth_bytes_per_s"]
+    )
+    assert result["settings"]["ratio_to"] == "unicornn_final" and result["settings"]["slow"] == ["lstm"]

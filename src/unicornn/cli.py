@@ -751,8 +751,9 @@ def _bench_parser(sub) -> None:
         "--models",
         type=_names,
         metavar="M,M",
-        help="unicornn, unicornn_reference, lstm, gru, cornn, indrnn, torchrecurrent (each optionally NAME:L "
-        "for L layers, e.g. lstm:1); default unicornn,lstm,gru,cornn,indrnn,torchrecurrent",
+        help="unicornn, unicornn_final (head on the final state y_n), unicornn_reference, lstm, gru, cornn, "
+        "indrnn, torchrecurrent (each optionally NAME:L for L layers, e.g. lstm:1); default "
+        "unicornn,lstm,gru,cornn,indrnn,torchrecurrent",
     )
     sp.add_argument("--paper", action="store_true", help="the paper's sizes: B=128, hidden 256, 2 layers")
     sp.add_argument("--batch", type=int, metavar="B")
@@ -767,7 +768,9 @@ def _bench_parser(sub) -> None:
         "--flush-denormal", action="store_true", help="flush subnormal floats on CPU (LSTM/GRU run faster)"
     )
     sp.add_argument(
-        "--floor", action="store_true", help="add the floor of a fused step (matmuls + one memory pass)"
+        "--floor",
+        action="store_true",
+        help="add the floor of a fused step (timed matmuls + one memory pass per tensor the kernels touch)",
     )
     sp.add_argument("--out", default="claims", metavar="DIR", help="output directory (default ./claims)")
     sp.set_defaults(func=_cmd_bench_speed)

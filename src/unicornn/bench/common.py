@@ -44,6 +44,11 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         "unicornn": __version__,
         "device": device,
     }
+    for lib in ("numpy", "numba"):  # the cpu backend's kernels
+        try:
+            info[lib] = __import__(lib).__version__
+        except ImportError:
+            pass
     if device.startswith("cuda") and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(torch.device(device))
         info.update(gpu=props.name, gpu_memory_GiB=props.total_memory / 2**30, cuda=torch.version.cuda,

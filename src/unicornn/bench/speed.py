@@ -3,19 +3,24 @@
 Every model is the recurrent stack plus a 10-class linear head on the last step, trained on a cross-entropy
 loss; one timed step is ``zero_grad``, forward, loss and backward (synchronised on CUDA). All models run in
 one process on the same inputs; the repeats are interleaved (round r times every model once) so that load
-changes on a shared machine hit all models alike, and each model's time is the median over its repeats. The
-load average before and after is recorded.
+changes on a shared machine hit all models alike. Each model's time is the median over its rounds, and its
+ratio to the reference model (``ratio_to``, default ``unicornn``) is the median over rounds of its time
+divided by that model's time in the same round (paired ratios: a load change during one round cancels). The
+1-minute load average is recorded before, after every round and after.
 
 Models (``name`` or ``name:L`` to give that model L layers instead of the common ``layers``):
 
-* ``unicornn``: :class:`unicornn.UnICORNN` on the fused backend (``cpu`` kernels on CPU, ``triton`` on CUDA);
+* ``unicornn``: :class:`unicornn.UnICORNN` on the fused backend (``cpu`` kernels on CPU, ``triton`` on CUDA),
+  head on ``output[-1]``;
+* ``unicornn_final``: the same, called with ``return_sequence=False``, head on the top layer's final state
+  ``y_n[-1]`` (the way to classify sequences: the top layer's output sequence is never written to autograd);
 * ``unicornn_reference``: the same on the pure-PyTorch reference loop;
 * ``lstm``, ``gru``: cuDNN on GPU; ``cornn``, ``indrnn``: :mod:`unicornn.baselines` (per-step PyTorch);
 * ``torchrecurrent``: ``torchrecurrent.UnICORNN`` (PyPI ``torchrecurrent==0.2.5``), skipped when not installed.
 
 With ``floor=True`` a ``floor`` row is added per length (:func:`step_floor`): the least time a fused
 UnICORNN step of that shape can take on this machine -- the projection matmuls (timed) plus one pass over
-every tensor the recurrence kernels must read or write, at the measured memory-copy bandwidth.
+every (N, B, M) tensor the recurrence kernels must read or write, at the measured memory-copy bandwidth.
 
 The paper's setting (:data:`PAPER_SETTING`): B=128, 2 layers, N=1000 and 2000, on a GPU. The default
 (:data:`CPU_SETTING`) is sized for a CPU.
@@ -40,9 +45,18 @@ from .common import fused_backend, load_average, machine_info, pyplot, write_out
 __all__ = ["CPU_SETTING", "MODELS", "PAPER_SETTING", "build_model", "copy_bandwidth", "format_table",
            "plot_speed", "run_speed", "step_floor", "write_speed"]  # fmt: skip
 
-MODELS = ("unicornn", "unicornn_reference", "lstm", "gru", "cornn", "indrnn", "torchrecurrent")
+MODELS = (
+    "unicornn",
+    "unicornn_final",
+    "unicornn_reference",
+    "lstm",
+    "gru",
+    "cornn",
+    "indrnn",
+    "torchrecurrent",
+)
 DEFAULT_MODELS = ("unicornn", "lstm", "gru", "cornn", "indrnn", "torchrecurrent")
-#: models run by a per-step Python loop: timed in the first ``slow_repeats`` rounds only
+#: models run by a per-step Python loop: by default timed in the first ``slow_repeats`` rounds only
 SLOW = ("unicornn_reference", "cornn", "torchrecurrent")
 
 PAPER_SETTING = {"lengths": (1000, 2000), "batch": 128, "hidden": 256, "layers": 2, "input_size": 1}
@@ -52,14 +66,19 @@ CLASSES = 10
 
 
 class _LastStep(nn.Module):
-    """A time-major recurrent stack followed by a linear head on its last output step."""
+    """A time-major recurrent stack followed by a linear head on its last output step (N, B, H) -> (B, 10),
+    or with ``final_state`` on the top layer's final state ``y_n[-1]`` of a ``return_sequence=False`` call."""
 
-    def __init__(self, rnn: nn.Module, hidden: int) -> None:
+    def __init__(self, rnn: nn.Module, hidden: int, final_state: bool = False) -> None:
         super().__init__()
         self.rnn = rnn
         self.head = nn.Linear(hidden, CLASSES)
+        self.final_state = final_state
 
     def forward(self, u):
+        if self.final_state:
+            _, (y_n, _) = self.rnn(u, return_sequence=False)
+            return self.head(y_n[-1])
         out, _ = self.rnn(u)
         return self.head(out[-1])
 
@@ -98,7 +117,7 @@ def build_model(name: str, input_size: int, hidden: int, layers: int, device: to
         except ImportError as err:
             return f"not installed ({err}); pip install torchrecurrent==0.2.5"
         rnn = torchrecurrent.UnICORNN(input_size, hidden, num_layers=layers, dt=DT, alpha=ALPHA)
-    return _LastStep(rnn, hidden).to(device)
+    return _LastStep(rnn, hidden, final_state=base == "unicornn_final").to(device)
 
 
 def _time_step(model: nn.Module, u, target, device: torch.device) -> float:
@@ -135,18 +154,25 @@ def copy_bandwidth(device: torch.device, nbytes: int = 64 * 2**20, repeats: int 
 
 
 def step_floor(N: int, batch: int, hidden: int, layers: int, input_size: int, device: torch.device,
-               repeats: int = 5, bandwidth: float | None = None) -> dict[str, Any]:  # fmt: skip
-    """The floor of one fused UnICORNN forward+backward of this shape: matmuls plus one memory pass.
+               repeats: int = 5, bandwidth: float | None = None, final_state: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The floor of one fused UnICORNN forward+backward of this shape (float32, head excluded).
 
-    * matmuls (timed here, float32): per layer the input projection ``x = u W^T`` (N*B, in) x (in, M), and
-      in the backward the weight gradient ``g^T u`` and, above the first layer, the input gradient ``g W``;
-    * memory: per layer the recurrence kernels must read ``x`` and write ``y`` in the forward pass, and read
-      ``dL/dy``, ``x`` and ``y`` and write ``dL/dx`` in the backward pass: 6 passes of N*B*M float32,
-      at :func:`copy_bandwidth` (measured unless ``bandwidth`` in bytes/s is given).
+    * ``matmul_s`` (timed here): per layer the input projection ``x = u V^T``, (N*B, in) x (in, M), and in
+      the backward the weight gradient ``grad_x^T u`` and, above the first layer, the input gradient
+      ``grad_x V`` (the first layer's input needs no gradient). The bias is added inside the scan kernels,
+      so no matmul writes ``x + b``.
+    * ``memory_s``: one pass of N*B*M float32 (``tensor_bytes``) per tensor the fused kernels must touch, at
+      :func:`copy_bandwidth` (measured unless ``bandwidth`` in bytes/s is given). Per layer the forward
+      reads ``x`` and writes ``y`` (2 passes); the backward reads ``x`` and the stored ``y`` and writes
+      ``grad_x`` (3 passes), and reads ``grad_y`` (1 pass) -- except in the top layer when the loss reads
+      only its final state (``final_state``, a ``return_sequence=False`` call): its ``grad_y`` is then
+      unset and the backward kernel skips it. ``memory_passes`` = 6 L, or 6 L - 1 with ``final_state``.
+    * ``floor_s`` = ``matmul_s`` + ``memory_s``; both readouts are also given, ``floor_final_state_s``
+      and ``floor_output_readout_s`` (a head on ``output[-1]``).
 
     Returns:
-        dict: ``floor_s`` = ``matmul_s`` + ``memory_s``, ``bytes`` (the kernels' traffic) and
-        ``bandwidth_GBps``.
+        dict: the above, ``bytes`` (``memory_passes * tensor_bytes``) and the bandwidth
+        (``copy_bandwidth_bytes_per_s``, ``bandwidth_GBps``).
     """
     gen = torch.Generator().manual_seed(0)
     rows = N * batch
@@ -167,9 +193,13 @@ def step_floor(N: int, batch: int, hidden: int, layers: int, input_size: int, de
 
     matmul_s = _median_time(matmuls, device, repeats)
     bandwidth = bandwidth or copy_bandwidth(device, repeats=repeats)
-    traffic = 6 * layers * rows * hidden * 4
-    memory_s = traffic / bandwidth
-    return {"floor_s": matmul_s + memory_s, "matmul_s": matmul_s, "memory_s": memory_s, "bytes": traffic,
+    tensor_bytes = rows * hidden * 4
+    floors = {f"floor_{key}_s": matmul_s + (6 * layers - top) * tensor_bytes / bandwidth
+              for key, top in (("final_state", 1), ("output_readout", 0))}  # fmt: skip
+    passes = 6 * layers - int(final_state)
+    memory_s = passes * tensor_bytes / bandwidth
+    return {"floor_s": matmul_s + memory_s, **floors, "matmul_s": matmul_s, "memory_s": memory_s, "memory_passes": passes, "tensor_bytes": tensor_bytes,
+            "bytes": passes * tensor_bytes, "copy_bandwidth_bytes_per_s": bandwidth,
             "bandwidth_GBps": bandwidth / 1e9}  # fmt: skip
 
 
@@ -201,6 +231,8 @@ def run_speed(
     flush_denormal: bool = False,
     floor: bool = False,
     forward_only: bool = False,
+    slow: Sequence[str] = SLOW,
+    ratio_to: str = "unicornn",
 ) -> dict[str, Any]:
     """Time one training step of every model at every length; see the module docstring.
 
@@ -209,21 +241,26 @@ def run_speed(
         models: model names (see :data:`MODELS`), each optionally ``name:L``.
         batch, hidden, layers, input_size: B, hidden size, layers and input width shared by all models.
         device: ``"cpu"`` or ``"cuda"`` (``"cuda:i"``).
-        repeats: timed rounds for fast models; ``slow_repeats`` for those of :data:`SLOW`.
+        repeats: timed rounds for fast models; ``slow_repeats`` for those named in ``slow``.
         warmup: untimed rounds first (compilation, allocator warm-up).
         threads: torch threads during the run (restored after); default torch's own choice.
         flush_denormal: flush subnormal floats to zero on CPU during the run (``torch.set_flush_denormal``).
             Off by default, as a user's process runs; vanishing gradients (LSTM, GRU on random inputs)
             reach subnormal values, which CPUs process many times slower (an LSTM step ~10x here).
-        floor: add a ``floor`` row per length (:func:`step_floor`, with the common ``layers``).
+        floor: add a ``floor`` row per length (:func:`step_floor`, with the common ``layers``); its
+            readout is that of ``ratio_to`` (the final state for ``unicornn_final``, else ``output[-1]``).
         forward_only: also time inference (forward under ``torch.no_grad``) in the same rounds:
             ``forward_median_s`` in each row.
+        slow: base model names (see :data:`MODELS`) timed in the first ``slow_repeats`` rounds only.
+        ratio_to: the model (one of ``models``) every ratio is taken against.
 
     Returns:
         dict: ``settings``, ``machine``, ``load_average_before`` / ``_after``, ``rows`` (one per length and
-        model: ``N``, ``model``, ``median_s``, ``runs_s``, ``ratio_to_unicornn`` (None without ``unicornn``
-        among the models); or ``skipped`` with the reason; with ``floor``, a row of model ``floor`` per
-        length whose ``median_s`` is the floor and which holds the parts of :func:`step_floor`).
+        model: ``N``, ``model``, ``median_s``, ``runs_s``, ``ratio_to_unicornn`` (the median of the paired
+        per-round ratios to ``ratio_to``; None when ``ratio_to`` is not among the models or was skipped);
+        or ``skipped`` with the reason; with ``floor``, a row of model ``floor`` per length whose
+        ``median_s`` is the floor, ``ratio_to_unicornn`` that over the median of ``ratio_to``, and which
+        holds the parts of :func:`step_floor`), ``load_average_1min_during`` (after every round).
     """
     for name, value, lo in (
         ("repeats", repeats, 1),
@@ -236,6 +273,10 @@ def run_speed(
         raise ValueError(f"lengths must be a non-empty list of ints >= 1, got {lengths!r}")
     for name in models:
         _parse(name, layers)
+    _parse(ratio_to, layers)
+    for name in slow:
+        if name not in MODELS:
+            raise ValueError(f"slow must hold names of {MODELS}, got {name!r}")
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -244,14 +285,15 @@ def run_speed(
     try:
         dev = torch.device(device)
         result = _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_repeats, warmup,
-                      seed, forward_only)  # fmt: skip
+                      seed, forward_only, tuple(slow), ratio_to)  # fmt: skip
         if floor:
             bandwidth = copy_bandwidth(dev, repeats=repeats)
             base = {
-                r["N"]: r["median_s"] for r in result["rows"] if r["model"] == "unicornn" and "median_s" in r
+                r["N"]: r["median_s"] for r in result["rows"] if r["model"] == ratio_to and "median_s" in r
             }
+            final_state = _parse(ratio_to, layers)[0] == "unicornn_final"
             for N in lengths:
-                parts = step_floor(N, batch, hidden, layers, input_size, dev, repeats, bandwidth)
+                parts = step_floor(N, batch, hidden, layers, input_size, dev, repeats, bandwidth, final_state)
                 ratio = parts["floor_s"] / base[N] if N in base else None
                 result["rows"].append({"N": N, "model": "floor", "median_s": parts["floor_s"], **parts,
                                        "ratio_to_unicornn": ratio})  # fmt: skip
@@ -265,7 +307,7 @@ def run_speed(
 
 
 def _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_repeats, warmup, seed,
-         forward_only=False):  # fmt: skip
+         forward_only, slow, ratio_to):  # fmt: skip
     """The measurement of :func:`run_speed`, its arguments checked and its thread count set."""
     torch.manual_seed(seed)
     built = {
@@ -274,9 +316,10 @@ def _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_
     settings = {"lengths": list(lengths), "models": list(models), "batch": batch, "hidden": hidden,
                 "layers": layers, "input_size": input_size, "classes": CLASSES, "device": str(dev),
                 "repeats": repeats, "slow_repeats": slow_repeats, "warmup": warmup, "dt": DT, "alpha": ALPHA,
-                "unicornn_backend": fused_backend(dev)}  # fmt: skip
+                "unicornn_backend": fused_backend(dev), "slow": list(slow), "ratio_to": ratio_to,
+                "threads": torch.get_num_threads()}  # fmt: skip
     result = {"benchmark": "speed", "settings": settings, "machine": machine_info(str(dev)),
-              "load_average_before": load_average(), "rows": []}  # fmt: skip
+              "load_average_before": load_average(), "load_average_1min_during": [], "rows": []}  # fmt: skip
     gen = torch.Generator().manual_seed(seed)
     for N in lengths:
         u = torch.randn(N, batch, input_size, generator=gen).to(dev)
@@ -285,7 +328,7 @@ def _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_
         forward: dict[str, list[float]] = {name: [] for name in runs}
         for r in range(warmup + repeats):
             for name in runs:
-                if _parse(name, layers)[0] in SLOW and r >= warmup + slow_repeats:
+                if _parse(name, layers)[0] in slow and r >= warmup + slow_repeats:
                     continue
                 elapsed = _time_step(built[name], u, target, dev)
                 inference = _time_forward(built[name], u, dev) if forward_only else None
@@ -293,14 +336,15 @@ def _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_
                     runs[name].append(elapsed)
                     if inference is not None:
                         forward[name].append(inference)
-        base = statistics.median(runs["unicornn"]) if runs.get("unicornn") else None
+            if r >= warmup:
+                result["load_average_1min_during"].append((load_average() or [None])[0])
+        base = runs.get(ratio_to)
         for name, model in built.items():
             if isinstance(model, str):
                 result["rows"].append({"N": N, "model": name, "skipped": model})
                 continue
-            med = statistics.median(runs[name])
-            row = {"N": N, "model": name, "median_s": med, "runs_s": runs[name]}
-            row["ratio_to_unicornn"] = med / base if base else None
+            row = {"N": N, "model": name, "median_s": statistics.median(runs[name]), "runs_s": runs[name]}
+            row["ratio_to_unicornn"] = _paired_ratio(runs[name], base) if base else None
             if forward_only:
                 row["forward_median_s"] = statistics.median(forward[name])
             result["rows"].append(row)
@@ -308,8 +352,15 @@ def _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_
     return result
 
 
+def _paired_ratio(times: Sequence[float], base: Sequence[float]) -> float:
+    """Median over rounds of ``times[r] / base[r]``; a model timed in fewer rounds pairs with the first ones
+    of ``base`` (all models take part in every round from the first on)."""
+    return statistics.median(t / b for t, b in zip(times, base, strict=False))
+
+
 def format_table(result: dict[str, Any]) -> str:
-    """A Markdown table: one row per model, one column per length (median ms and the ratio to unicornn)."""
+    """A Markdown table: one row per model, one column per length (median ms and the paired ratio to the
+    ``ratio_to`` model)."""
     lengths = result["settings"]["lengths"]
     s = result["settings"]
     lines = [
@@ -317,7 +368,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"{s['input_size']}, {s['device']} (unicornn backend: {s['unicornn_backend']}); "
         f"load average {result.get('load_average_before')} -> {result.get('load_average_after')}",
         "",
-        "| model | " + " | ".join(f"N={n}: ms (x unicornn)" for n in lengths) + " |",
+        "| model | " + " | ".join(f"N={n}: ms (x {s.get('ratio_to', 'unicornn')})" for n in lengths) + " |",
         "| --- |" + " --- |" * len(lengths),
     ]
     for name in s["models"]:
