@@ -98,13 +98,22 @@ class _TorchRNN:
     each sequence's own last step; the output is zero past each length.
     """
 
-    def _forward(self, base_forward, input, state, lengths):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
+                 batch_first: bool = False) -> None:  # fmt: skip
+        super().__init__(
+            _check_int("input_size", input_size, 1), _check_int("hidden_size", hidden_size, 1),
+            num_layers=_check_int("num_layers", num_layers, 1), dropout=_check_dropout(dropout),
+            batch_first=bool(batch_first),
+        )  # fmt: skip
+
+    def forward(self, input, state=None, lengths=None):
+        """``(input, state=None, lengths=None) -> (output, state)``; see the class docstring."""
         N, B = _check_input(input, self.input_size, self.batch_first)
         lengths = check_lengths(lengths, N, B)
         if lengths is None:
-            return base_forward(input, state)
+            return super().forward(input, state)
         packed = pack_padded_sequence(input, lengths, batch_first=self.batch_first, enforce_sorted=False)
-        out, state = base_forward(packed, state)
+        out, state = super().forward(packed, state)
         out, _ = pad_packed_sequence(out, batch_first=self.batch_first, total_length=N)
         return out, state
 
@@ -117,36 +126,12 @@ class LSTM(_TorchRNN, nn.LSTM):
     Call: ``(input, state=None, lengths=None) -> (output, (h_n, c_n))``; shapes in the module docstring.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
-                 batch_first: bool = False) -> None:  # fmt: skip
-        super().__init__(
-            _check_int("input_size", input_size, 1), _check_int("hidden_size", hidden_size, 1),
-            num_layers=_check_int("num_layers", num_layers, 1), dropout=_check_dropout(dropout),
-            batch_first=bool(batch_first),
-        )  # fmt: skip
-
-    def forward(self, input, state=None, lengths=None):
-        """``(input, state=None, lengths=None) -> (output, state)``; see the class docstring."""
-        return self._forward(super().forward, input, state, lengths)
-
 
 class GRU(_TorchRNN, nn.GRU):
     """:class:`torch.nn.GRU` (cuDNN on GPU) with UnICORNN's call signature.
 
     Args and initialisation as :class:`LSTM`. Call: ``(input, state=None, lengths=None) -> (output, h_n)``.
     """
-
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
-                 batch_first: bool = False) -> None:  # fmt: skip
-        super().__init__(
-            _check_int("input_size", input_size, 1), _check_int("hidden_size", hidden_size, 1),
-            num_layers=_check_int("num_layers", num_layers, 1), dropout=_check_dropout(dropout),
-            batch_first=bool(batch_first),
-        )  # fmt: skip
-
-    def forward(self, input, state=None, lengths=None):
-        """``(input, state=None, lengths=None) -> (output, state)``; see the class docstring."""
-        return self._forward(super().forward, input, state, lengths)
 
 
 # --------------------------------------------------------------------------------------------------
