@@ -58,6 +58,16 @@ def test_every_baseline_trains_one_epoch_through_the_cli(capsys, tmp_path, model
     assert not any(k.endswith("c_l0") for k in state)  # a baseline, not a UnICORNN stack
 
 
+def test_indrnn_weights_stay_within_their_bound_after_training(capsys, tmp_path):
+    """The trainer calls the model's constrain_() after every optimiser step: with a huge learning rate the
+    stored recurrent weights would leave [-u_max, u_max] without it."""
+    run_dir = _train(capsys, tmp_path, "model=indrnn", "lr=10", "indrnn_max_steps=10", "indrnn_gamma=2")
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+    bound = 2.0 ** (1 / 10)
+    recurrent = [v for k, v in state.items() if "weight_hh" in k]
+    assert recurrent and all(float(v.abs().max()) <= bound + 1e-6 for v in recurrent)
+
+
 @pytest.mark.parametrize(
     "sets, message",
     [

@@ -406,6 +406,14 @@ class BaselineSequenceModel(nn.Module):
         nn.init.kaiming_normal_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
+    @torch.no_grad()
+    def constrain_(self) -> None:
+        """Bring the parameters back into their allowed set after an optimiser step (IndRNN's recurrent-weight
+        bound; nothing for the other baselines). The trainer calls it after every step."""
+        constrain = getattr(self.rnn, "constrain_", None)
+        if constrain is not None:
+            constrain()
+
     def forward(self, inputs: Tensor, lengths=None) -> Tensor:
         """inputs (B, N, d) -> (B, output_size) or (B, N, output_size)."""
         if not isinstance(inputs, Tensor) or inputs.dim() != 3:

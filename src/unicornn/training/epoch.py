@@ -87,6 +87,8 @@ def train_epoch(
             raise NonFiniteError(on_nonfinite("loss" if not loss_ok else "gradient", step + 1))
         scaler.step(optimizer)
         scaler.update()
+        if hasattr(model, "constrain_"):  # a model whose parameters must stay in a set (IndRNN's bound)
+            model.constrain_()
         acc.update(out.detach(), y, loss.detach())
         if progress is not None:
             progress.batch_done(loss_value)
