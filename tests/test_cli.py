@@ -3,23 +3,13 @@
 import json
 
 import pytest
+from helpers import TINY_TRAIN_SETS
 
 from unicornn.cli import main, parse_value
 from unicornn.training.presets import TRAIN_DEFAULTS
 
-TINY_SETS = [
-    "T=10",
-    "n_train=32",
-    "n_valid=16",
-    "n_test=16",
-    "hidden_size=6",
-    "num_layers=2",
-    "epochs=2",
-    "batch_size=16",
-    "eval_batch_size=16",
-    "backend=reference",
-    "eval_subset=10",
-]
+# the shared tiny run with 2 epochs of 2 batches, no dropout and a subset for evaluation (the last --set wins)
+TINY_SETS = [*TINY_TRAIN_SETS, "epochs=2", "batch_size=16", "dropout=0", "eval_subset=10"]
 
 
 def run(capsys, *argv):

@@ -9,11 +9,12 @@ import math
 
 import pytest
 import torch
+from helpers import TINY_TRAIN_SETS
 
 from unicornn.cli import EXIT_VIOLATED, main
 
-TINY = ["T=10", "n_train=32", "n_valid=16", "n_test=16", "hidden_size=6", "num_layers=2", "epochs=1",
-        "batch_size=16", "eval_batch_size=16", "backend=reference"]  # fmt: skip
+# the shared tiny run with 1 epoch of 2 batches and no dropout (the last --set wins)
+TINY = [*TINY_TRAIN_SETS, "epochs=1", "batch_size=16", "dropout=0"]
 
 
 def run(capsys, *argv):

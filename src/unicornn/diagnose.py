@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import UnICORNN, unicornn_scan
+from ._files import save_figure
 from .baselines import GRU, LSTM
 from .bench.common import pyplot
 
@@ -425,12 +426,7 @@ def weight_norms(model: nn.Module) -> list[float]:
 
 
 def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    pyplot().close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_gradient_profiles(profiles: Mapping[str, Mapping[str, Any]], path, title: str = "") -> Path:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._files import save_figure
 from .registry import ConfigError
 
 __all__ = ["Point", "VARIANTS", "grid_points", "variant_points", "combine", "run_sweep", "collect_sweep",
@@ -249,12 +250,7 @@ def plot_sweep(result: Mapping[str, Any], path: str | Path, title: str = "") -> 
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle(title or f"sweep of {result['task']}")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def write_sweep(result: Mapping[str, Any], out: str | Path, stem: str = "sweep", title: str = "",

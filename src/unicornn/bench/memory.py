@@ -42,6 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .._files import save_figure
 from .common import fused_backend, load_average, machine_info, pyplot, write_outputs
 
 __all__ = [
@@ -382,9 +383,7 @@ def plot_memory(result: dict[str, Any], path: Path) -> None:
     ax.set_title(f"{s['layers']} layers, hidden {s['hidden']}, B={s['batch']}, {s['device']}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def write_memory(result: dict[str, Any], out_dir, stem: str = "memory") -> dict[str, Path]:

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import UnICORNN
+from .._files import save_figure
 from ..baselines import GRU, LSTM, CoRNN, IndRNN
 from .common import fused_backend, load_average, machine_info, pyplot, write_outputs
 
@@ -407,9 +408,7 @@ def plot_speed(result: dict[str, Any], path: Path) -> None:
     ax.set_title(f"B={s['batch']}, hidden {s['hidden']}, {s['layers']} layers, {s['device']}")
     ax.grid(True, axis="y", which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def write_speed(result: dict[str, Any], out_dir, stem: str = "speed") -> dict[str, Path]:

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .._files import save_figure
 from ..registry import ConfigError
 from .checkpoint import atomic_write_text, read_jsonl
 
@@ -186,13 +187,7 @@ def plot_curves(summary: dict[str, Any], path: Path, title: str) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_weight_norms(summary: dict[str, Any], path: Path, title: str) -> Path | None:
@@ -217,13 +212,7 @@ def plot_weight_norms(summary: dict[str, Any], path: Path, title: str) -> Path |
     ax.set(xlabel="epoch", ylabel="||w^l||_inf", title=f"recurrent weight norms: {title}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def write_report(root: str | Path, plot: bool = True) -> list[dict[str, Any]]:
