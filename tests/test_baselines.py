@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import torch_threads
 from torch import nn
 
 from unicornn.baselines import FACTORIES, GRU, LSTM, BaselineSequenceModel, CoRNN, IndRNN, build_baseline
@@ -21,10 +22,8 @@ def _state_tensors(state):
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny tensors: extra threads only contend on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 # --------------------------------------------------------------------------------------------------

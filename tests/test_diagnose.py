@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import torch_threads
 
 from unicornn import UnICORNN
 from unicornn.baselines import GRU, LSTM, CoRNN, IndRNN
@@ -27,10 +28,9 @@ from unicornn.models import SequenceModel
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    """Tiny tensors: extra threads only contend on a shared machine."""
+    with torch_threads(1):
+        yield
 
 
 def _png(path):
