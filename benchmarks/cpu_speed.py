@@ -5,7 +5,7 @@ End to end, through the package benchmark (:func:`unicornn.bench.run_speed`, ``u
 (cross-entropy), for
 
 * ``UnICORNN(backend="cpu")`` with the head on ``y_n[-1]`` and ``return_sequence=False`` (the way to classify
-  sequences, README; model ``unicornn_final``), and the same model with the head on ``output[-1]``,
+  sequences, docs/api.md; model ``unicornn_final``), and the same model with the head on ``output[-1]``,
 * ``UnICORNN(backend="reference")`` -- the project's pure-PyTorch loop (head on ``output[-1]``),
 * ``torchrecurrent.UnICORNN`` (PyPI ``torchrecurrent==0.2.5``) with the same sizes, dt and alpha,
 * ``torch.nn.LSTM`` with hidden 128, 1 and 2 layers,
