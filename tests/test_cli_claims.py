@@ -179,6 +179,10 @@ def test_diagnose_states_fresh_holds_and_a_forced_violation_exits_nonzero(cli, t
     assert code == 0, err
     check = json.loads((tmp_path / "ok" / "states.json").read_text())
     assert not check["violated"] and len(check["layers"]) == 2
+    assert (
+        check["form"] == "geometric"
+        and "geometric form (the proof's geometric-sum bound, valid at every step)" in out
+    )
     assert all(math.isfinite(v) for layer in check["layers"] for v in layer["max_abs_y"] + layer["max_abs_z"])
     assert "bound holds at every step" in out
     _png(tmp_path / "ok" / "states.png")
