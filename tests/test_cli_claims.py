@@ -27,7 +27,8 @@ def _train(cli, out, *sets):
         argv += ["--set", s]
     code, stdout, err = cli(*argv)
     assert code == 0, err
-    return out / "adding" / "seed-0"
+    model = next((s.split("=")[1] for s in sets if s.startswith("model=")), None)
+    return out / ("adding" if model is None else f"adding-{model}") / "seed-0"
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,25 @@ def test_indrnn_weights_stay_within_their_bound_after_training(cli, tmp_path):
     bound = 2.0 ** (1 / 10)
     recurrent = [v for k, v in state.items() if "weight_hh" in k]
     assert recurrent and all(float(v.abs().max()) <= bound + 1e-6 for v in recurrent)
+
+
+def test_a_baseline_after_the_quick_start_gets_its_own_run_directory(cli, tmp_path):
+    """`unicornn train adding` then `unicornn train adding --set model=lstm`: no collision, each reported."""
+    unicornn = _train(cli, tmp_path)
+    argv = ["train", "adding", "--quiet", "--no-tensorboard", "--out", tmp_path]
+    for s in [*TINY, "model=lstm"]:
+        argv += ["--set", s]
+    code, out, err = cli(*argv)
+    assert code == 0, err
+    lstm = tmp_path / "adding-lstm" / "seed-0"
+    assert json.loads((lstm / "config.json").read_text())["settings"]["model"] == "lstm"
+    assert json.loads((unicornn / "config.json").read_text())["settings"]["model"] == "unicornn"
+    assert f"runs written to {lstm.parent}" in out
+    # the same command again is refused with the --resume hint, which then continues that run
+    code, _, err = cli(*argv)
+    assert code == 2 and "--resume" in err and "adding-lstm" in err
+    code, _, err = cli(*argv, "--resume")
+    assert code == 0, err
 
 
 @pytest.mark.parametrize(
