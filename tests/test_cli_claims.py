@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -145,6 +146,8 @@ def test_bench_speed_with_floor(cli, tmp_path):
     assert floor["bytes"] == 6 * 1 * 6 * 2 * 4 * 4 and floor["bandwidth_GBps"] > 0
     assert floor["median_s"] == pytest.approx(floor["matmul_s"] + floor["memory_s"])
     assert "| floor |" in out and (tmp_path / "speed.txt").exists()
+    # progress lines on stderr, time-stamped as it is not a terminal here
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  N=9: round 2/2 \(timed\) took ", err, re.M), err
     _png(tmp_path / "speed.png")
 
 

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ..plotting import pyplot, save_figure, write_outputs
-from .common import fused_backend, load_average, machine_info
+from .common import format_load, fused_backend, load_average, machine_info
 
 __all__ = [
     "ALL_MEMORY_MODELS",
@@ -359,8 +359,8 @@ def format_table(result: dict[str, Any]) -> str:
     g = result.get("lean_growth")
     if g:
         lines += ["", f"lean peak growth from N={g['from_N']} to N={g['to_N']}: {100 * g['relative']:.1f}%"]
-    lines += ["", f"load average (1, 5, 15 min): before {result.get('load_average_before')}, "
-              f"after {result.get('load_average_after')}"]  # fmt: skip
+    lines += ["", f"load average (1, 5, 15 min): before {format_load(result.get('load_average_before'))}, "
+              f"after {format_load(result.get('load_average_after'))}"]  # fmt: skip
     return "\n".join(lines)
 
 
