@@ -127,6 +127,10 @@ def test_weight_norms_are_logged_every_epoch_and_plotted_by_report(cli, trained)
     code, out, _ = cli("report", trained.parent)
     assert code == 0
     assert "seed-0: recurrent weight norm ||w^l||_inf, epoch 1 -> 2: layer 1" in out
+    written = next(line for line in out.splitlines() if line.startswith("written: "))
+    assert written == "written: " + ", ".join(
+        str(trained.parent / name) for name in ("report.md", "report.json", "curves.png", "weight_norms.png")
+    )
     _png(trained.parent / "weight_norms.png")
 
 

@@ -212,7 +212,7 @@ def plot_weight_norms(summary: dict[str, Any], path: Path, title: str) -> Path |
 def write_report(root: str | Path, plot: bool = True) -> list[dict[str, Any]]:
     """Summarise every group of runs under ``root``; write ``report.md``, ``report.json`` and
     ``curves.png`` (and ``weight_norms.png`` when the runs logged weight norms) into each group's directory.
-    Returns ``[{"dir", "text", "summary", "png", "weight_png"}]``."""
+    Returns ``[{"dir", "text", "summary", "png", "weight_png", "files"}]`` (``files``: every path written)."""
     from .records import fs_errors  # a read-only or full file system: RunFileError, one line
 
     out = []
@@ -226,5 +226,7 @@ def write_report(root: str | Path, plot: bool = True) -> list[dict[str, Any]]:
             atomic_write_text(json.dumps(public, indent=2) + "\n", group / "report.json")
             png = plot_curves(summary, group / "curves.png", title) if plot else None
             weight_png = plot_weight_norms(summary, group / "weight_norms.png", title) if plot else None
-        out.append({"dir": group, "text": text, "summary": public, "png": png, "weight_png": weight_png})
+        files = [group / "report.md", group / "report.json", *(p for p in (png, weight_png) if p)]
+        out.append({"dir": group, "text": text, "summary": public, "png": png, "weight_png": weight_png,
+                    "files": files})  # fmt: skip
     return out
