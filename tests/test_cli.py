@@ -85,8 +85,19 @@ def test_tasks_lists_tasks_presets_and_sources(cli):
         "eigenworms",
         "bidmc-rr",
     ):
-        assert name in out
-    assert "Table 6" in out and "paper-128" in out and "not implemented yet" not in out
+        assert any(line.startswith(name + " ") for line in out.splitlines()), name
+    assert "paper-128" in out and "Tables 1, 6, 8" in out
+    assert max(map(len, out.splitlines())) < 110 and len(out.splitlines()) < 20  # one compact table
+
+
+def test_tasks_task_shows_its_options_presets_and_sources(cli):
+    code, out, _ = cli("tasks", "psmnist")
+    assert code == 0 and out.startswith("psmnist: permuted sequential MNIST")
+    assert "options (--set KEY=VALUE): " in out and "paper-128: " in out and "paper (default): " in out
+    assert out.count("source: ") == 3 and "Table 6" in out and "epochs" in out
+    assert max(map(len, out.splitlines())) <= 100
+    code, _, err = cli("tasks", "mnist")
+    assert code == 2 and "unknown task 'mnist'; valid tasks: adding" in err
 
 
 def test_task_options_with_a_setting_name_need_the_task_prefix():
