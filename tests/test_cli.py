@@ -116,6 +116,32 @@ def test_parse_value():
     assert parse_value("true") is True and parse_value("bf16") == "bf16"
 
 
+def test_one_epoch_and_one_run_read_as_such(cli, tmp_path):
+    """ "1 epoch", not "1 epochs"; a single run's report gives its result without a spread (no "+- 0")."""
+    argv = ["train", "adding", "--out", tmp_path, "--no-tensorboard"]
+    for s in [*TINY_SETS, "epochs=1"]:
+        argv += ["--set", s]
+    code, _, err = cli(*argv)
+    assert code == 0, err
+    assert "1 epoch," in err and "1 epochs" not in err
+    code, _, err = cli(*argv)  # refused: the run exists; and once finished:
+    code, _, err = cli(*argv, "--resume")
+    assert code == 0 and "already finished (1 epoch, best epoch" in err
+    code, out, _ = cli("report", tmp_path / "adding")
+    summary = next(
+        line for line in out.splitlines() if line.startswith("test mse at the best validation epoch")
+    )
+    assert (
+        summary.startswith("test mse at the best validation epoch, 1 run (no spread): ")
+        and "+-" not in summary
+    )
+    from unicornn.training.presets import schedule_text
+
+    assert schedule_text({"epochs": 2, "lr_reduce_epoch": 1, "lr_reduce_factor": 0.1}).startswith(
+        "1 epoch, then"
+    )
+
+
 def test_train_report_eval_round_trip(cli, tmp_path):
     out_dir = tmp_path / "runs"
     argv = ["train", "adding", "--quiet", "--out", str(out_dir), "--runs", "2"]
@@ -138,7 +164,7 @@ def test_train_report_eval_round_trip(cli, tmp_path):
 
     code, out, _ = cli("report", str(out_dir))
     assert code == 0
-    assert "| seed-0 | 0 | finished | 2/2 |" in out and "mean +- std" in out and "over 2 run(s)" in out
+    assert "| seed-0 | 0 | finished | 2/2 |" in out and "mean +- std" in out and "over 2 runs" in out
     report = json.loads((out_dir / "adding" / "report.json").read_text())
     tests = [r["test"] for r in report["runs"]]
     assert report["test_mean"] == pytest.approx(sum(tests) / 2)

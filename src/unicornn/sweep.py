@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .plotting import pyplot, save_figure, write_outputs
+from .training.report import mean_std
 from .validation import ConfigError
 
 __all__ = ["Point", "VARIANTS", "grid_points", "variant_points", "combine", "run_sweep", "collect_sweep",
@@ -200,7 +201,7 @@ def format_sweep(result: Mapping[str, Any], title: str = "") -> str:
              "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in result["rows"]:
         x = f"{r['x_key']}={_fmt(r['x'])}" if r["x_key"] else "-"
-        lines.append(f"| {r['point']} | {r['series']} | {x} | {_f(r['test_mean'])} +- {_f(r['test_std'])} | "
+        lines.append(f"| {r['point']} | {r['series']} | {x} | {mean_std(r['test_mean'], r['test_std'], r['n'])} | "
                      f"{_f(r['valid_mean'])} | {r['n']} | {r['status']} |")  # fmt: skip
     lines.append("")
     lines.append(f"test {m} at the best validation epoch of each run; std over seeds (n - 1).")

@@ -34,6 +34,7 @@ def task_details(name: str) -> str:
     the paper's result and (where the task has one) the trivial baseline to beat."""
     from ..tasks import TASKS
     from ..training.presets import presets_for
+    from ..training.settings import epochs_text
 
     task = TASKS.get(name)
     s = task.spec
@@ -49,8 +50,7 @@ def task_details(name: str) -> str:
         lines += _wrapped(
             f"{p.name}{' (default)' if p.name == s.default_preset else ''}: ",
             f"{st['num_layers']} x {st['hidden_size']} units, lr {st['lr']:g}, dropout {st['dropout']:g}, "
-            f"batch {st['batch_size']}, dt {st['dt']}, alpha {st['alpha']:g}, {st['epochs']} "
-            f"epoch{'s' * (st['epochs'] != 1)}"
+            f"batch {st['batch_size']}, dt {st['dt']}, alpha {st['alpha']:g}, {epochs_text(st['epochs'])}"
             + (f" (lr/10 after {st['lr_reduce_epoch']})" if st["lr_reduce_epoch"] else "")
             + (f", options {dict(p.task_options)}" if p.task_options else ""),
             "    ",

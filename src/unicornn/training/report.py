@@ -12,7 +12,15 @@ from ..plotting import pyplot, save_figure
 from ..validation import ConfigError
 from .checkpoint import atomic_write_text, read_jsonl
 
-__all__ = ["find_runs", "summarize", "format_report", "plot_curves", "plot_weight_norms", "write_report"]
+__all__ = [
+    "find_runs",
+    "summarize",
+    "format_report",
+    "mean_std",
+    "plot_curves",
+    "plot_weight_norms",
+    "write_report",
+]
 
 
 def find_runs(root: str | Path) -> dict[Path, list[Path]]:
@@ -106,6 +114,11 @@ def summarize(runs: list[Path]) -> dict[str, Any]:
     }
 
 
+def mean_std(mean: float, std: float, n: int) -> str:
+    """``"mean +- std"`` over ``n`` runs; the mean alone for a single run (no spread to show)."""
+    return f"{_f(mean)} +- {_f(std)}" if n > 1 else _f(mean)
+
+
 def _f(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
@@ -130,12 +143,10 @@ def format_report(title: str, summary: dict[str, Any]) -> str:
             f"{_f(r['best_epoch'])} | {_f(r['valid'])} | {_f(r['test'])} |"
             + "".join(f" {_f(r.get('extras', {}).get(k))} |" for k in extra)
         )
-    lines += [
-        "",
-        f"test {m} at the best validation epoch, mean +- std (sample std, n - 1) over {summary['n']} run(s): "
-        f"{_f(summary['test_mean'])} +- {_f(summary['test_std'])}",
-        "",
-    ]
+    n = summary["n"]
+    over = (f"mean +- std (sample std, n - 1) over {n} runs: {mean_std(summary['test_mean'], summary['test_std'], n)}"
+            if n > 1 else f"{n} run (no spread): {_f(summary['test_mean'])}")  # fmt: skip
+    lines += ["", f"test {m} at the best validation epoch, {over}", ""]
     lines += _weight_norm_lines(summary["_rows"])
     return "\n".join(lines)
 
