@@ -134,6 +134,20 @@ def test_weight_norms_are_logged_every_epoch_and_plotted_by_report(cli, trained)
     _png(trained.parent / "weight_norms.png")
 
 
+def test_report_plots_have_whole_epoch_ticks(cli, trained, monkeypatch):
+    from unicornn.training import report
+
+    drawn = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path, dpi: drawn.append(fig) or path)
+    assert cli("report", trained.parent)[0] == 0
+    axes = [ax for fig in drawn for ax in fig.axes]
+    assert len(axes) == 3  # loss and validation curves, weight norms: epochs 1 and 2 on every x axis
+    for ax in axes:
+        ax.figure.canvas.draw()
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
 def test_bench_speed_with_floor(cli, tmp_path):
     argv = ["bench", "speed", "--lengths", "6,9", "--models", "unicornn,lstm:1,indrnn", "--batch", "2",
             "--hidden", "4", "--layers", "1", "--repeats", "1", "--slow-repeats", "1", "--threads", "1", "--floor",

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..plotting import pyplot, save_figure
+from ..plotting import integer_ticks, pyplot, save_figure
 from ..validation import ConfigError
 from .checkpoint import atomic_write_text, read_jsonl
 
@@ -192,6 +192,7 @@ def plot_curves(summary: dict[str, Any], path: Path, title: str) -> Path | None:
     else:
         axes[0].set_yscale("log")
     for ax in axes:
+        integer_ticks(ax.xaxis)  # epochs
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
@@ -215,6 +216,7 @@ def plot_weight_norms(summary: dict[str, Any], path: Path, title: str) -> Path |
         for k in range(len(norms[0][1])):
             ax.plot(epochs, [n[k] for _, n in norms], "o-", ms=3, label=f"{name}, layer {k + 1}")
     ax.set(xlabel="epoch", ylabel="||w^l||_inf", title=f"recurrent weight norms: {title}")
+    integer_ticks(ax.xaxis)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return save_figure(fig, path, dpi=100)
