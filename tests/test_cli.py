@@ -155,6 +155,8 @@ def test_train_report_eval_round_trip(cli, tmp_path):
             assert (run_dir / name).exists(), name
         assert json.loads((run_dir / "config.json").read_text())["task_options"]["T"] == 10
     assert "epoch 2/2" in err and "seed 1: best validation mse" in out
+    group = out_dir / "adding"
+    assert f"written: {group / 'report.md'}, {group / 'report.json'}, {group / 'curves.png'}" in out
 
     # the same command again refuses to overwrite, --resume skips the finished runs
     code, _, err = cli(*argv)

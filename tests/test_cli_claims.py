@@ -198,6 +198,7 @@ def test_bench_memory_one_point(cli, tmp_path):
     (row,) = json.loads((tmp_path / "memory.json").read_text())["rows"]
     assert row["model"] == "unicornn_standard" and row["N"] == 40
     assert math.isfinite(row["peak_MiB"]) and row["peak_bytes"] >= 0
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  measuring unicornn_standard N=40 ", err, re.M), err
     _png(tmp_path / "memory.png")
 
 
@@ -206,6 +207,7 @@ def test_diagnose_gradients(cli, tmp_path):
     code, out, err = cli(*argv)
     assert code == 0, err
     profiles = json.loads((tmp_path / "gradients.json").read_text())["profiles"]
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  gradient profile of gru at N=30 ", err, re.M), err
     assert set(profiles) == {f"{m} N={n}" for m in ("unicornn", "lstm", "gru") for n in (12, 30)}
     for p in profiles.values():
         assert len(p["norm"]) == p["N"] and all(math.isfinite(v) and v >= 0 for v in p["norm"])

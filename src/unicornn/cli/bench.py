@@ -49,12 +49,13 @@ def run_speed(args) -> int:
 
 def run_memory(args) -> int:
     from ..bench.memory import DEFAULTS, MEMORY_MODELS, format_table, run_memory, write_memory
+    from ..training.progress import line_logger
 
     try:
         result = run_memory(
             args.lengths, args.models or MEMORY_MODELS, args.device, args.batch or DEFAULTS["batch"],
             args.hidden or DEFAULTS["hidden"], args.layers or DEFAULTS["layers"],
-            checkpoint_every=args.checkpoint_every, repeats=args.repeats, threads=args.threads,
+            checkpoint_every=args.checkpoint_every, repeats=args.repeats, threads=args.threads, log=line_logger(),
         )  # fmt: skip
     except ValueError as err:
         raise CLIError(str(err)) from None

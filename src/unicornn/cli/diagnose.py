@@ -14,9 +14,11 @@ def run_gradients(args) -> int:
     from ..bench.common import load_average, machine_info
     from ..diagnose import format_gradient_table, gradient_profile, paper_models, plot_gradient_profiles
     from ..plotting import write_outputs
+    from ..training.progress import line_logger
 
     set_threads(args.threads)
     torch.manual_seed(args.seed)
+    log = line_logger()
     profiles = {}
     for N in args.lengths:
         try:
@@ -27,6 +29,7 @@ def run_gradients(args) -> int:
         if unknown:
             raise CLIError(f"--models: unknown {', '.join(unknown)}; valid: {', '.join(models)}")
         for name in args.models:
+            log(f"gradient profile of {name} at N={N} ({args.wrt}) ...")
             p = gradient_profile(models[name], N, batch=args.batch, wrt=args.wrt, seed=args.seed)
             profiles[f"{name} N={N}"] = p
             print(

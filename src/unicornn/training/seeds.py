@@ -59,5 +59,6 @@ def summary_lines(results: list[dict[str, Any]], task_dir: Path, plot: bool = Tr
         for r in results
     ]
     if len(results) > 1:
-        lines += [rep["text"] for rep in write_report(task_dir, plot=plot)]
+        for rep in write_report(task_dir, plot=plot):
+            lines += [rep["text"], "written: " + ", ".join(map(str, rep["files"]))]
     return lines
