@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         result = run_memory(
             args.lengths, [MODES[m] for m in args.modes], args.device, **SETTING,
             checkpoint_every=args.checkpoint_every, repeats=1 + args.repeats, threads=args.threads,
-            allocator_variant=VARIANT if args.allocator_variant else None, progress=True,
+            allocator_variant=VARIANT if args.allocator_variant else None, log=lambda line: print(line, flush=True),
         )  # fmt: skip
     except ValueError as err:
         parser.error(str(err))

@@ -143,3 +143,16 @@ TEST_DATA = Path(
 def missing_sample(what: str, path) -> str:
     """The skip reason of a real-data test whose sample ``path`` is absent."""
     return f"{what} not found at {path}; point UNICORNN_TEST_DATA at the sample data folder (now {TEST_DATA})"
+
+
+def assert_missing_data_message(msg: str, files, directory) -> None:
+    """``msg`` lists absent data files as promised: a header, one short line per file naming it, its URL and
+    checksum (``files``: (name, url, checksum) each), and one line naming ``directory``, ``--data-dir`` and
+    ``UNICORNN_DATA``."""
+    lines = msg.replace(str(directory), "DIR").splitlines()  # lengths without the (test's long) folder name
+    assert len(lines) == len(files) + 2, msg
+    for line, (name, url, checksum) in zip(lines[1:-1], files, strict=True):
+        assert line.split() == [name, url, *checksum.split()][: len(line.split())], line
+        assert name in line and url in line and checksum in line, line
+    assert "DIR" in lines[-1] and "--data-dir" in lines[-1] and "UNICORNN_DATA" in lines[-1], msg
+    assert all(len(line) <= 160 for line in lines), msg

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 from unicornn.bench import run_memory, run_speed
 from unicornn.bench.memory import default_env, format_table, measure_point, summarize, write_memory
 from unicornn.bench.speed import SPEED_MODELS, build_timed_model, write_speed
+from unicornn.bench.speed import format_table as format_speed_table
 
 
 def _png(path):
@@ -26,8 +28,13 @@ def _png(path):
 def test_speed_tiny(tmp_path):
     models = ("unicornn", "unicornn_final", "unicornn_reference", "lstm", "lstm:1", "gru", "cornn", "indrnn",
               "torchrecurrent")  # fmt: skip
+    lines = []
     result = run_speed(lengths=[6, 10], models=models, batch=2, hidden=4, layers=2, repeats=2, slow_repeats=1,
-                       warmup=1, threads=1)  # fmt: skip
+                       warmup=1, threads=1, log=lines.append)  # fmt: skip
+    # progress: one line per round and length (3 rounds: 1 warm-up, 2 timed)
+    assert [line.split(" took ")[0] for line in lines if " took " in line] == [
+        f"N={n}: round {r}/3 ({'warm-up' if r == 1 else 'timed'})" for n in (6, 10) for r in (1, 2, 3)
+    ]
     assert result["settings"]["unicornn_backend"] in ("cpu", "reference")
     assert len(result["rows"]) == 2 * len(models)
     assert len(result["load_average_1min_during"]) == 2 * 2  # after every timed round, at each length
@@ -46,6 +53,12 @@ def test_speed_tiny(tmp_path):
         paired = [t / b for t, b in zip(row["runs_s"], base, strict=False)]
         assert row["ratio_to_unicornn"] == pytest.approx(statistics.median(paired))
     assert result["load_average_before"] is None or len(result["load_average_before"]) == 3
+    table = format_speed_table(result)
+    for row in result["rows"]:  # a skipped model says why, under the table
+        if "skipped" in row:
+            assert f"{row['model']} skipped: {row['skipped']}" in table.splitlines()
+    if result["load_average_before"] is not None:  # 2 decimals each
+        assert re.search(r"load average \(1, 5, 15 min\) \d+\.\d\d, \d+\.\d\d, \d+\.\d\d -> ", table), table
     paths = write_speed(result, tmp_path)
     assert json.loads(paths["json"].read_text())["rows"] == result["rows"]
     table = paths["table"].read_text()

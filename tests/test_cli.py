@@ -85,8 +85,19 @@ def test_tasks_lists_tasks_presets_and_sources(cli):
         "eigenworms",
         "bidmc-rr",
     ):
-        assert name in out
-    assert "Table 6" in out and "paper-128" in out and "not implemented yet" not in out
+        assert any(line.startswith(name + " ") for line in out.splitlines()), name
+    assert "paper-128" in out and "Tables 1, 6, 8" in out
+    assert max(map(len, out.splitlines())) < 110 and len(out.splitlines()) < 20  # one compact table
+
+
+def test_tasks_task_shows_its_options_presets_and_sources(cli):
+    code, out, _ = cli("tasks", "psmnist")
+    assert code == 0 and out.startswith("psmnist: permuted sequential MNIST")
+    assert "options (--set KEY=VALUE): " in out and "paper-128: " in out and "paper (default): " in out
+    assert out.count("source: ") == 3 and "Table 6" in out and "epochs" in out
+    assert max(map(len, out.splitlines())) <= 100
+    code, _, err = cli("tasks", "mnist")
+    assert code == 2 and "unknown task 'mnist'; valid tasks: adding" in err
 
 
 def test_task_options_with_a_setting_name_need_the_task_prefix():
@@ -105,6 +116,32 @@ def test_parse_value():
     assert parse_value("true") is True and parse_value("bf16") == "bf16"
 
 
+def test_one_epoch_and_one_run_read_as_such(cli, tmp_path):
+    """ "1 epoch", not "1 epochs"; a single run's report gives its result without a spread (no "+- 0")."""
+    argv = ["train", "adding", "--out", tmp_path, "--no-tensorboard"]
+    for s in [*TINY_SETS, "epochs=1"]:
+        argv += ["--set", s]
+    code, _, err = cli(*argv)
+    assert code == 0, err
+    assert "1 epoch," in err and "1 epochs" not in err
+    code, _, err = cli(*argv)  # refused: the run exists; and once finished:
+    code, _, err = cli(*argv, "--resume")
+    assert code == 0 and "already finished (1 epoch, best epoch" in err
+    code, out, _ = cli("report", tmp_path / "adding")
+    summary = next(
+        line for line in out.splitlines() if line.startswith("test mse at the best validation epoch")
+    )
+    assert (
+        summary.startswith("test mse at the best validation epoch, 1 run (no spread): ")
+        and "+-" not in summary
+    )
+    from unicornn.training.presets import schedule_text
+
+    assert schedule_text({"epochs": 2, "lr_reduce_epoch": 1, "lr_reduce_factor": 0.1}).startswith(
+        "1 epoch, then"
+    )
+
+
 def test_train_report_eval_round_trip(cli, tmp_path):
     out_dir = tmp_path / "runs"
     argv = ["train", "adding", "--quiet", "--out", str(out_dir), "--runs", "2"]
@@ -118,6 +155,8 @@ def test_train_report_eval_round_trip(cli, tmp_path):
             assert (run_dir / name).exists(), name
         assert json.loads((run_dir / "config.json").read_text())["task_options"]["T"] == 10
     assert "epoch 2/2" in err and "seed 1: best validation mse" in out
+    group = out_dir / "adding"
+    assert f"written: {group / 'report.md'}, {group / 'report.json'}, {group / 'curves.png'}" in out
 
     # the same command again refuses to overwrite, --resume skips the finished runs
     code, _, err = cli(*argv)
@@ -127,7 +166,7 @@ def test_train_report_eval_round_trip(cli, tmp_path):
 
     code, out, _ = cli("report", str(out_dir))
     assert code == 0
-    assert "| seed-0 | 0 | finished | 2/2 |" in out and "mean +- std" in out and "over 2 run(s)" in out
+    assert "| seed-0 | 0 | finished | 2/2 |" in out and "mean +- std" in out and "over 2 runs" in out
     report = json.loads((out_dir / "adding" / "report.json").read_text())
     tests = [r["test"] for r in report["runs"]]
     assert report["test_mean"] == pytest.approx(sum(tests) / 2)

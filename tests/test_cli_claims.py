@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -27,7 +28,8 @@ def _train(cli, out, *sets):
         argv += ["--set", s]
     code, stdout, err = cli(*argv)
     assert code == 0, err
-    return out / "adding" / "seed-0"
+    model = next((s.split("=")[1] for s in sets if s.startswith("model=")), None)
+    return out / ("adding" if model is None else f"adding-{model}") / "seed-0"
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +63,25 @@ def test_indrnn_weights_stay_within_their_bound_after_training(cli, tmp_path):
     bound = 2.0 ** (1 / 10)
     recurrent = [v for k, v in state.items() if "weight_hh" in k]
     assert recurrent and all(float(v.abs().max()) <= bound + 1e-6 for v in recurrent)
+
+
+def test_a_baseline_after_the_quick_start_gets_its_own_run_directory(cli, tmp_path):
+    """`unicornn train adding` then `unicornn train adding --set model=lstm`: no collision, each reported."""
+    unicornn = _train(cli, tmp_path)
+    argv = ["train", "adding", "--quiet", "--no-tensorboard", "--out", tmp_path]
+    for s in [*TINY, "model=lstm"]:
+        argv += ["--set", s]
+    code, out, err = cli(*argv)
+    assert code == 0, err
+    lstm = tmp_path / "adding-lstm" / "seed-0"
+    assert json.loads((lstm / "config.json").read_text())["settings"]["model"] == "lstm"
+    assert json.loads((unicornn / "config.json").read_text())["settings"]["model"] == "unicornn"
+    assert f"runs written to {lstm.parent}" in out
+    # the same command again is refused with the --resume hint, which then continues that run
+    code, _, err = cli(*argv)
+    assert code == 2 and "--resume" in err and "adding-lstm" in err
+    code, _, err = cli(*argv, "--resume")
+    assert code == 0, err
 
 
 @pytest.mark.parametrize(
@@ -106,7 +127,25 @@ def test_weight_norms_are_logged_every_epoch_and_plotted_by_report(cli, trained)
     code, out, _ = cli("report", trained.parent)
     assert code == 0
     assert "seed-0: recurrent weight norm ||w^l||_inf, epoch 1 -> 2: layer 1" in out
+    written = next(line for line in out.splitlines() if line.startswith("written: "))
+    assert written == "written: " + ", ".join(
+        str(trained.parent / name) for name in ("report.md", "report.json", "curves.png", "weight_norms.png")
+    )
     _png(trained.parent / "weight_norms.png")
+
+
+def test_report_plots_have_whole_epoch_ticks(cli, trained, monkeypatch):
+    from unicornn.training import report
+
+    drawn = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path, dpi: drawn.append(fig) or path)
+    assert cli("report", trained.parent)[0] == 0
+    axes = [ax for fig in drawn for ax in fig.axes]
+    assert len(axes) == 3  # loss and validation curves, weight norms: epochs 1 and 2 on every x axis
+    for ax in axes:
+        ax.figure.canvas.draw()
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
 
 
 def test_bench_speed_with_floor(cli, tmp_path):
@@ -125,6 +164,8 @@ def test_bench_speed_with_floor(cli, tmp_path):
     assert floor["bytes"] == 6 * 1 * 6 * 2 * 4 * 4 and floor["bandwidth_GBps"] > 0
     assert floor["median_s"] == pytest.approx(floor["matmul_s"] + floor["memory_s"])
     assert "| floor |" in out and (tmp_path / "speed.txt").exists()
+    # progress lines on stderr, time-stamped as it is not a terminal here
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  N=9: round 2/2 \(timed\) took ", err, re.M), err
     _png(tmp_path / "speed.png")
 
 
@@ -157,6 +198,7 @@ def test_bench_memory_one_point(cli, tmp_path):
     (row,) = json.loads((tmp_path / "memory.json").read_text())["rows"]
     assert row["model"] == "unicornn_standard" and row["N"] == 40
     assert math.isfinite(row["peak_MiB"]) and row["peak_bytes"] >= 0
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  measuring unicornn_standard N=40 ", err, re.M), err
     _png(tmp_path / "memory.png")
 
 
@@ -165,6 +207,7 @@ def test_diagnose_gradients(cli, tmp_path):
     code, out, err = cli(*argv)
     assert code == 0, err
     profiles = json.loads((tmp_path / "gradients.json").read_text())["profiles"]
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  gradient profile of gru at N=30 ", err, re.M), err
     assert set(profiles) == {f"{m} N={n}" for m in ("unicornn", "lstm", "gru") for n in (12, 30)}
     for p in profiles.values():
         assert len(p["norm"]) == p["N"] and all(math.isfinite(v) and v >= 0 for v in p["norm"])
@@ -179,6 +222,10 @@ def test_diagnose_states_fresh_holds_and_a_forced_violation_exits_nonzero(cli, t
     assert code == 0, err
     check = json.loads((tmp_path / "ok" / "states.json").read_text())
     assert not check["violated"] and len(check["layers"]) == 2
+    assert (
+        check["form"] == "geometric"
+        and "geometric form (the proof's geometric-sum bound, valid at every step)" in out
+    )
     assert all(math.isfinite(v) for layer in check["layers"] for v in layer["max_abs_y"] + layer["max_abs_z"])
     assert "bound holds at every step" in out
     _png(tmp_path / "ok" / "states.png")

@@ -11,6 +11,7 @@ from helpers import torch_threads
 from unicornn import UnICORNN
 from unicornn.baselines import GRU, LSTM, CoRNN, IndRNN
 from unicornn.diagnose import (
+    format_state_check,
     gradient_profile,
     layer_states,
     paper_models,
@@ -129,7 +130,7 @@ def test_bound_formula():
     y, z = prop_c1_bound(10, 0.1, 4.0, "geometric")  # beta = max(9, 64) = 64
     energy = (0.2 + 16 * 1e-4) * ((1 + 6.4) ** 10 - 1) / 6.4
     assert float(z) == pytest.approx(math.sqrt(energy)) and float(y) == pytest.approx(math.sqrt(energy / 4))
-    y, z = prop_c1_bound(5, 0.5, 0.0)
+    y, z = prop_c1_bound(5, 0.5, 0.0, "paper")
     assert math.isinf(float(y)) and float(z) == pytest.approx(math.sqrt(2 * (1 + 5)))
     with pytest.raises(ValueError, match="form must be"):
         prop_c1_bound(5, 0.1, 1.0, "tight")
@@ -185,8 +186,15 @@ def test_resonant_drive_exceeds_the_stated_bound_but_not_the_geometric_one():
     s = 0.1 * torch.sigmoid(torch.tensor(20.0, dtype=torch.float64))
     u = torch.sign(torch.sin(s * torch.arange(1, N + 1, dtype=torch.float64))).view(N, 1, 1)
     paper = state_bound_check(rnn, u, form="paper")
-    assert paper["violated"] and 100 < paper["violations"][0]["step"] < N
-    assert not state_bound_check(rnn, u, form="geometric")["violated"]
+    assert paper["violated"] and 100 < paper["violations"][0]["step"] < N and paper["geometric_holds"]
+    assert not state_bound_check(rnn, u)["violated"]  # the default: the geometric form, valid at every step
+    text = format_state_check(paper, "a resonant unit")
+    assert "paper form" in text and "small-time bound" in text and "not a bug" in text
+    # a violation of the geometric form too (a start outside the bound's assumption) gets no such note
+    start = torch.full((1, 1, 1), 50.0, dtype=torch.float64)
+    forced = state_bound_check(rnn, u, (start, start), form="paper")
+    assert forced["violated"] and not forced["geometric_holds"]
+    assert "not a bug" not in format_state_check(forced, "a forced start")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import socket
 import threading
 
 import pytest
+from helpers import assert_missing_data_message
 
 from unicornn.tasks import download
 from unicornn.tasks.download import ChecksumError, DataUnavailableError, data_root, fetch
@@ -167,9 +168,10 @@ def test_offline_message(tmp_path, closed_port_url):
         fetch(urls, dest, sha256=SHA, timeout=5)
     assert not isinstance(info.value, ChecksumError)
     msg = str(info.value)
-    assert "file.bin" in msg and str(dest.parent) in msg and SHA in msg
-    assert all(u in msg for u in urls)
-    assert listing(dest.parent) == []
+    assert "file.bin" in msg and str(dest.parent) in msg and SHA in msg and urls[0] in msg
+    assert info.value.missing[0].url == urls[0] and info.value.missing[0].directory == dest.parent
+    assert_missing_data_message(msg, [("file.bin", urls[0], f"sha256 {SHA}")], dest.parent)
+    assert not dest.parent.exists()  # the folder it created for the download is removed again
 
 
 def test_present_file_with_wrong_checksum_is_an_error(server, tmp_path):

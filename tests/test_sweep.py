@@ -193,3 +193,18 @@ def test_a_sweep_over_names_is_plotted_side_by_side(tmp_path):
              "test_std": 0.0} for i, m in enumerate(("unicornn", "lstm", "gru"))]  # fmt: skip
     path = plot_sweep({"task": "adding", "metric": "mse", "rows": rows}, tmp_path / "models.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_sweep_over_layers_has_whole_number_ticks_and_no_legend_reading_all(monkeypatch, tmp_path):
+    from unicornn import sweep
+
+    drawn = []
+    monkeypatch.setattr(sweep, "save_figure", lambda fig, path, dpi: drawn.append(fig) or path)
+    rows = [{"point": f"num_layers={k}", "series": "all", "x_key": "num_layers", "x": k, "n": 1,
+             "test_mean": 0.1 / k, "test_std": 0.0} for k in (3, 4)]  # fmt: skip
+    sweep.plot_sweep({"task": "adding", "metric": "mse", "rows": rows}, tmp_path / "layers.png")
+    (ax,) = drawn[0].axes
+    drawn[0].canvas.draw()
+    assert ax.get_legend() is None  # one unnamed curve: nothing to tell apart
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks

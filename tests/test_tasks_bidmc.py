@@ -10,7 +10,7 @@ import pathlib
 import numpy as np
 import pytest
 import torch
-from helpers import TEST_DATA, missing_sample
+from helpers import TEST_DATA, assert_missing_data_message, missing_sample
 
 from unicornn.tasks import bidmc, download
 from unicornn.tasks.bidmc import TARGETS, BidmcTask, build_bidmc, fetch_bidmc, load_bidmc
@@ -150,12 +150,9 @@ def test_missing_files_offline_name_each_file_url_and_directory(tmp_path, monkey
     hr = TARGETS["hr"]
     with pytest.raises(DataUnavailableError) as err:
         fetch_bidmc(hr, tmp_path)
-    msg = str(err.value)
-    assert "\n" not in msg  # one line, one sentence group per missing file
-    first, second = msg.split(f" {hr.files[1]} is not in ")
-    for line, name in zip((first, second), hr.files):
-        assert f"https://zenodo.org/record/4001456/files/{name}" in line
-        assert str(tmp_path / "bidmc32hr") in line and "zenodo.org/records/4001456" in line
+    files = [(name, f"https://zenodo.org/record/4001456/files/{name}",
+              f"md5 from https://zenodo.org/records/4001456 into {name}.md5") for name in hr.files]  # fmt: skip
+    assert_missing_data_message(str(err.value), files, tmp_path / "bidmc32hr")
     assert not (tmp_path / "bidmc32hr").exists()
 
 

@@ -71,7 +71,7 @@ def train_fails(capsys, caplog, task, data_dir, out) -> str:
     code = main(["train", task, "--preset", "small", "--data-dir", str(data_dir), "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2, err
-    assert err.startswith("unicornn: error: ") and err.count("\n") == 1, err  # one line
+    assert err.startswith("unicornn: error: "), err
     assert "Traceback" not in err
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]  # nothing else shown
     assert not out.exists()  # no run directory (nor the output directory) was created
@@ -79,13 +79,20 @@ def train_fails(capsys, caplog, task, data_dir, out) -> str:
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_missing_data_one_line_exit_2_no_run_directory(capsys, caplog, monkeypatch, tmp_path, task):
+def test_missing_data_one_line_per_file_exit_2_no_run_directory(capsys, caplog, monkeypatch, tmp_path, task):
+    """A header, one short line per missing file (name, URL, checksum), one line naming the folder,
+    --data-dir and UNICORNN_DATA; no run directory and no empty data folder left behind."""
     offline(monkeypatch)
     data = tmp_path / "data"
     err = train_fails(capsys, caplog, task, data, tmp_path / "runs")
-    parts, _ = expected_parts(task, data)
+    parts, names = expected_parts(task, data)
     for part in parts:
         assert part in err, part
+    lines = err.replace(str(data), "DATA").splitlines()  # line lengths without the (test's long) folder name
+    assert len(lines) == len(names) + 2 and all(len(line) <= 160 for line in lines), err
+    assert [line.split()[0] for line in lines[1:-1]] == names
+    assert "--data-dir" in lines[-1] and "UNICORNN_DATA" in lines[-1]
+    assert not data.exists()
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -104,6 +111,6 @@ def test_corrupt_file_detected_never_used(capsys, caplog, monkeypatch, tmp_path,
         if task.startswith("bidmc"):  # the record's md5, as a user writes it for an offline check
             (directory / f"{name}.md5").write_text("0123456789abcdef0123456789abcdef\n")
     err = train_fails(capsys, caplog, task, data, tmp_path / "runs")
-    assert "checksum mismatch" in err and names[0] in err
+    assert "checksum mismatch" in err and names[0] in err and err.count("\n") == 1  # one line
     for name in names:
         assert (directory / name).read_bytes() == b"not the official file\n"  # neither used nor deleted

@@ -8,6 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from helpers import assert_missing_data_message
 
 from unicornn.tasks import download, eigenworms
 from unicornn.tasks.download import ChecksumError, DataUnavailableError
@@ -134,15 +135,9 @@ def test_missing_archive_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(download.urllib.request, "urlopen", refuse)
     with pytest.raises(DataUnavailableError) as err:
         EigenWormsTask().build({}, tmp_path, 0)
-    msg = str(err.value)
-    for part in (
-        "EigenWorms.zip",
-        eigenworms.ARCHIVE_URLS[0],
-        eigenworms.ARCHIVE_SHA256,
-        str(tmp_path / "eigenworms"),
-    ):
-        assert part in msg
-    assert not any((tmp_path / "eigenworms").iterdir())
+    files = [("EigenWorms.zip", eigenworms.ARCHIVE_URLS[0], f"sha256 {eigenworms.ARCHIVE_SHA256}")]
+    assert_missing_data_message(str(err.value), files, tmp_path / "eigenworms")
+    assert not (tmp_path / "eigenworms").exists()  # no empty data folder left behind
 
 
 def test_corrupt_archive_rejected(mini):

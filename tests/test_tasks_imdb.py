@@ -11,7 +11,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from helpers import TEST_DATA, missing_sample
+from helpers import TEST_DATA, assert_missing_data_message, missing_sample
 
 from unicornn.task_models import EmbeddingSequenceModel
 from unicornn.tasks import download, imdb
@@ -291,11 +291,9 @@ def test_missing_files_offline_name_each_file(tmp_path, monkeypatch):
     offline(monkeypatch)
     with pytest.raises(DataUnavailableError) as err:
         ImdbTask().build({}, tmp_path, 0)
-    msg = str(err.value)
-    for part in (*imdb.ARCHIVE.urls[:1], imdb.ARCHIVE.md5, *imdb.GLOVE.urls[:1], imdb.GLOVE.md5,
-                 str(tmp_path / "imdb")):  # fmt: skip
-        assert part in msg
-    assert "\n" not in msg
+    files = [(f.name, f.urls[0], f"md5 {f.md5}") for f in (imdb.ARCHIVE, imdb.GLOVE)]
+    assert_missing_data_message(str(err.value), files, tmp_path / "imdb")
+    assert not (tmp_path / "imdb").exists()
 
 
 def test_corrupt_file_detected_and_not_used(mini):

@@ -211,7 +211,7 @@ def test_persistence_shown_by_tasks_and_beside_every_report_result(tmp_path, cap
     small = dict(get_preset("lorenz96", "small").task_options)
     expected = persistence_baseline(small, seed=5)["test"]
     assert f"{expected:.4g}" in task.baseline_note(small)
-    assert main(["tasks"]) == 0
+    assert main(["tasks", "lorenz96"]) == 0
     assert (
         f"baseline: persistence x_{{n+1}} = x_n scores test NRMSE {expected:.4g}" in capsys.readouterr().out
     )

@@ -15,7 +15,15 @@ from typing import Any
 
 from ._files import atomic_write
 
-__all__ = ["have_matplotlib", "pyplot", "save_figure", "write_text", "write_json", "write_outputs"]
+__all__ = [
+    "have_matplotlib",
+    "integer_ticks",
+    "pyplot",
+    "save_figure",
+    "write_text",
+    "write_json",
+    "write_outputs",
+]
 
 
 def have_matplotlib() -> bool:
@@ -35,6 +43,13 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def integer_ticks(axis) -> None:
+    """Ticks at whole numbers only on a matplotlib ``axis`` (``ax.xaxis``) of epochs, layers, counts."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:

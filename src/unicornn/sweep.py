@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .plotting import pyplot, save_figure, write_outputs
+from .plotting import integer_ticks, pyplot, save_figure, write_outputs
+from .training.report import mean_std
 from .validation import ConfigError
 
 __all__ = ["Point", "VARIANTS", "grid_points", "variant_points", "combine", "run_sweep", "collect_sweep",
@@ -200,7 +201,7 @@ def format_sweep(result: Mapping[str, Any], title: str = "") -> str:
              "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in result["rows"]:
         x = f"{r['x_key']}={_fmt(r['x'])}" if r["x_key"] else "-"
-        lines.append(f"| {r['point']} | {r['series']} | {x} | {_f(r['test_mean'])} +- {_f(r['test_std'])} | "
+        lines.append(f"| {r['point']} | {r['series']} | {x} | {mean_std(r['test_mean'], r['test_std'], r['n'])} | "
                      f"{_f(r['valid_mean'])} | {r['n']} | {r['status']} |")  # fmt: skip
     lines.append("")
     lines.append(f"test {m} at the best validation epoch of each run; std over seeds (n - 1).")
@@ -229,13 +230,15 @@ def plot_sweep(result: Mapping[str, Any], path: str | Path, title: str = "") -> 
                    for r in group if r["series"] == series and r["n"]]  # fmt: skip
             if pts:
                 xs, ys, es = zip(*sorted(pts))
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=series,
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=None if series == "all" else series,
                             linestyle="-" if numeric else "none")  # fmt: skip
         xs = [r["x"] for r in group]
         if numeric and xs and min(xs) > 0 and max(xs) / min(xs) >= 5:
             ax.set_xscale("log")
             ax.minorticks_off()
             ax.set_xticks(sorted(set(xs)), [_fmt(x) for x in sorted(set(xs))])
+        elif numeric and all(isinstance(x, int) for x in xs):  # layers, units, epochs
+            integer_ticks(ax.xaxis)
         if not numeric:
             ax.set_xticks(range(len(labels)), labels)
         ys = [r["test_mean"] for r in group if r["n"]]

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["fused_backend", "load_average", "machine_info"]
+__all__ = ["format_load", "fused_backend", "load_average", "machine_info"]
 
 
 def load_average() -> list[float] | None:
@@ -19,6 +19,11 @@ def load_average() -> list[float] | None:
         return list(os.getloadavg())
     except (AttributeError, OSError):
         return None
+
+
+def format_load(average: list[float] | None) -> str:
+    """Load averages as the tables print them: ``"1.23, 1.10, 0.98"`` (1, 5, 15 min), or ``"unknown"``."""
+    return "unknown" if not average else ", ".join(f"{v:.2f}" for v in average)
 
 
 def machine_info(device: str = "cpu") -> dict[str, Any]:

@@ -35,7 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ..plotting import pyplot, save_figure, write_outputs
-from .common import fused_backend, load_average, machine_info
+from .common import format_load, fused_backend, load_average, machine_info
 
 __all__ = [
     "ALL_MEMORY_MODELS",
@@ -232,14 +232,14 @@ def run_memory(
     repeats: int = 1,
     threads: int | None = None,
     allocator_variant: Mapping[str, str] | None = None,
-    progress: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Peak training memory of every model at every length; see the module docstring.
 
     ``repeats``: full-length steps per point (the step time is the median of those after the first when
     there are two or more). ``threads``: torch threads of each measurement (default: torch's own choice).
     ``allocator_variant``: environment variables (e.g. ``{"MALLOC_MMAP_THRESHOLD_": "65536"}``) of one extra
-    ``unicornn_lean`` row per N, labelled ``variant`` (CPU only). ``progress``: print each point as it starts.
+    ``unicornn_lean`` row per N, labelled ``variant`` (CPU only). ``log``: receives a line as each point starts.
 
     Returns:
         dict: ``settings``, ``machine``, ``load_average_before``/``_after``, ``rows`` (per model and N:
@@ -272,8 +272,8 @@ def run_memory(
               "machine": machine_info(str(dev)), "load_average_before": load_average(), "rows": []}  # fmt: skip
     extra = [("unicornn_lean", allocator_variant)] if allocator_variant else []
     for N, (m, variant) in [(N, job) for N in lengths for job in [*((m, None) for m in models), *extra]]:
-        if progress:
-            print(f"measuring {m} N={N}" + (f" with {dict(variant)}" if variant else "") + " ...", flush=True)
+        if log is not None:
+            log(f"measuring {m} N={N}" + (f" with {dict(variant)}" if variant else "") + " ...")
         point = {"model": m, "N": N, **common}
         if dev.type == "cpu":
             row = measure_in_fresh_process(point, variant)
@@ -359,8 +359,8 @@ def format_table(result: dict[str, Any]) -> str:
     g = result.get("lean_growth")
     if g:
         lines += ["", f"lean peak growth from N={g['from_N']} to N={g['to_N']}: {100 * g['relative']:.1f}%"]
-    lines += ["", f"load average (1, 5, 15 min): before {result.get('load_average_before')}, "
-              f"after {result.get('load_average_after')}"]  # fmt: skip
+    lines += ["", f"load average (1, 5, 15 min): before {format_load(result.get('load_average_before'))}, "
+              f"after {format_load(result.get('load_average_after'))}"]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from torch import nn
 from .. import UnICORNN
 from ..baselines import GRU, LSTM, CoRNN, IndRNN
 from ..plotting import pyplot, save_figure, write_outputs
-from .common import fused_backend, load_average, machine_info
+from .common import format_load, fused_backend, load_average, machine_info
 
 __all__ = ["CPU_SETTING", "SPEED_MODELS", "PAPER_SETTING", "build_timed_model", "copy_bandwidth", "format_table",
            "plot_speed", "run_speed", "step_floor", "write_speed"]  # fmt: skip
@@ -234,6 +234,7 @@ def run_speed(
     forward_only: bool = False,
     slow: Sequence[str] = SLOW,
     ratio_to: str = "unicornn",
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Time one training step of every model at every length; see the module docstring.
 
@@ -254,6 +255,7 @@ def run_speed(
             ``forward_median_s`` in each row.
         slow: base model names (see :data:`SPEED_MODELS`) timed in the first ``slow_repeats`` rounds only.
         ratio_to: the model (one of ``models``) every ratio is taken against.
+        log: receives a progress line per round and length (default: none).
 
     Returns:
         dict: ``settings``, ``machine``, ``load_average_before`` / ``_after``, ``rows`` (one per length and
@@ -286,7 +288,7 @@ def run_speed(
     try:
         dev = torch.device(device)
         result = _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_repeats, warmup,
-                      seed, forward_only, tuple(slow), ratio_to)  # fmt: skip
+                      seed, forward_only, tuple(slow), ratio_to, log or (lambda _msg: None))  # fmt: skip
         if floor:
             bandwidth = copy_bandwidth(dev, repeats=repeats)
             base = {
@@ -308,7 +310,7 @@ def run_speed(
 
 
 def _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_repeats, warmup, seed,
-         forward_only, slow, ratio_to):  # fmt: skip
+         forward_only, slow, ratio_to, log):  # fmt: skip
     """The measurement of :func:`run_speed`, its arguments checked and its thread count set."""
     torch.manual_seed(seed)
     built = {
@@ -323,12 +325,21 @@ def _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_
     result = {"benchmark": "speed", "settings": settings, "machine": machine_info(str(dev)),
               "load_average_before": load_average(), "load_average_1min_during": [], "rows": []}  # fmt: skip
     gen = torch.Generator().manual_seed(seed)
+    timed = [name for name, m in built.items() if not isinstance(m, str)]
+    for name, model in built.items():
+        if isinstance(model, str):
+            log(f"{name} skipped: {model}")
+    log(
+        f"timing {', '.join(timed)} at N={','.join(map(str, lengths))}: {warmup} warm-up + {repeats} timed "
+        f"rounds each ({slow_repeats} for the per-step models {', '.join(slow)})"
+    )
     for N in lengths:
         u = torch.randn(N, batch, input_size, generator=gen).to(dev)
         target = torch.randint(0, CLASSES, (batch,), generator=gen).to(dev)
         runs: dict[str, list[float]] = {name: [] for name, m in built.items() if not isinstance(m, str)}
         forward: dict[str, list[float]] = {name: [] for name in runs}
         for r in range(warmup + repeats):
+            start = time.perf_counter()
             for name in runs:
                 if _parse(name, layers)[0] in slow and r >= warmup + slow_repeats:
                     continue
@@ -340,6 +351,8 @@ def _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_
                         forward[name].append(inference)
             if r >= warmup:
                 result["load_average_1min_during"].append((load_average() or [None])[0])
+            kind = "warm-up" if r < warmup else "timed"
+            log(f"N={N}: round {r + 1}/{warmup + repeats} ({kind}) took {time.perf_counter() - start:.1f} s")
         base = runs.get(ratio_to)
         for name, model in built.items():
             if isinstance(model, str):
@@ -362,29 +375,33 @@ def _paired_ratio(times: Sequence[float], base: Sequence[float]) -> float:
 
 def format_table(result: dict[str, Any]) -> str:
     """A Markdown table: one row per model, one column per length (median ms and the paired ratio to the
-    ``ratio_to`` model)."""
+    ``ratio_to`` model); why a model was skipped is said under the table."""
     lengths = result["settings"]["lengths"]
     s = result["settings"]
     lines = [
         f"forward+backward, B={s['batch']}, hidden={s['hidden']}, layers={s['layers']}, input width "
         f"{s['input_size']}, {s['device']} (unicornn backend: {s['unicornn_backend']}); "
-        f"load average {result.get('load_average_before')} -> {result.get('load_average_after')}",
+        f"load average (1, 5, 15 min) {format_load(result.get('load_average_before'))} -> "
+        f"{format_load(result.get('load_average_after'))}",
         "",
         "| model | " + " | ".join(f"N={n}: ms (x {s.get('ratio_to', 'unicornn')})" for n in lengths) + " |",
         "| --- |" + " --- |" * len(lengths),
     ]
+    skipped = {}
     for name in s["models"]:
         cells = []
         for n in lengths:
             row = next(r for r in result["rows"] if r["N"] == n and r["model"] == name)
             if "skipped" in row:
-                cells.append("skipped")
+                cells.append("skipped (see below)")
+                skipped[name] = row["skipped"]
             else:
                 ratio = row["ratio_to_unicornn"]
                 cells.append(
                     f"{row['median_s'] * 1e3:.1f} ({ratio:.2f})" if ratio else f"{row['median_s'] * 1e3:.1f}"
                 )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [""] * bool(skipped) + [f"{name} skipped: {why}" for name, why in skipped.items()]
     return "\n".join(lines)
 
 

@@ -27,6 +27,7 @@ def run_speed(args) -> int:
         run_speed,
         write_speed,
     )
+    from ..training.progress import line_logger
 
     size = dict(PAPER_SETTING if args.paper else CPU_SETTING)
     for key in ("lengths", "batch", "hidden", "layers"):
@@ -36,7 +37,7 @@ def run_speed(args) -> int:
         result = run_speed(
             size["lengths"], args.models or DEFAULT_SPEED_MODELS, size["batch"], size["hidden"], size["layers"],
             size["input_size"], args.device, args.repeats, args.slow_repeats, args.warmup,
-            threads=args.threads, flush_denormal=args.flush_denormal, floor=args.floor,
+            threads=args.threads, flush_denormal=args.flush_denormal, floor=args.floor, log=line_logger(),
         )  # fmt: skip
     except ValueError as err:
         raise CLIError(str(err)) from None
@@ -48,12 +49,13 @@ def run_speed(args) -> int:
 
 def run_memory(args) -> int:
     from ..bench.memory import DEFAULTS, MEMORY_MODELS, format_table, run_memory, write_memory
+    from ..training.progress import line_logger
 
     try:
         result = run_memory(
             args.lengths, args.models or MEMORY_MODELS, args.device, args.batch or DEFAULTS["batch"],
             args.hidden or DEFAULTS["hidden"], args.layers or DEFAULTS["layers"],
-            checkpoint_every=args.checkpoint_every, repeats=args.repeats, threads=args.threads,
+            checkpoint_every=args.checkpoint_every, repeats=args.repeats, threads=args.threads, log=line_logger(),
         )  # fmt: skip
     except ValueError as err:
         raise CLIError(str(err)) from None

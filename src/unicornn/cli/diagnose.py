@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..diagnose import BOUND_FORMS
 from . import EXIT_VIOLATED
 from .common import run_stack, written
 from .options import CLIError, add_out, add_threads, comma_ints, comma_names, positive_int, set_threads
@@ -13,9 +14,11 @@ def run_gradients(args) -> int:
     from ..bench.common import load_average, machine_info
     from ..diagnose import format_gradient_table, gradient_profile, paper_models, plot_gradient_profiles
     from ..plotting import write_outputs
+    from ..training.progress import line_logger
 
     set_threads(args.threads)
     torch.manual_seed(args.seed)
+    log = line_logger()
     profiles = {}
     for N in args.lengths:
         try:
@@ -26,6 +29,7 @@ def run_gradients(args) -> int:
         if unknown:
             raise CLIError(f"--models: unknown {', '.join(unknown)}; valid: {', '.join(models)}")
         for name in args.models:
+            log(f"gradient profile of {name} at N={N} ({args.wrt}) ...")
             p = gradient_profile(models[name], N, batch=args.batch, wrt=args.wrt, seed=args.seed)
             profiles[f"{name} N={N}"] = p
             print(
@@ -124,8 +128,9 @@ def add_parser(sub) -> None:
         description="Run a UnICORNN stack (a trained run's, or fresh weights) on random inputs and compare "
         "max |y_n| and max |z_n| of every layer with the bound of Prop. C.1. Exit status 4 when the bound "
         "is exceeded. The bound assumes zero initial states: --initial-state starts every unit elsewhere "
-        "(a way to see a violation reported). --form geometric uses the proof's geometric-sum bound, valid "
-        "at every step; the paper's stated form (eq. 7) is a small-time bound (see unicornn.diagnose).",
+        "(a way to see a violation reported). The default form is the proof's geometric-sum bound, valid at "
+        "every step; --form paper checks eq. 7 as the paper states it, a small-time bound (see "
+        "unicornn.diagnose.prop_c1_bound) that a long run may exceed without anything being wrong.",
     )
     st.add_argument(
         "run", nargs="?", metavar="RUN", help="run directory, best.pt or checkpoint.pt (default: fresh)"
@@ -134,9 +139,9 @@ def add_parser(sub) -> None:
     st.add_argument("--batch", type=positive_int, default=8, help="sequences (default 8)")
     st.add_argument("--input-scale", type=float, default=1.0, help="inputs ~ N(0, scale^2) (default 1)")
     st.add_argument("--initial-state", type=float, default=0.0, metavar="V", help="y_0 = z_0 = V (default 0)")
-    st.add_argument(
-        "--form", choices=("paper", "geometric"), default="paper", help="bound form (default paper)"
-    )
+    st.add_argument("--form", choices=BOUND_FORMS, default="geometric",
+                    help="geometric: the proof's bound, valid at every step (default); paper: eq. 7 as the paper "
+                    "states it, a small-time bound that long runs may exceed")  # fmt: skip
     _add_model_sizes(st, 128, 2, "fresh weights: ")
     st.add_argument("--dt", type=float, default=0.19, help="fresh weights: dt (default 0.19)")
     st.add_argument("--alpha", type=float, default=30.65, help="fresh weights: alpha (default 30.65)")

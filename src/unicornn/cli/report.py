@@ -14,9 +14,9 @@ def run(args) -> int:
     for rep in reports:
         print(rep["text"])
         print(
-            f"written: {rep['dir'] / 'report.md'}, {rep['dir'] / 'report.json'}"
-            + (f", {rep['png']}" if rep["png"] else " (no plot: matplotlib missing or --no-plot)")
-        )
+            "written: " + ", ".join(map(str, rep["files"]))
+            + ("" if rep["png"] else " (no plot: matplotlib missing or --no-plot)")
+        )  # fmt: skip
     return 0
 
 

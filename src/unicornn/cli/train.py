@@ -31,12 +31,13 @@ def _raise_terminated(signum, frame) -> None:
 def run(args) -> int:
     from ..training.distributed import init_distributed
     from ..training.run import Requested
-    from ..training.seeds import summary_lines, train_seeds
+    from ..training.seeds import run_group, summary_lines, train_seeds
 
     task, preset, settings, options, s, o = task_settings(args)
     set_threads(args.threads)
     ctx = init_distributed(args.device)
     out = Path(args.out)
+    runs_dir = out / run_group(args.task, settings["model"], preset.config()["model"])  # OUT/TASK[-MODEL]
     main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None  # stop like Ctrl-C
     try:
@@ -46,6 +47,7 @@ def run(args) -> int:
             options,
             out,
             args.runs,
+            group=runs_dir.name,
             data_dir=data_root(args.data_dir),
             ctx=ctx,
             resume=args.resume,
@@ -58,18 +60,16 @@ def run(args) -> int:
     except KeyboardInterrupt as stop:
         what, code = ("terminated (SIGTERM)", EXIT_TERMINATED) if isinstance(stop, _Terminated) else (
             "interrupted", EXIT_INTERRUPTED)  # fmt: skip
-        return error(
-            f"{what}; continue with the same command plus --resume (runs in {out / args.task})", code
-        )
+        return error(f"{what}; continue with the same command plus --resume (runs in {runs_dir})", code)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
         ctx.close()
     if not ctx.is_main:
         return 0
-    for line in summary_lines(results, out / args.task, plot=True):
+    for line in summary_lines(results, runs_dir, plot=True):
         print(line)
-    print(f"runs written to {out / args.task}; summarise them with: unicornn report {out / args.task}")
+    print(f"runs written to {runs_dir}; summarise them with: unicornn report {runs_dir}")
     return 0
 
 
@@ -105,7 +105,8 @@ def add_parser(sub) -> None:
     tr = sub.add_parser(
         "train",
         help="train a task with a preset (the paper's hyper-parameters or a small CPU run)",
-        description="Train TASK for --runs seeds into OUT/TASK/seed-K/ (config.json, metrics.jsonl, "
+        description="Train TASK for --runs seeds into OUT/TASK/seed-K/ (OUT/TASK-MODEL/seed-K/ for a model "
+        "other than UnICORNN, e.g. runs/adding-lstm; files: config.json, metrics.jsonl, "
         "checkpoint.pt written every epoch, best.pt, result.json, tensorboard/). Model selection uses the "
         "validation split; the reported test metric is the one at the best validation epoch. Under "
         "`torchrun --nproc_per_node=K -m unicornn train ...` the run uses DistributedDataParallel (NCCL on GPUs, "

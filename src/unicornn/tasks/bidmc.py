@@ -30,7 +30,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .base import Splits, TaskSpec, check_seed, resolve_options
-from .download import DataUnavailableError, data_root, fetch, raise_collected, verify
+from .download import (
+    DataUnavailableError,
+    MissingFile,
+    data_root,
+    describe_error,
+    fetch,
+    raise_collected,
+    verify,
+)
 from .ts_format import SequenceDataset, channel_scaler, load_split, merge_train_test, read_ts
 
 LENGTH, CHANNELS = 4000, 2
@@ -106,12 +114,9 @@ def fetch_verified(
                     f"{name} in {directory} cannot be verified offline ({err}): write the md5 shown for it on "
                     f"{target.record_page()} into {sidecar}, or run once with network access."
                 ) from err
-            raise DataUnavailableError(
-                f"{name} is not in {directory} and could not be downloaded (its checksum, published at "
-                f"{ZENODO_API.format(record=target.record)}, could not be read: {err}). Download it by hand "
-                f"from {url} (md5 listed on {target.record_page()}), put it in {directory} and write its md5 "
-                f"into {sidecar}."
-            ) from err
+            checksum = f"md5 from {target.record_page()} into {sidecar.name}"
+            reason = f"checksum unreadable: {describe_error(err)}"
+            raise DataUnavailableError(missing=[MissingFile(name, url, checksum, directory, reason)]) from err
     if dest.is_file():
         verify(dest, md5=md5)
     else:

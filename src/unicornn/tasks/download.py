@@ -18,6 +18,7 @@ import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from .._files import fsync_dir
 
@@ -32,12 +33,43 @@ _log = logging.getLogger(__name__)
 _USER_AGENT = "unicornn-data-fetch/1"
 
 
+@dataclass(frozen=True)
+class MissingFile:
+    """A data file that is absent and could not be downloaded: where to get it by hand and how to check it."""
+
+    name: str
+    url: str
+    checksum: str  # e.g. "md5 0123...", or where the checksum is published
+    directory: pathlib.Path
+    reason: str  # why the download failed (the last mirror's error)
+
+    def line(self) -> str:
+        return f"  {self.name}  {self.url}  {self.checksum}"
+
+
+def missing_text(missing: Sequence[MissingFile]) -> str:
+    """The message for files that are absent and could not be downloaded: a header, one short line per file
+    (name, URL, checksum), and one line saying where to put them (the folder, ``--data-dir``, ``UNICORNN_DATA``)."""
+    them = "it" if len(missing) == 1 else "them"
+    folders = ", ".join(dict.fromkeys(str(m.directory) for m in missing))
+    return "\n".join([
+        f"{len(missing)} data file{'s' * (len(missing) > 1)} missing ({missing[-1].reason}); get {them} by hand:",
+        *(m.line() for m in missing),
+        f"put {them} in {folders}, or point --data-dir (data_dir=) or {ENV_VAR} at a data folder that holds {them}",
+    ])  # fmt: skip
+
+
 class DataUnavailableError(RuntimeError):
     """A data file is missing and cannot be downloaded, or is present but corrupt.
 
     The message names the file, where to get it, and the directory to put it in; it is meant to be shown
-    to the user as is (no traceback).
+    to the user as is (no traceback). ``missing``: the absent files (:class:`MissingFile`), whose message
+    :func:`missing_text` writes when no other message is given.
     """
+
+    def __init__(self, message: str = "", missing: Sequence[MissingFile] = ()) -> None:
+        self.missing = tuple(missing)
+        super().__init__(message or missing_text(self.missing))
 
 
 class ChecksumError(DataUnavailableError):
@@ -45,15 +77,18 @@ class ChecksumError(DataUnavailableError):
 
 
 def raise_collected(errors: Sequence[DataUnavailableError]) -> None:
-    """Raise one error for the files of ``errors`` (nothing if empty), all on one line.
+    """Raise one error for the files of ``errors`` (nothing if empty).
 
-    Its type is :class:`ChecksumError` if any file was corrupt, else :class:`DataUnavailableError`; each
-    file's own message (which names the file, its URL, its checksum and the directory) is kept.
+    Absent files only: one :class:`DataUnavailableError` listing them all (:func:`missing_text`). Otherwise
+    its type is :class:`ChecksumError` if any file was corrupt, else :class:`DataUnavailableError`, and each
+    file's own message is kept, on one line.
     """
     if not errors:
         return
     if len(errors) == 1:
         raise errors[0]
+    if all(e.missing and type(e) is DataUnavailableError for e in errors):
+        raise DataUnavailableError(missing=[m for e in errors for m in e.missing])
     kind = ChecksumError if any(isinstance(e, ChecksumError) for e in errors) else DataUnavailableError
     raise kind(" ".join(" ".join(str(e).split("\n")) for e in errors))
 
@@ -139,7 +174,8 @@ def _download(url: str, part: pathlib.Path, timeout: float) -> None:
         raise OSError(f"download interrupted: received {received} of {expected_length} bytes")
 
 
-def _describe(err: BaseException) -> str:
+def describe_error(err: BaseException) -> str:
+    """A network error in a few words (``HTTP 404 Not Found``, the reason of a URLError, ...)."""
     if isinstance(err, urllib.error.HTTPError):
         return f"HTTP {err.code} {err.reason}"
     if isinstance(err, urllib.error.URLError):
@@ -178,6 +214,7 @@ def fetch(
         return dest
 
     directory = dest.parent
+    created = [d for d in (directory, *directory.parents) if not d.exists()]  # removed again on failure
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -195,8 +232,8 @@ def fetch(
             try:
                 _download(url, part, timeout)
             except OSError as err:  # URLError and HTTPError are OSErrors
-                failures.append(f"{url} ({_describe(err)})")
-                _log.info("download of %s failed: %s", url, _describe(err))
+                failures.append(f"{url} ({describe_error(err)})")
+                _log.info("download of %s failed: %s", url, describe_error(err))
                 continue
             problem = _mismatch(part, expected)
             if problem is not None:
@@ -209,6 +246,11 @@ def fetch(
         finally:
             part.unlink(missing_ok=True)
 
+    for d in created:  # no empty data folder is left behind (deepest first; stop at one that holds something)
+        try:
+            d.rmdir()
+        except OSError:
+            break
     hint = ", ".join(f"{k} {v}" for k, v in expected.items())
     hint = f" (expected {hint})" if hint else ""
     if mismatches:
@@ -216,8 +258,9 @@ def fetch(
             f"checksum mismatch downloading {dest.name}: " + "; ".join(mismatches) + ". Nothing was saved. "
             f"Download {dest.name} by hand from a trusted source{hint} and put it in {directory}."
         )
+    _log.info("could not download %s: tried %s", dest.name, "; ".join(failures))
+    checksum = f"md5 {expected['md5']}" if "md5" in expected else " ".join(next(iter(expected.items()), ()))
+    reason = failures[-1].split(" (", 1)[1][:-1] if failures else "no mirror"
     raise DataUnavailableError(
-        f"{dest.name} is not in {directory} and could not be downloaded: tried " + "; ".join(failures) + ". "
-        f"Download it by hand from {urls[0]}{hint} and put it in {directory} "
-        f"(or point {ENV_VAR} / the data-directory option at a directory that holds it)."
+        missing=[MissingFile(dest.name, urls[0], checksum or "no checksum", directory, reason)]
     )

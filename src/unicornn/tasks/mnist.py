@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 
 from ..validation import ConfigError
 from .base import Splits, TaskSpec, check_int, check_seed, resolve_options
-from .download import DataUnavailableError, data_root, fetch
+from .download import DataUnavailableError, data_root, fetch, raise_collected
 
 MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -192,10 +192,7 @@ def fetch_mnist(
             paths[key] = fetch([m + f.name for m in MIRRORS], directory / f.name, sha256=f.sha256, md5=f.md5)
         except DataUnavailableError as err:
             errors.append(err)
-    if len(errors) == 1:
-        raise errors[0]
-    if errors:
-        raise type(errors[0])("\n".join(str(e) for e in errors))
+    raise_collected(errors)
     return paths
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..registry import Registry, UnknownNameError
 from ..validation import ConfigError
-from .settings import TRAIN_DEFAULTS, TRAIN_KEY_HELP
+from .settings import TRAIN_DEFAULTS, TRAIN_KEY_HELP, epochs_text
 
 __all__ = [
     "TRAIN_DEFAULTS",
@@ -40,9 +40,9 @@ def schedule_text(settings: dict[str, Any]) -> str:
     """The schedule of ``settings`` in words, e.g. "250 epochs, then lr/10 for 250 more (500 in all)"."""
     epochs, at, factor = settings["epochs"], settings["lr_reduce_epoch"], settings["lr_reduce_factor"]
     if at is None or at >= epochs:
-        return f"{epochs} epochs in all (no reduction)"
+        return f"{epochs_text(epochs)} in all (no reduction)"
     change = f"lr/{1 / factor:g}" if factor < 1 else f"lr x {factor:g}"
-    return f"{at} epochs, then {change} for {epochs - at} more ({epochs} in all)"
+    return f"{epochs_text(at)}, then {change} for {epochs - at} more ({epochs} in all)"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
-__all__ = ["Progress", "EpochProgress"]
+__all__ = ["Progress", "EpochProgress", "line_logger"]
 
 
 def _tqdm():
@@ -35,6 +35,18 @@ def _isatty(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):  # no isatty, or closed
         return False
+
+
+def line_logger(stream: TextIO | None = None) -> Callable[[str], None]:
+    """A ``log(line)`` for long commands: each line printed to ``stream`` (default ``sys.stderr``) at once,
+    prefixed with the date and time when the stream is not a terminal (a log file)."""
+
+    def log(msg: str) -> None:
+        out = stream if stream is not None else sys.stderr
+        stamp = "" if _isatty(out) else f"{time.strftime('%Y-%m-%d %H:%M:%S')}  "
+        print(f"{stamp}{msg}", file=out, flush=True)
+
+    return log
 
 
 class Progress:

@@ -8,11 +8,19 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..plotting import pyplot, save_figure
+from ..plotting import integer_ticks, pyplot, save_figure
 from ..validation import ConfigError
 from .checkpoint import atomic_write_text, read_jsonl
 
-__all__ = ["find_runs", "summarize", "format_report", "plot_curves", "plot_weight_norms", "write_report"]
+__all__ = [
+    "find_runs",
+    "summarize",
+    "format_report",
+    "mean_std",
+    "plot_curves",
+    "plot_weight_norms",
+    "write_report",
+]
 
 
 def find_runs(root: str | Path) -> dict[Path, list[Path]]:
@@ -106,6 +114,11 @@ def summarize(runs: list[Path]) -> dict[str, Any]:
     }
 
 
+def mean_std(mean: float, std: float, n: int) -> str:
+    """``"mean +- std"`` over ``n`` runs; the mean alone for a single run (no spread to show)."""
+    return f"{_f(mean)} +- {_f(std)}" if n > 1 else _f(mean)
+
+
 def _f(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
@@ -130,12 +143,10 @@ def format_report(title: str, summary: dict[str, Any]) -> str:
             f"{_f(r['best_epoch'])} | {_f(r['valid'])} | {_f(r['test'])} |"
             + "".join(f" {_f(r.get('extras', {}).get(k))} |" for k in extra)
         )
-    lines += [
-        "",
-        f"test {m} at the best validation epoch, mean +- std (sample std, n - 1) over {summary['n']} run(s): "
-        f"{_f(summary['test_mean'])} +- {_f(summary['test_std'])}",
-        "",
-    ]
+    n = summary["n"]
+    over = (f"mean +- std (sample std, n - 1) over {n} runs: {mean_std(summary['test_mean'], summary['test_std'], n)}"
+            if n > 1 else f"{n} run (no spread): {_f(summary['test_mean'])}")  # fmt: skip
+    lines += ["", f"test {m} at the best validation epoch, {over}", ""]
     lines += _weight_norm_lines(summary["_rows"])
     return "\n".join(lines)
 
@@ -181,6 +192,7 @@ def plot_curves(summary: dict[str, Any], path: Path, title: str) -> Path | None:
     else:
         axes[0].set_yscale("log")
     for ax in axes:
+        integer_ticks(ax.xaxis)  # epochs
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
@@ -204,6 +216,7 @@ def plot_weight_norms(summary: dict[str, Any], path: Path, title: str) -> Path |
         for k in range(len(norms[0][1])):
             ax.plot(epochs, [n[k] for _, n in norms], "o-", ms=3, label=f"{name}, layer {k + 1}")
     ax.set(xlabel="epoch", ylabel="||w^l||_inf", title=f"recurrent weight norms: {title}")
+    integer_ticks(ax.xaxis)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return save_figure(fig, path, dpi=100)
@@ -212,7 +225,7 @@ def plot_weight_norms(summary: dict[str, Any], path: Path, title: str) -> Path |
 def write_report(root: str | Path, plot: bool = True) -> list[dict[str, Any]]:
     """Summarise every group of runs under ``root``; write ``report.md``, ``report.json`` and
     ``curves.png`` (and ``weight_norms.png`` when the runs logged weight norms) into each group's directory.
-    Returns ``[{"dir", "text", "summary", "png", "weight_png"}]``."""
+    Returns ``[{"dir", "text", "summary", "png", "weight_png", "files"}]`` (``files``: every path written)."""
     from .records import fs_errors  # a read-only or full file system: RunFileError, one line
 
     out = []
@@ -226,5 +239,7 @@ def write_report(root: str | Path, plot: bool = True) -> list[dict[str, Any]]:
             atomic_write_text(json.dumps(public, indent=2) + "\n", group / "report.json")
             png = plot_curves(summary, group / "curves.png", title) if plot else None
             weight_png = plot_weight_norms(summary, group / "weight_norms.png", title) if plot else None
-        out.append({"dir": group, "text": text, "summary": public, "png": png, "weight_png": weight_png})
+        files = [group / "report.md", group / "report.json", *(p for p in (png, weight_png) if p)]
+        out.append({"dir": group, "text": text, "summary": public, "png": png, "weight_png": weight_png,
+                    "files": files})  # fmt: skip
     return out

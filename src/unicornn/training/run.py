@@ -29,7 +29,7 @@ from typing import Any
 from ..validation import ConfigError
 from .checkpoint import read_checkpoint
 from .errors import RunExistsError, RunFileError, RunLockedError, os_error_text
-from .settings import RESUME_MUTABLE_KEYS, validate_config
+from .settings import RESUME_MUTABLE_KEYS, epochs_text, validate_config
 
 __all__ = [
     "CHECKPOINT",
@@ -273,7 +273,7 @@ def _resumed_record(run_dir: Path, old: dict[str, Any], record: dict[str, Any], 
         )
     if "epochs" in changed and done is not None and asked["epochs"] < done:
         raise ConfigError(
-            f"{refuse} with setting 'epochs' {asked['epochs']}: the run has already done {done} epochs"
+            f"{refuse} with setting 'epochs' {asked['epochs']}: the run has already done {epochs_text(done)}"
         )
     changes = {k: [saved[k], asked[k]] for k in changed}
     rec = dict(old, settings=asked)

@@ -1,5 +1,9 @@
-"""Several seeds of one task: run directories ``OUT/TASK/seed-K``, one :func:`train_run` each, and the
-summary (per seed, and the mean +- std report when there are several)."""
+"""Several seeds of one task: run directories ``OUT/GROUP/seed-K``, one :func:`train_run` each, and the
+summary (per seed, and the mean +- std report when there are several).
+
+``GROUP`` is the task's name for runs of the preset's model (UnICORNN) and ``TASK-MODEL`` for another model
+(:func:`run_group`), so that a baseline trained after the quick start (``--set model=lstm``) gets its own
+directory."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from .report import write_report
 from .run import Requested
 from .trainer import train_run
 
-__all__ = ["run_dir_for", "train_seeds", "summary_lines"]
+__all__ = ["run_dir_for", "run_group", "train_seeds", "summary_lines"]
 
 
 def run_dir_for(out: str | Path, task: str, seed: int) -> Path:
@@ -20,10 +24,17 @@ def run_dir_for(out: str | Path, task: str, seed: int) -> Path:
     return Path(out) / task / f"seed-{seed}"
 
 
+def run_group(task: str, model: str, preset_model: str = "unicornn") -> str:
+    """The directory name of ``task``'s runs of ``model``: ``task`` for the preset's own model
+    ``preset_model`` (UnICORNN), ``task-MODEL`` for another (``adding-lstm``)."""
+    return task if model == preset_model else f"{task}-{model}"
+
+
 def train_seeds(task, settings: Mapping[str, Any], options: Mapping[str, Any], out: str | Path, runs: int,
-                **train_kw) -> list[dict[str, Any]]:  # fmt: skip
-    """Train seeds ``settings["seed"] + k`` for k < ``runs``, each into :func:`run_dir_for`; ``train_kw``
-    go to :func:`~unicornn.training.trainer.train_run` (a ``requested`` seed is shifted like the settings').
+                group: str | None = None, **train_kw) -> list[dict[str, Any]]:  # fmt: skip
+    """Train seeds ``settings["seed"] + k`` for k < ``runs``, each into :func:`run_dir_for` (``group``:
+    the directory under ``out``, default the task's name); ``train_kw`` go to
+    :func:`~unicornn.training.trainer.train_run` (a ``requested`` seed is shifted like the settings').
     Returns the results in seed order."""
     first = settings.get("seed", 0)
     requested: Requested | None = train_kw.pop("requested", None)
@@ -32,7 +43,7 @@ def train_seeds(task, settings: Mapping[str, Any], options: Mapping[str, Any], o
         req = requested
         if req is not None and "seed" in req.settings:
             req = dataclasses.replace(req, settings=dict(req.settings, seed=first + k))
-        seed_dir = run_dir_for(out, task.spec.name, first + k)
+        seed_dir = run_dir_for(out, group or task.spec.name, first + k)
         results.append(
             train_run(task, dict(settings, seed=first + k), options, seed_dir, requested=req, **train_kw)
         )
@@ -48,5 +59,6 @@ def summary_lines(results: list[dict[str, Any]], task_dir: Path, plot: bool = Tr
         for r in results
     ]
     if len(results) > 1:
-        lines += [rep["text"] for rep in write_report(task_dir, plot=plot)]
+        for rep in write_report(task_dir, plot=plot):
+            lines += [rep["text"], "written: " + ", ".join(map(str, rep["files"]))]
     return lines

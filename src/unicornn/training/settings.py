@@ -13,7 +13,21 @@ from typing import Any
 from ..baselines import BASELINE_DEFAULTS
 from ..validation import ConfigError, check_choice, check_int, check_real
 
-__all__ = ["TRAIN_DEFAULTS", "TRAIN_KEY_HELP", "MODEL_KEYS", "RESUME_MUTABLE_KEYS", "AMP", "validate_config"]
+__all__ = [
+    "TRAIN_DEFAULTS",
+    "TRAIN_KEY_HELP",
+    "MODEL_KEYS",
+    "RESUME_MUTABLE_KEYS",
+    "AMP",
+    "epochs_text",
+    "validate_config",
+]
+
+
+def epochs_text(n: int) -> str:
+    """``"1 epoch"``, ``"5 epochs"``."""
+    return f"{n} epoch{'s' * (n != 1)}"
+
 
 #: Every setting, with its default value (presets override them, ``--set`` overrides presets).
 TRAIN_DEFAULTS: dict[str, Any] = {

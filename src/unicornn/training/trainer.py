@@ -41,7 +41,7 @@ from .errors import RunDirError, RunExistsError, RunFileError, RunLockedError
 from .progress import Progress
 from .records import EpochWriter, epoch_row, fmt, metrics_rows, restore_run_files, write_config, write_result
 from .run import CHECKPOINT, Requested, open_run, run_lock
-from .settings import RESUME_MUTABLE_KEYS, validate_config
+from .settings import RESUME_MUTABLE_KEYS, epochs_text, validate_config
 from .splits import RunSplits, build_splits, train_loader
 
 __all__ = [
@@ -165,7 +165,7 @@ def train_run(
         if opened.result is not None:
             r = opened.result
             say(
-                f"{run_dir}: already finished ({r['epochs_done']} epochs, best epoch {r['best']['epoch']}); "
+                f"{run_dir}: already finished ({epochs_text(r['epochs_done'])}, best epoch {r['best']['epoch']}); "
                 f"nothing to do (to train longer: --resume --set epochs=N)"
             )
             return r
@@ -185,7 +185,7 @@ def train_run(
             again = " (started again with its own settings: no epoch had finished)" if opened.restart else ""
             say(
                 f"{spec.name}: {count_parameters(t.model):,} parameters, {len(t.splits.train):,} training sequences, "
-                f"{cfg['epochs']} epochs, device {ctx.device}"
+                f"{epochs_text(cfg['epochs'])}, device {ctx.device}"
                 + (f" x {ctx.world_size} processes" if ctx.enabled else "")
                 + again
             )
