@@ -82,6 +82,7 @@ def unicornn_from_state(state: Mapping[str, Tensor], settings: Mapping[str, Any]
         alpha=settings.get("alpha", 0.0),
         residual_skip=settings.get("residual_skip"),
         bias="bias_ih_l0" in own,
+        bidirectional="c_l0_reverse" in own,
     )
     rnn.load_state_dict(own)
     return rnn

@@ -43,6 +43,8 @@ class SequenceModel(nn.Module):
         hidden_size, num_layers, dt, alpha, dropout, residual_skip, backend, input_gain, memory: as in
             :class:`UnICORNN`, which validates them.
         readout: ``"last"`` reads the top layer's ``y_N``; ``"all"`` reads every step.
+        bidirectional: a bidirectional stack (see :class:`UnICORNN`); the head then reads both directions:
+            for ``"last"`` the top layer's final state of each (the backward one after reading step 1).
 
     Shapes:
         input (B, N, d), batch first (as a DataLoader yields it); lengths (B,) int64 or None (then every
@@ -64,6 +66,7 @@ class SequenceModel(nn.Module):
         backend: str = "auto",
         input_gain: float = 1.0,
         memory: str = "standard",
+        bidirectional: bool = False,
     ) -> None:
         super().__init__()
         check_choice("readout", readout, READOUTS)
@@ -80,9 +83,10 @@ class SequenceModel(nn.Module):
             backend=backend,
             memory=memory,
             input_gain=input_gain,
+            bidirectional=bidirectional,
         )
         self.dropout = self.rnn.dropout
-        self.head = nn.Linear(hidden_size, output_size)
+        self.head = nn.Linear(self.rnn.num_directions * hidden_size, output_size)
         # Kaiming-normal weight, zero bias: the authors' code (not stated in the paper)
         nn.init.kaiming_normal_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -98,6 +102,10 @@ class SequenceModel(nn.Module):
             or not (torch.compiler.is_exporting() or ((lengths >= 1) & (lengths <= N)).all())
         ):
             raise ValueError(f"lengths must be (B,) = ({B},) with values in [1, {N}], got {lengths!r}")
+        if self.readout == "last" and self.rnn.bidirectional:  # each direction's final state
+            _, (y_n, _) = self.rnn(input.transpose(0, 1), lengths=lengths, return_sequence=False)
+            top = dropout_over_time(torch.cat([y_n[-2], y_n[-1]], dim=-1)[None], self.dropout, self.training)
+            return self.head(top[0])
         if self.readout == "last" and lengths is None:
             _, (y_n, _) = self.rnn(input.transpose(0, 1), return_sequence=False)
             top = dropout_over_time(y_n[-1:], self.dropout, self.training)  # (1, B, M)
@@ -123,6 +131,7 @@ def _stack_arguments(spec, cfg: Mapping[str, Any]) -> dict[str, Any]:
         backend=cfg["backend"],
         input_gain=cfg["input_gain"],
         memory=cfg["memory"],
+        bidirectional=cfg.get("bidirectional", False),
     )
 
 
@@ -134,8 +143,8 @@ def _apply_learn_time_steps(rnn: UnICORNN, cfg: Mapping[str, Any]) -> None:
     if not isinstance(learn, bool):
         raise ValueError(f"setting 'learn_time_steps' must be true or false, got {learn!r}")
     if not learn:
-        for k in range(rnn.num_layers):
-            rnn.layer_parameters(k)["c"].requires_grad_(False)
+        for p in rnn.all_layer_parameters():
+            p["c"].requires_grad_(False)
 
 
 @MODELS.register("unicornn")
