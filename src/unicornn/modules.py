@@ -541,14 +541,14 @@ class UnICORNN(nn.Module):
         At batch 1 a step costs microseconds, so ``s`` is kept between steps while ``c`` is unchanged (same
         storage, same version counter) and no gradient of ``c`` is being recorded."""
         cache = self.__dict__.setdefault("_step_cache", {})
+        inference = torch.is_inference_mode_enabled()
         out = []
         for k in range(self.num_layers):
             P = self._parameters
             c = P[f"c_l{k}"]
-            key = (c.data_ptr(), c._version, c.dtype, c.device, torch.is_inference_mode_enabled())
-            if torch.is_grad_enabled() and c.requires_grad:
+            if c.is_inference() or (torch.is_grad_enabled() and c.requires_grad):  # no version counter / graph
                 s = self.dt[k] * torch.sigmoid(c)
-            elif cache.get(k, (None,))[0] == key:
+            elif cache.get(k, (None,))[0] == (key := (c.data_ptr(), c._version, c.dtype, c.device, inference)):
                 s = cache[k][1]
             else:
                 with torch.no_grad():
