@@ -149,6 +149,10 @@ def test_bidirectional_is_refused_in_lean_mode_and_by_step():
         UnICORNN(3, 4, bidirectional=True, memory="lean")
     with pytest.raises(TypeError, match="bidirectional"):
         UnICORNN(3, 4, bidirectional=1)
+    switched = UnICORNN(3, 4, bidirectional=True)
+    switched.memory = "lean"
+    with pytest.raises(ValueError, match='cannot be combined with memory="lean"'):
+        switched(torch.randn(5, 2, 3))
     m = make().eval()
     with pytest.raises(RuntimeError, match="step\\(\\) is not available for a bidirectional"):
         m.step(torch.randn(2, 3, dtype=F64))

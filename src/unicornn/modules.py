@@ -208,13 +208,8 @@ class UnICORNN(nn.Module):
         self.input_gain = check_real("input_gain", input_gain, low=0.0, low_open=True)
         if not isinstance(bidirectional, bool):
             raise TypeError(f"bidirectional must be True or False, got {bidirectional!r}")
-        if bidirectional and memory == "lean":
-            raise ValueError(
-                'bidirectional=True cannot be combined with memory="lean": the lean mode recomputes the stack '
-                "chunk by chunk forward in time, and the backward direction needs the whole sequence; use "
-                'memory="standard"'
-            )
         self.bidirectional = bidirectional
+        self._check_memory()
         self.num_directions = 2 if bidirectional else 1
 
         M = self.hidden_size
@@ -235,6 +230,14 @@ class UnICORNN(nn.Module):
                         f"weight_skip_l{k}{sfx}", nn.Parameter(torch.empty(M, skip_width))
                     )
         self.reset_parameters()
+
+    def _check_memory(self) -> None:
+        if self.bidirectional and self.memory == "lean":
+            raise ValueError(
+                'bidirectional=True cannot be combined with memory="lean": the lean mode recomputes the stack '
+                "chunk by chunk forward in time, and the backward direction needs the whole sequence; use "
+                'memory="standard"'
+            )
 
     # ------------------------------------------------------------------------------------------
     def skip_source(self, k: int) -> int | None:
@@ -459,6 +462,7 @@ class UnICORNN(nn.Module):
         """forward on checked arguments: u (N, B, input_size) -> (output (N, B, D*M) or None, y_n, z_n)."""
         masks = self.dropout_masks(u.shape[1], u.device, self.layer_parameters(0)["weight_ih"].dtype)
         if self.memory == "lean":
+            self._check_memory()  # memory may have been changed after construction
             return lean_stack(self, u, y0, z0, lengths, masks, self.checkpoint_every, return_sequence)
         rows = self.num_directions * self.num_layers
         y0s = [None] * rows if y0 is None else list(y0.unbind(0))
@@ -546,9 +550,11 @@ class UnICORNN(nn.Module):
         for k in range(self.num_layers):
             P = self._parameters
             c = P[f"c_l{k}"]
-            if c.is_inference() or (torch.is_grad_enabled() and c.requires_grad):  # no version counter / graph
+            fresh = c.is_inference() or (torch.is_grad_enabled() and c.requires_grad)  # no version / a graph
+            key = None if fresh else (c.data_ptr(), c._version, c.dtype, c.device, inference)
+            if fresh:
                 s = self.dt[k] * torch.sigmoid(c)
-            elif cache.get(k, (None,))[0] == (key := (c.data_ptr(), c._version, c.dtype, c.device, inference)):
+            elif cache.get(k, (None,))[0] == key:
                 s = cache[k][1]
             else:
                 with torch.no_grad():
