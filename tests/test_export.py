@@ -15,7 +15,7 @@ from torch import nn
 
 from unicornn import UnICORNN
 from unicornn.export import check_exportable, export_onnx, export_pt2, export_run, run_onnx, verify
-from unicornn.models import SequenceModel
+from unicornn.task_models import SequenceModel
 from unicornn.tasks import get_task
 from unicornn.training.errors import RunFileError
 

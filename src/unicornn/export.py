@@ -285,7 +285,7 @@ def export_run(run_dir, fmt: str, out=None, *, data_dir=None, max_batch: int = 6
     validation split, against PyTorch. ``out``: the file (default ``RUN/model.onnx`` or ``RUN/model.pt2``).
     Returns the file and the largest absolute difference of its outputs from PyTorch's.
     """
-    from .registry import check_choice
+    from .validation import check_choice
 
     check_choice("format", fmt, FORMATS)
     model, batch = load_run_model(run_dir, data_dir=data_dir, max_batch=max_batch)
@@ -304,13 +304,13 @@ def load_run_model(run_dir, *, data_dir=None, max_batch: int = 64) -> tuple[nn.M
     ``"auto"``), and its inputs of the first validation batch (``(x,)`` or ``(x, lengths)``, at most
     ``max_batch`` sequences). Raises :class:`~unicornn.training.errors.RunFileError` for a directory without
     a best model."""
+    from .task_models import build_model
     from .tasks import TASKS
     from .tasks.download import data_root
     from .training.checkpoint import load_model_state, read_checkpoint
     from .training.distributed import DistContext
     from .training.errors import RunFileError
     from .training.splits import build_splits, eval_loader, unpack
-    from .training.trainer import build_model
 
     run_dir = Path(run_dir)
     path = run_dir / "best.pt"

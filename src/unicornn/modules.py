@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .lean import lean_stack
 from .ops.dispatch import backend_available, check_backend
 from .ops.scan import check_alpha, check_dt, scan_padded, unicornn_scan
-from .registry import check_choice, check_int, check_real
+from .validation import check_choice, check_int, check_real
 
 __all__ = ["UnICORNN", "dropout_over_time"]
 
