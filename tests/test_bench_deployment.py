@@ -33,3 +33,16 @@ def test_onnx_speed_benchmark_runs_and_agrees(tmp_path):
     assert result["max_rel_diff"] < 1e-5
     assert "| onnxruntime |" in format_onnx_table(result)
     assert write_onnx_speed(result, tmp_path)["json"].exists()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_cli_bench_streaming_and_onnx(tmp_path, capsys):
+    from unicornn.cli import main
+
+    argv = ["bench", "streaming", "--hidden", "8", "--steps", "3", "--chunks", "1,2", "--stream-length", "8"]
+    assert main([*argv, "--repeats", "1", "--out", str(tmp_path)]) == 0
+    assert "| unicornn_step |" in capsys.readouterr().out and (tmp_path / "streaming.json").exists()
+    pytest.importorskip("onnxruntime")
+    argv = ["bench", "onnx", "--length", "12", "--batch", "2", "--hidden", "8", "--repeats", "1"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    assert "| onnxruntime |" in capsys.readouterr().out and (tmp_path / "onnx_speed.json").exists()

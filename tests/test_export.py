@@ -174,3 +174,24 @@ def test_export_run_verifies_on_the_runs_validation_batch(tmp_path, quiet_run, b
     assert path.exists()
     with pytest.raises(ValueError, match="must end in .pt2"):
         export_run(run, "pt2", tmp_path / "model.onnx")
+
+
+def test_cli_export_command(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from helpers import tiny_train_argv
+
+    from unicornn.cli import main
+
+    assert main(tiny_train_argv(tmp_path, "--quiet")) == 0
+    run = tmp_path / "adding" / "seed-0"
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "m.onnx" in out and "largest difference from PyTorch" in out
+    assert main(["export", str(run), "--format", "pt2"]) == 0 and (run / "model.pt2").exists()
+    assert main(["export", str(tmp_path), "--format", "pt2"]) == 2
+    assert "no best.pt" in capsys.readouterr().err
+    assert main(["export", str(run), "--format", "pt2", "--out", str(tmp_path / "m.onnx")]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(run), "--format", "tflite"])
+    assert exit_info.value.code == 2

@@ -18,7 +18,10 @@ The input tensors of ``example`` are taken as batch first, (B, N, ...), as the t
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -111,7 +114,7 @@ def export_onnx(
     example = _example(example)
     shapes = default_dynamic_shapes(example) if dynamic_shapes is None else dynamic_shapes
     path = Path(path)
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_onnx_exporter():
         program = torch.onnx.export(
             model,
             example,
@@ -124,6 +127,20 @@ def export_onnx(
         )
     program.save(os.fspath(path), external_data=False)
     return path
+
+
+@contextlib.contextmanager
+def _quiet_onnx_exporter():
+    """The ONNX exporter's progress lines and notes about optional packages (torchvision) at ERROR level."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # deprecations inside the exporter's own code
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def verify(path, model: nn.Module, inputs) -> float:

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from .. import UnICORNN
-from .common import fused_backend, load_average, machine_info, write_outputs
+from ..plotting import write_outputs
+from .common import fused_backend, load_average, machine_info
 
 __all__ = ["run_onnx_speed", "format_onnx_table", "write_onnx_speed"]
 

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from .. import UnICORNN
-from .common import fused_backend, load_average, machine_info, write_outputs
+from ..plotting import write_outputs
+from .common import fused_backend, load_average, machine_info
 
 __all__ = ["run_streaming", "format_streaming_table", "write_streaming"]
 
