@@ -321,34 +321,17 @@ def load_run_model(run_dir, *, data_dir=None, max_batch: int = 64) -> tuple[nn.M
     ``"auto"``), and its inputs of the first validation batch (``(x,)`` or ``(x, lengths)``, at most
     ``max_batch`` sequences). Raises :class:`~unicornn.training.errors.RunFileError` for a directory without
     a best model."""
-    from .task_models import build_model
-    from .tasks import TASKS
-    from .tasks.download import data_root
-    from .training.checkpoint import load_model_state, read_checkpoint
     from .training.distributed import DistContext
     from .training.errors import RunFileError
-    from .training.splits import build_splits, eval_loader, unpack
+    from .training.loading import load_run
+    from .training.splits import eval_loader, unpack
 
-    run_dir = Path(run_dir)
-    path = run_dir / "best.pt"
-    if not run_dir.is_dir():
+    if not Path(run_dir).is_dir():
         raise RunFileError(f"{run_dir} is not a run directory")
-    if not path.exists():
-        raise RunFileError(
-            f"{run_dir} has no best.pt: the run has no finished model yet (it is written after the first "
-            "epoch's validation); train it first, or give another run directory"
-        )
-    ckpt = read_checkpoint(path, "model")
-    record = ckpt["record"]
-    task = TASKS.get(record["task"])
-    cfg = dict(record["settings"], memory="standard", backend="auto")
-    splits = build_splits(task, record["task_options"], data_root(data_dir), cfg)
-    model = build_model(task.spec, cfg, splits.model_args)
-    load_model_state(model, ckpt, path)
-    model.eval()
+    run = load_run(run_dir, data_dir, "cpu", memory="standard", backend="auto")
+    model = run.model.eval()
     device = torch.device("cpu")
-    loader = eval_loader(
-        splits.get("valid"), min(max_batch, cfg["eval_batch_size"]), DistContext(device=device), 0, splits
-    )
+    batch = min(max_batch, run.settings["eval_batch_size"])
+    loader = eval_loader(run.splits.get("valid"), batch, DistContext(device=device), 0, run.splits)
     x, _, lengths = unpack(next(iter(loader)), device)
     return model, ((x,) if lengths is None else (x, lengths))
