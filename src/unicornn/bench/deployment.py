@@ -22,7 +22,7 @@ from torch import nn
 
 from .. import UnICORNN
 from ..plotting import write_outputs
-from .common import fused_backend, load_average, machine_info
+from .common import fused_backend, load_average, machine_info, torch_threads
 
 __all__ = ["run_onnx_speed", "format_onnx_table", "write_onnx_speed"]
 
@@ -41,12 +41,19 @@ class _Classifier(nn.Module):
 def run_onnx_speed(
     N: int = 1000, batch: int = 32, hidden: int = 128, layers: int = 2, input_size: int = 1, rounds: int = 5,
     seed: int = 0,
+    threads: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Time one forward pass of (batch, N, input_size) through onnxruntime and through the package's kernel.
 
     Returns a JSON-ready dict: ``settings``, ``machine``, ``rows`` (runtime, median seconds, ratio to the
-    package's kernel), ``max_rel_diff`` of the outputs, load averages.
+    package's kernel), ``max_rel_diff`` of the outputs, load averages. ``threads``: torch threads during the
+    run (restored after; onnxruntime keeps its own default).
     """
+    with torch_threads(threads):
+        return _measure(N, batch, hidden, layers, input_size, rounds, seed)
+
+
+def _measure(N, batch, hidden, layers, input_size, rounds, seed):
     import onnxruntime
 
     from ..export import export_onnx

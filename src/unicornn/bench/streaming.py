@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import UnICORNN
 from ..plotting import write_outputs
-from .common import fused_backend, load_average, machine_info
+from .common import fused_backend, load_average, machine_info, torch_threads
 
 __all__ = ["run_streaming", "format_streaming_table", "write_streaming"]
 
@@ -129,6 +129,7 @@ def run_streaming(
     stream_length: int = 4096,
     rounds: int = 7,
     seed: int = 0,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Measure per-step latency and chunked streaming throughput on the CPU (see the module notes).
 
@@ -137,13 +138,19 @@ def run_streaming(
         batch: streams advanced together (1: one stream).
         steps: steps per timed latency run. chunk_sizes, stream_length: the throughput runs.
         rounds: interleaved timed rounds (after one untimed).
+        threads: torch threads during the run (restored after); default torch's own choice.
 
     Returns:
         A JSON-ready dict: ``settings``, ``machine``, ``latency`` rows (model, median microseconds per step,
         ratio to ``lstmcell``), ``throughput`` rows (model, chunk, median steps per second, ratio to
         ``lstm``), load averages.
     """
-    input_size = hidden if input_size is None else input_size
+    with torch_threads(threads):
+        return _measure(hidden, layers, hidden if input_size is None else input_size, batch, steps, chunk_sizes,
+                        stream_length, rounds, seed)  # fmt: skip
+
+
+def _measure(hidden, layers, input_size, batch, steps, chunk_sizes, stream_length, rounds, seed):
     torch.manual_seed(seed)
     load_before = load_average()
     latency, throughput = [], []

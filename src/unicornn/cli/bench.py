@@ -72,7 +72,7 @@ def run_streaming(args) -> int:
 
     result = run_streaming(
         hidden=args.hidden or 128, layers=args.layers or 2, batch=args.batch or 1, steps=args.steps,
-        chunk_sizes=args.chunks, stream_length=args.stream_length, rounds=args.repeats,
+        chunk_sizes=args.chunks, stream_length=args.stream_length, rounds=args.repeats, threads=args.threads,
     )  # fmt: skip
     paths = write_streaming(result, args.out)
     print(format_streaming_table(result))
@@ -84,7 +84,7 @@ def run_onnx(args) -> int:
     from ..bench.deployment import format_onnx_table, run_onnx_speed, write_onnx_speed
 
     result = run_onnx_speed(N=args.length, batch=args.batch or 32, hidden=args.hidden or 128,
-                            layers=args.layers or 2, rounds=args.repeats)  # fmt: skip
+                            layers=args.layers or 2, rounds=args.repeats, threads=args.threads)  # fmt: skip
     paths = write_onnx_speed(result, args.out)
     print(format_onnx_table(result))
     print(written(paths))
@@ -180,6 +180,7 @@ def add_parser(sub) -> None:
     st.add_argument("--stream-length", type=positive_int, default=4096, metavar="N",
                     help="steps of the streamed sequence (default 4096)")  # fmt: skip
     st.add_argument("--repeats", type=positive_int, default=7, help="timed rounds (default 7)")
+    add_threads(st, help="torch threads (default torch's choice)")
     add_out(st, "claims")
     st.set_defaults(func=run_streaming)
     on = bsub.add_parser(
@@ -193,5 +194,6 @@ def add_parser(sub) -> None:
         "--length", type=positive_int, default=1000, metavar="N", help="sequence length (default 1000)"
     )
     on.add_argument("--repeats", type=positive_int, default=5, help="timed rounds (default 5)")
+    add_threads(on, help="torch threads (default torch's choice)")
     add_out(on, "claims")
     on.set_defaults(func=run_onnx)
