@@ -19,6 +19,7 @@ The input tensors of ``example`` are taken as batch first, (B, N, ...), as the t
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import warnings
@@ -111,6 +112,7 @@ def export_onnx(
     file), with a dynamic batch size and sequence length and every UnICORNN recurrence as an ONNX ``Scan``.
     Returns the path."""
     check_exportable(model)
+    _require("onnx", "onnxscript")
     example = _example(example)
     shapes = default_dynamic_shapes(example) if dynamic_shapes is None else dynamic_shapes
     path = Path(path)
@@ -127,6 +129,16 @@ def export_onnx(
         )
     program.save(os.fspath(path), external_data=False)
     return path
+
+
+def _require(*packages: str) -> None:
+    """ImportError naming the missing packages of the ONNX path and the extra that installs them."""
+    missing = [p for p in packages if importlib.util.find_spec(p) is None]
+    if missing:
+        raise ImportError(
+            f"ONNX export and checks need {', '.join(packages)} (missing: {', '.join(missing)}); install them "
+            'with pip install "unicornn[export]"'
+        )
 
 
 @contextlib.contextmanager
@@ -167,6 +179,7 @@ def verify(path, model: nn.Module, inputs) -> float:
 
 def run_onnx(path, inputs: Sequence[Tensor]) -> list:
     """Run the ONNX file ``path`` on ``inputs`` with onnxruntime (CPU); returns its outputs (NumPy arrays)."""
+    _require("onnxruntime")
     import onnxruntime
 
     session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
