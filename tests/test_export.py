@@ -195,3 +195,14 @@ def test_cli_export_command(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["export", str(run), "--format", "tflite"])
     assert exit_info.value.code == 2
+
+
+def test_missing_onnx_packages_name_the_extra(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a)
+    )
+    with pytest.raises(ImportError, match=r"missing: onnxscript.*unicornn\[export\]"):
+        export_onnx(Stack().eval(), _inputs(2, 5, False), tmp_path / "m.onnx")
