@@ -87,6 +87,7 @@ def unicornn_from_state(state: Mapping[str, Tensor], settings: Mapping[str, Any]
         alpha=settings.get("alpha", 0.0),
         residual_skip=settings.get("residual_skip"),
         bias="bias_ih_l0" in own,
+        bidirectional="c_l0_reverse" in own,
     )
     rnn.load_state_dict(own)
     return rnn
@@ -288,6 +289,11 @@ def layer_states(module: nn.Module, inputs: Tensor, state=None) -> list[tuple[Te
         per layer ``(y, z)``, each (N, B, M) float64.
     """
     rnn = copy.deepcopy(unicornn_of(module)).double().eval()
+    if rnn.bidirectional:
+        raise ValueError(
+            "the state diagnostics follow each layer forward in time; this stack is bidirectional (its "
+            "backward direction runs in reverse time): diagnose a unidirectional stack"
+        )
     if inputs.dim() != 3 or inputs.shape[-1] != rnn.input_size:
         raise ValueError(f"inputs must be (N, B, {rnn.input_size}), got shape {tuple(inputs.shape)}")
     device = rnn.layer_parameters(0)["weight_ih"].device

@@ -32,7 +32,8 @@ class SequenceHead(nn.Module):
     Args:
         rnn: a time-major recurrent module (``batch_first=False``) with an int ``hidden_size``, called as
             ``rnn(input (N, B, d), lengths=lengths) -> (output (N, B, H), state)`` (the baselines' contract;
-            a subclass whose stack is called differently overrides :meth:`features`).
+            a subclass whose stack is called differently overrides :meth:`features`); H is twice
+            ``hidden_size`` for a stack with ``bidirectional`` True.
         output_size: classes (classification) or regression outputs.
         readout: ``"last"`` or ``"all"`` (:data:`unicornn.metrics.READOUTS`).
         dropout: over-time dropout on the top layer's output, in [0, 1).
@@ -51,7 +52,8 @@ class SequenceHead(nn.Module):
         self.rnn = rnn
         self.readout = readout
         self.dropout = check_real("dropout", dropout, low=0.0, high=1.0, high_open=True)
-        self.head = nn.Linear(rnn.hidden_size, check_int("output_size", output_size, 1))
+        width = rnn.hidden_size * (2 if getattr(rnn, "bidirectional", False) else 1)  # nn.LSTM's convention
+        self.head = nn.Linear(width, check_int("output_size", output_size, 1))
         nn.init.kaiming_normal_(self.head.weight)  # the authors' code (not stated in the paper)
         nn.init.zeros_(self.head.bias)
 

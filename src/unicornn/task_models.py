@@ -54,6 +54,8 @@ class SequenceModel(SequenceHead):
         hidden_size, num_layers, dt, alpha, dropout, residual_skip, backend, input_gain, memory: as in
             :class:`UnICORNN`, which validates them.
         readout: ``"last"`` reads the top layer's ``y_N``; ``"all"`` reads every step.
+        bidirectional: a bidirectional stack (see :class:`UnICORNN`); the head then reads both directions:
+            for ``"last"`` the top layer's final state of each (the backward one after reading step 1).
 
     Shapes: as :class:`SequenceHead` (input (B, N, d), lengths (B,) or None).
     """
@@ -72,6 +74,7 @@ class SequenceModel(SequenceHead):
         backend: str = "auto",
         input_gain: float = 1.0,
         memory: str = "standard",
+        bidirectional: bool = False,
     ) -> None:
         rnn = UnICORNN(
             input_size,
@@ -85,11 +88,16 @@ class SequenceModel(SequenceHead):
             backend=backend,
             memory=memory,
             input_gain=input_gain,
+            bidirectional=bidirectional,
         )
         super().__init__(rnn, output_size, readout, rnn.dropout)
 
     def features(self, seq: Tensor, lengths: Tensor | None) -> Tensor:
-        """(N, B, d) -> the top layer's ``y`` at each sequence's last valid step (B, M), or every step (N, B, M)."""
+        """(N, B, d) -> the top layer's ``y`` at each sequence's last valid step (B, D*M), or every step
+        (N, B, D*M); bidirectional ``"last"``: each direction's final state (the backward one after step 1)."""
+        if self.readout == "last" and self.rnn.bidirectional:
+            _, (y_n, _) = self.rnn(seq, lengths=lengths, return_sequence=False)
+            return torch.cat([y_n[-2], y_n[-1]], dim=-1)
         if self.readout == "last" and lengths is None:
             _, (y_n, _) = self.rnn(seq, return_sequence=False)
             return y_n[-1]
@@ -112,6 +120,7 @@ def _stack_arguments(spec, cfg: Mapping[str, Any]) -> dict[str, Any]:
         backend=cfg["backend"],
         input_gain=cfg["input_gain"],
         memory=cfg["memory"],
+        bidirectional=cfg.get("bidirectional", False),
     )
 
 
@@ -123,8 +132,8 @@ def _apply_learn_time_steps(rnn: UnICORNN, cfg: Mapping[str, Any]) -> None:
     if not isinstance(learn, bool):
         raise ValueError(f"setting 'learn_time_steps' must be true or false, got {learn!r}")
     if not learn:
-        for k in range(rnn.num_layers):
-            rnn.layer_parameters(k)["c"].requires_grad_(False)
+        for p in rnn.all_layer_parameters():
+            p["c"].requires_grad_(False)
 
 
 @MODELS.register("unicornn")

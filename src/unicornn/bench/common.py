@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["format_load", "fused_backend", "load_average", "machine_info"]
+__all__ = ["format_load", "fused_backend", "load_average", "machine_info", "torch_threads"]
 
 
 def load_average() -> list[float] | None:
@@ -70,3 +71,15 @@ def fused_backend(device: torch.device) -> str:
     if device.type == "cpu" and backend_available("cpu"):
         return "cpu"
     return "reference"
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with ``threads`` PyTorch threads (None: leave torch's choice), restored after."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -1,4 +1,5 @@
-"""``unicornn bench speed|memory``: the paper's efficiency claims, measured side by side in one process."""
+"""``unicornn bench speed|memory|streaming|onnx``: the paper's efficiency claims, and inference (streaming
+steps, an exported ONNX model), measured side by side in one process."""
 
 from __future__ import annotations
 
@@ -68,6 +69,30 @@ def run_memory(args) -> int:
     return EXIT_FAILED if failed else 0
 
 
+def run_streaming(args) -> int:
+    from ..bench.streaming import format_streaming_table, run_streaming, write_streaming
+
+    result = run_streaming(
+        hidden=args.hidden or 128, layers=args.layers or 2, batch=args.batch or 1, steps=args.steps,
+        chunk_sizes=args.chunks, stream_length=args.stream_length, rounds=args.repeats, threads=args.threads,
+    )  # fmt: skip
+    paths = write_streaming(result, args.out)
+    print(format_streaming_table(result))
+    print(written(paths))
+    return 0
+
+
+def run_onnx(args) -> int:
+    from ..bench.deployment import format_onnx_table, run_onnx_speed, write_onnx_speed
+
+    result = run_onnx_speed(N=args.length, batch=args.batch or 32, hidden=args.hidden or 128,
+                            layers=args.layers or 2, rounds=args.repeats, threads=args.threads)  # fmt: skip
+    paths = write_onnx_speed(result, args.out)
+    print(format_onnx_table(result))
+    print(written(paths))
+    return 0
+
+
 def _add_sizes(p) -> None:
     p.add_argument("--batch", type=positive_int, metavar="B")
     p.add_argument("--hidden", type=positive_int, metavar="H")
@@ -77,9 +102,10 @@ def _add_sizes(p) -> None:
 def add_parser(sub) -> None:
     be = sub.add_parser(
         "bench",
-        help="benchmarks of the paper's efficiency claims: speed (Fig. 2) and training memory (Sec. 2.3)",
-        description="Measure, side by side in one process, what the paper claims about speed and memory. "
-        "Each writes a table (.txt), JSON and a PNG into --out.",
+        help="benchmarks: speed (Fig. 2), training memory (Sec. 2.3), streaming steps, ONNX inference",
+        description="Measure, side by side in one process, what the paper claims about speed and memory, and "
+        "the cost of inference (streaming steps, an exported ONNX model). Each writes a table (.txt) and JSON "
+        "(speed and memory also a PNG) into --out.",
     )
     bsub = be.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     sp = bsub.add_parser(
@@ -139,3 +165,37 @@ def add_parser(sub) -> None:
     add_threads(me, help="torch threads per measurement")
     add_out(me, "claims")
     me.set_defaults(func=run_memory)
+    st = bsub.add_parser(
+        "streaming",
+        help="streaming inference on CPU: UnICORNN.step against LSTMCell/GRUCell stacks, chunked throughput",
+        description="Per-step latency of a stack advanced one step at a time (UnICORNN.step, stacks of "
+        "nn.LSTMCell and nn.GRUCell, one-step chunks through forward) and the throughput of a stream fed "
+        "in chunks with the state carried (UnICORNN on its fused kernels, nn.LSTM), under inference_mode, "
+        "rounds interleaved, medians. Default: B=1, hidden 128, 2 layers.",
+    )
+    _add_sizes(st)
+    st.add_argument(
+        "--steps", type=positive_int, default=2000, help="steps per timed latency run (default 2000)"
+    )
+    st.add_argument("--chunks", type=comma_ints, default=[1, 16, 256], metavar="C,C",
+                    help="chunk sizes of the throughput runs (default 1,16,256)")  # fmt: skip
+    st.add_argument("--stream-length", type=positive_int, default=4096, metavar="N",
+                    help="steps of the streamed sequence (default 4096)")  # fmt: skip
+    st.add_argument("--repeats", type=positive_int, default=7, help="timed rounds (default 7)")
+    add_threads(st, help="torch threads (default torch's choice)")
+    add_out(st, "claims")
+    st.set_defaults(func=run_streaming)
+    on = bsub.add_parser(
+        "onnx",
+        help="inference time of the exported ONNX model on onnxruntime against the package's CPU kernel",
+        description="Export a UnICORNN sequence classifier to ONNX and time one forward pass on onnxruntime "
+        "(CPU) beside the eager model on the fused CPU kernel. Default: N=1000, B=32, hidden 128, 2 layers.",
+    )
+    _add_sizes(on)
+    on.add_argument(
+        "--length", type=positive_int, default=1000, metavar="N", help="sequence length (default 1000)"
+    )
+    on.add_argument("--repeats", type=positive_int, default=5, help="timed rounds (default 5)")
+    add_threads(on, help="torch threads (default torch's choice)")
+    add_out(on, "claims")
+    on.set_defaults(func=run_onnx)

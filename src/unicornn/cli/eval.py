@@ -4,33 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-from .common import data_root
-from .options import CLIError, add_data_dir, add_device, positive_int
+from .options import add_data_dir, add_device, positive_int
 
 
 def run(args) -> int:
-    from ..task_models import build_model
-    from ..tasks import TASKS
-    from ..training.checkpoint import load_model_state, read_checkpoint
     from ..training.distributed import resolve_device
     from ..training.epoch import evaluate
-    from ..training.splits import build_splits
+    from ..training.loading import load_run
 
-    path = Path(args.checkpoint)
-    if path.is_dir():
-        path = path / "best.pt"
-    if not path.exists():
-        raise CLIError(f"checkpoint {path} does not exist (give a run directory, best.pt or checkpoint.pt)")
-    ckpt = read_checkpoint(path, "model")
-    record = ckpt["record"]
-    task = TASKS.get(record["task"])
-    cfg = record["settings"]
     device = resolve_device(args.device)
-    splits = build_splits(task, record["task_options"], data_root(args.data_dir), cfg)
-    model = build_model(task.spec, cfg, splits.model_args).to(device)
-    load_model_state(model, ckpt, path)
+    loaded = load_run(args.checkpoint, args.data_dir, device)
+    path, ckpt, model, splits, cfg = loaded.path, loaded.ckpt, loaded.model, loaded.splits, loaded.settings
+    record = ckpt["record"]
+    task = loaded.task
     names = ["valid", "test"] if args.split == "both" else [args.split]
     metric = task.spec.metric
     batch = args.batch_size or cfg["eval_batch_size"]

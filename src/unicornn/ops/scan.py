@@ -117,6 +117,57 @@ torch.library.register_autograd(
 )
 
 
+# --------------------------------------------------------------------------------------------------
+# The padded scan as one op: what torch.export records for a batch with lengths
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("unicornn::scan_padded", mutates_args=())
+def _scan_padded_op(
+    x: Tensor,
+    weight_hh: Tensor,
+    c: Tensor,
+    dt: float,
+    alpha: float,
+    y0: Tensor,
+    z0: Tensor,
+    bias: Tensor | None,
+    lengths: Tensor,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`scan_padded` behind one node: its cut at each distinct length depends on the values of
+    ``lengths``, which an exported graph cannot hold, so the graph keeps this op and it runs eagerly (with the
+    fused kernels of ``backend``) when the exported program runs. Inference only."""
+    N, B = x.shape[:2]
+    lengths = lengths.to(device="cpu", dtype=torch.long)
+    if B and (int(lengths.min()) < 1 or int(lengths.max()) > N):
+        raise ValueError(
+            f"lengths must lie in [1, N] = [1, {N}], got min {int(lengths.min())}, max {int(lengths.max())}"
+        )
+    with torch.no_grad():
+        y, yN, zN = scan_padded(
+            x, weight_hh, c, dt, alpha, y0, z0, lengths=lengths, backend=backend, bias=bias
+        )
+    return y.clone() if y is x else y, yN.clone(), zN.clone()
+
+
+@_scan_padded_op.register_fake
+def _(x, weight_hh, c, dt, alpha, y0, z0, bias, lengths, backend):
+    return torch.empty_like(x), torch.empty_like(y0), torch.empty_like(z0)
+
+
+def _padded_no_backward(ctx, *grads):
+    raise RuntimeError(
+        "unicornn::scan_padded is the inference form of a padded batch in an exported program; it has no "
+        "gradient. Train the eager module (UnICORNN.forward with lengths) instead"
+    )
+
+
+torch.library.register_autograd(
+    "unicornn::scan_padded", _padded_no_backward, setup_context=lambda ctx, inputs, output: None
+)
+
+
 def fused_scan(x, weight_hh, c, dt, alpha, y0, z0, kernels: str, bias=None):
     """The custom op with an explicit kernel pair (``"loop"`` included) and no validation: for tests.
 
@@ -220,10 +271,14 @@ def unicornn_scan(
     z0 = x.new_zeros((B, M), dtype=compute) if z0 is None else z0.to(compute)
     bias = None if bias is None else bias.to(compute)
 
+    if name == "reference" and torch.compiler.is_exporting():
+        # A Python loop over a symbolic number of steps cannot be exported: the readable loop kernels run
+        # behind the custom op instead (same arithmetic).
+        return _scan_op(x.to(compute), weight_hh, c, dt, alpha, y0, z0, bias, "loop")
     if name == "reference":
         y, yN, zN = scan_reference(x.to(compute), weight_hh, c, dt, alpha, y0, z0, bias)
         return y.to(x.dtype), yN, zN
-    if N == 0:
+    if N == 0 and not torch.compiler.is_exporting():
         return x.new_zeros(x.shape), y0.clone(), z0.clone()
     return _scan_op(x.contiguous(), weight_hh, c, dt, alpha, y0.contiguous(), z0.contiguous(), bias, name)
 
@@ -235,10 +290,17 @@ def scan_padded(
 
     The batch is cut at each distinct length: every segment runs only the sequences still active, so padding
     never enters a computation, and each sequence's final state is taken at its own last step. Costs one
-    scan per distinct length. x: (N, B, M); lengths: (B,) int64 on CPU in [0, N] (0: the state passes
+    scan per distinct length (while :func:`torch.export.export` traces, one ``unicornn::scan_padded`` op that
+    does this when the exported program runs). x: (N, B, M); lengths: (B,) int64 on CPU in [0, N] (0: the state passes
     through unchanged); bias: (M,) or None, as in :func:`unicornn_scan`. Returns y (N, B, M) zero past each length, and y_n, z_n (B, M).
     """
     N, B, M = x.shape
+    if torch.compiler.is_exporting():
+        state_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        y0 = x.new_zeros(B, M, dtype=state_dtype) if y0 is None else y0.to(state_dtype)
+        z0 = x.new_zeros(B, M, dtype=state_dtype) if z0 is None else z0.to(state_dtype)
+        name = resolve_backend(backend, x.device, x.dtype)
+        return _scan_padded_op(x, weight_hh, c, dt, alpha, y0, z0, bias, lengths, name)
     if int(lengths.min()) >= N:
         return unicornn_scan(x, weight_hh, c, dt, alpha, y0, z0, backend=backend, bias=bias)
     device = x.device
