@@ -156,7 +156,9 @@ def distinct(points: Sequence[Point]) -> tuple[list[Point], list[Point], list[st
         if len(same) > len(curves):
             notes.append(f"point {name} is given {len(same)} times: trained once, one row")
         if len(curves) > 1:
-            notes.append(f"point {name} is on {len(curves)} curves ({'; '.join(curves)}): trained once, drawn on each")
+            notes.append(
+                f"point {name} is on {len(curves)} curves ({'; '.join(curves)}): trained once, drawn on each"
+            )
     return rows, runs, notes
 
 
@@ -176,8 +178,16 @@ def run_sweep(task, settings: Mapping[str, Any], options: Mapping[str, Any], out
     sweep goes on: a diverging setting is a result of the ablation, not an error.
     """
     from .training.epoch import NonFiniteError
-    from .tuning import (Outcome, broadcast, grid_sampler, open_storage, open_study, optimize, require_optuna,
-                         study_digest)  # fmt: skip
+    from .tuning import (
+        Outcome,
+        broadcast,
+        grid_sampler,
+        open_storage,
+        open_study,
+        optimize,
+        require_optuna,
+        study_digest,
+    )
 
     out, ctx = Path(out), train_kw.get("ctx")
     main = ctx is None or ctx.is_main

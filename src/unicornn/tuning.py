@@ -48,6 +48,9 @@ INSTALL_HINT = 'this command needs Optuna: pip install "unicornn[tune]"'
 #: How many times a trial whose worker died (or was interrupted) is retried.
 MAX_RETRY = 3
 _ASK_LOCK = ".ask.lock"
+#: Seconds a RUNNING trial is left alone after it starts, before its lock file is checked (it is taken
+#: right after the trial is asked for).
+START_GRACE = 10.0
 
 
 def require_optuna():
@@ -60,7 +63,9 @@ def require_optuna():
     # the heartbeat, the retry callback and the matplotlib plots are marked experimental; this package pins
     # its use of them with tests
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    warnings.filterwarnings(
+        "ignore", message="Heartbeat of storage is supposed to be used with Study.optimize"
+    )
     return optuna
 
 
@@ -97,8 +102,12 @@ def open_storage(storage: str | None, out: Path, heartbeat: int = 60) -> Storage
     try:
         if "://" in storage:
             kw = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {}
-            new = "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters  # Optuna >= 4.9
-            callback = {"heartbeat_stale_trial_callback" if new else "failed_trial_callback": _retry_callback()}
+            new = (
+                "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters
+            )  # Optuna >= 4.9
+            callback = {
+                "heartbeat_stale_trial_callback" if new else "failed_trial_callback": _retry_callback()
+            }
             opened = RDBStorage(storage, engine_kwargs=kw, heartbeat_interval=heartbeat, **callback)
             return Storage(opened, storage, True)
         path = Path(storage)
@@ -136,7 +145,9 @@ def open_study(storage: Storage, name: str, attrs: Mapping[str, Any], direction:
                 f"choose another --study (or another --storage)"
             )
     if study.direction.name.lower() != direction:
-        raise ConfigError(f"study {name!r} in {storage.text} is {study.direction.name.lower()}d, not {direction}d")
+        raise ConfigError(
+            f"study {name!r} in {storage.text} is {study.direction.name.lower()}d, not {direction}d"
+        )
     return study
 
 
@@ -222,7 +233,7 @@ class _Worker:
             fail_stale_trials(self.study)
             return
         for t in trials:
-            if t.state != TrialState.RUNNING or time.time() - t.datetime_start.timestamp() < 10:
+            if t.state != TrialState.RUNNING or time.time() - t.datetime_start.timestamp() < START_GRACE:
                 continue
             with _flock(self.lock_dir / f"trial-{t.number}.lock", blocking=False) as free:
                 if free:  # its worker is gone: the kernel dropped the lock
@@ -244,7 +255,9 @@ class _Worker:
                     if (t.state == TrialState.FAIL and t.number not in retried and t.number not in self.left
                             and not _settled_failure(t)):  # fmt: skip
                         self.retry(self.study, t)
-                        self.log(f"trial {t.number} was interrupted; queued again (its run directory resumes)")
+                        self.log(
+                            f"trial {t.number} was interrupted; queued again (its run directory resumes)"
+                        )
                 trials = self.study.get_trials(deepcopy=False)
                 states = [t.state for t in trials]
                 taken = len(self.left) + sum(

@@ -194,7 +194,9 @@ def train_run(
                 + (f" x {ctx.world_size} processes" if ctx.enabled else "")
                 + again
             )
-        return _train_epochs(t, spec, cfg, ctx, run_dir, record, out, tensorboard, stop_after_epoch, on_epoch_end)
+        return _train_epochs(
+            t, spec, cfg, ctx, run_dir, record, out, tensorboard, stop_after_epoch, on_epoch_end
+        )
 
 
 def _train_epochs(t: _Training, spec, cfg, ctx: DistContext, run_dir: Path, record: dict[str, Any],
