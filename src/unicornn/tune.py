@@ -136,27 +136,29 @@ def apply_params(settings: Mapping[str, Any], params: Mapping[str, Any]) -> dict
 
 def check_space(space: Mapping[str, Range], settings: Mapping[str, Any]) -> None:
     """Every bound of ``space`` must be a valid setting (the message names the key and the bound)."""
+    from .ops.scan import check_alpha, check_dt
     from .training.settings import validate_config
 
+    model_checks = {"dt": check_dt, "alpha": check_alpha}  # checked by the model when it is built
     for key, r in space.items():
         for bound in (r.low, r.high):
             value = int(bound) if r.integer else bound
             try:
                 validate_config(apply_params(settings, {key: value}))
+                if key in model_checks:
+                    model_checks[key](value)
             except ConfigError as err:
-                raise ConfigError(
-                    f"--space {key}={r.text()}: the bound {value:g} is not valid: {err}"
-                ) from None
+                raise ConfigError(f"--space {key}={r.text()}: the bound {value:g} is not valid: {err}") from None
 
 
 def make_pruner(name: str, epochs: int, n_startup_trials: int = 5):
     """``median``: Optuna's MedianPruner (a trial stops when its best-so-far validation metric is worse than
     the median of earlier trials at the same epoch; none before ``n_startup_trials`` trials have finished,
-    nor in the first epoch); ``hyperband``: HyperbandPruner over 1..``epochs`` epochs; ``none``."""
+    nor in the first epoch: its validation metric is too noisy to judge); ``hyperband``: HyperbandPruner over 1..``epochs`` epochs; ``none``."""
     import optuna
 
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=2)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
     if name == "none":
