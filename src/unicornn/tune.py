@@ -148,7 +148,9 @@ def check_space(space: Mapping[str, Range], settings: Mapping[str, Any]) -> None
                 if key in model_checks:
                     model_checks[key](value)
             except ConfigError as err:
-                raise ConfigError(f"--space {key}={r.text()}: the bound {value:g} is not valid: {err}") from None
+                raise ConfigError(
+                    f"--space {key}={r.text()}: the bound {value:g} is not valid: {err}"
+                ) from None
 
 
 def make_pruner(name: str, epochs: int, n_startup_trials: int = 5):

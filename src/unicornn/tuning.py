@@ -132,10 +132,10 @@ def open_study(storage: Storage, name: str, attrs: Mapping[str, Any], direction:
         study = optuna.create_study(storage=storage.storage, study_name=name, direction=direction,
                                     sampler=sampler, pruner=pruner, load_if_exists=True)  # fmt: skip
         have = study.user_attrs
-        if not have:
-            for k, v in attrs.items():
+        for k, v in attrs.items():  # a new study (or one a worker is creating at this moment)
+            if k not in have:
                 study.set_user_attr(k, v)
-            have = dict(attrs)
+                have[k] = v
     except Exception as err:
         raise ConfigError(f"study {name!r} in {storage.text} cannot be opened: {err}") from None
     for k, v in attrs.items():
@@ -241,9 +241,9 @@ class _Worker:
                     self.retry(self.study, t)
                     self.log(f"trial {t.number}: its worker is gone; marked failed and queued again")
 
-    def next_trial(self, n_trials: int, deadline: float | None, poll: float):
-        """The next trial to run (RUNNING, this worker's), or None when the study needs no more; waits while
-        other workers' trials run."""
+    def next_trial(self, n_trials: int, deadline: float | None, poll: float, wait: bool = True):
+        """The next trial to run (RUNNING, this worker's), or None when the study needs no more; with
+        ``wait``, waits while other workers' trials run (one of them may die and be queued again)."""
         from optuna.trial import TrialState
 
         while True:
@@ -267,7 +267,11 @@ class _Worker:
                 )
                 if taken < n_trials and (deadline is None or time.monotonic() < deadline):
                     return self.study.ask()
-            if TrialState.RUNNING not in states or (deadline is not None and time.monotonic() >= deadline):
+            if (
+                not wait
+                or TrialState.RUNNING not in states
+                or (deadline is not None and time.monotonic() >= deadline)
+            ):
                 return None
             time.sleep(poll)
 
@@ -320,14 +324,17 @@ def optimize(study, storage: Storage | None, n_trials: int, suggest: Callable[[A
     trains it (``run_id``: the number of the first trial with these parameters, so that a retry finds its
     run directory; ``report(step, value) -> bool``: the intermediate value, True when the pruner stops the
     trial). ``timeout``: seconds after which no new trial starts. Under torchrun every process calls this;
-    only the main one (``study`` and ``storage`` may be None in the others) talks to the storage.
+    only the main one (``study`` and ``storage`` may be None in the others) talks to the storage, and it
+    does not wait for other workers' trials (the idle ranks would sit in a collective call meanwhile).
     """
     main = ctx is None or ctx.is_main
     worker = _Worker(study, storage, lock_dir, log) if main else None
     deadline = None if timeout is None else time.monotonic() + timeout
     ran = 0
     while True:
-        trial = worker.next_trial(n_trials, deadline, poll) if main else None
+        trial = (
+            worker.next_trial(n_trials, deadline, poll, wait=ctx is None or not ctx.enabled) if main else None
+        )
         job = None
         if trial is not None:
             frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
