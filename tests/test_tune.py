@@ -224,6 +224,7 @@ def test_two_workers_share_one_sqlite_study_and_no_trial_runs_twice(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], errs
     study = _load(tmp_path)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
+    assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) == 5  # workers draw different points
     started = [line.split("trial ")[1].split(" in ")[0] for e in errs for line in e.splitlines() if " in " in line
                and "trial " in line and "study" not in line]  # fmt: skip
     assert sorted(started) == [str(n) for n in range(5)]  # each trial started by one worker, once
@@ -256,4 +257,24 @@ def test_a_worker_killed_mid_trial_then_the_command_rerun_completes_the_study(tm
     assert retry[0].user_attrs["run_dir"] == str(first) and retry[0].params == killed.params
     assert "resuming" in rerun.stderr and _epochs(first) == [1, 2, 3, 4]  # continued from its checkpoint
     summary = json.loads((tmp_path / "adding" / "tune.json").read_text())
-    assert [t["state"] for t in summary["trials"]] == states and summary["best"]["number"] != killed.number
+    assert [t["state"] for t in summary["trials"]] == [s.lower() for s in states] and summary["best"][
+        "number"
+    ] != killed.number
+
+
+@pytest.mark.slow
+def test_a_torchrun_worker_trains_each_trial_over_two_processes(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={port}", *_tune_cmd(tmp_path, 2, "--pruner", "none")[1:]]  # fmt: skip
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    trials = _load(tmp_path).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 2
+    for t in trials:
+        config = json.loads((Path(t.user_attrs["run_dir"]) / "config.json").read_text())
+        assert config["world_size"] == 2 and _epochs(Path(t.user_attrs["run_dir"])) == [1, 2]

@@ -232,8 +232,11 @@ def run_tune(task, settings: Mapping[str, Any], options: Mapping[str, Any], out:
     def suggest(trial) -> dict[str, Any]:
         return {k: r.suggest(trial, k) for k, r in space.items()}
 
+    def sampler_for(number: int):  # TPE seeded per trial: the same study whichever worker draws a trial
+        return optuna.samplers.TPESampler(seed=(seed * 1_000_003 + number) % 2**32)
+
     ran = optimize(opt, store, n_trials, suggest, train, lock_dir=folder / ".optuna", ctx=ctx, log=log,
-                   timeout=timeout)  # fmt: skip
+                   timeout=timeout, sampler_for=sampler_for)  # fmt: skip
     if not main:
         return None, None
     log(f"study {name} in {store.text}: {ran} trial(s) run by this process")

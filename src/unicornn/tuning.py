@@ -93,21 +93,28 @@ def open_storage(storage: str | None, out: Path, heartbeat: int = 60) -> Storage
     dead). Raises :class:`ConfigError` when it cannot be opened.
     """
     optuna = require_optuna()
+    if storage is None:
+        storage = f"sqlite:///{(out / 'optuna.db').resolve()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = _flock(out / ".storage.lock")  # workers starting together create a new database's tables once
+    except OSError as err:
+        raise ConfigError(f"cannot create the output folder {out}: {err.strerror or err}") from None
+    with lock:
+        return _open_storage(optuna, storage, heartbeat)
+
+
+def _open_storage(optuna, storage: str, heartbeat: int) -> Storage:
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
-    if storage is None:
-        out.mkdir(parents=True, exist_ok=True)
-        storage = f"sqlite:///{(out / 'optuna.db').resolve()}"
     try:
         if "://" in storage:
             kw = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {}
-            new = (
-                "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters
-            )  # Optuna >= 4.9
-            callback = {
-                "heartbeat_stale_trial_callback" if new else "failed_trial_callback": _retry_callback()
-            }
+            # Optuna >= 4.9 renamed the stale-trial callback's argument
+            key = "heartbeat_stale_trial_callback"
+            key = key if key in inspect.signature(RDBStorage).parameters else "failed_trial_callback"
+            callback = {key: _retry_callback()}
             opened = RDBStorage(storage, engine_kwargs=kw, heartbeat_interval=heartbeat, **callback)
             return Storage(opened, storage, True)
         path = Path(storage)
@@ -241,7 +248,9 @@ class _Worker:
                     self.retry(self.study, t)
                     self.log(f"trial {t.number}: its worker is gone; marked failed and queued again")
 
-    def next_trial(self, n_trials: int, deadline: float | None, poll: float, wait: bool = True):
+    def next_trial(
+        self, n_trials: int, deadline: float | None, poll: float, wait: bool = True, sampler_for=None
+    ):
         """The next trial to run (RUNNING, this worker's), or None when the study needs no more; with
         ``wait``, waits while other workers' trials run (one of them may die and be queued again)."""
         from optuna.trial import TrialState
@@ -266,6 +275,8 @@ class _Worker:
                     for s, t in zip(states, trials)
                 )
                 if taken < n_trials and (deadline is None or time.monotonic() < deadline):
+                    if sampler_for is not None:  # seeded by the trial's number: workers draw different points
+                        self.study.sampler = sampler_for(len(trials))
                     return self.study.ask()
             if (
                 not wait
@@ -316,14 +327,16 @@ class _Worker:
 
 def optimize(study, storage: Storage | None, n_trials: int, suggest: Callable[[Any], dict[str, Any]],
              train: Callable[[dict[str, Any], int, Callable[[int, float], bool]], Outcome], *, lock_dir: Path,
-             ctx=None, log=print, timeout: float | None = None, poll: float = 2.0) -> int:  # fmt: skip
+             ctx=None, log=print, timeout: float | None = None, poll: float = 2.0, sampler_for=None) -> int:  # fmt: skip
     """Run trials of ``study`` until it holds ``n_trials`` (counting finished, pruned, diverged and running
     ones), then wait for the running ones of other workers. Returns how many trials this process ran.
 
     ``suggest(trial) -> params`` draws a trial's parameters; ``train(params, run_id, report) -> Outcome``
     trains it (``run_id``: the number of the first trial with these parameters, so that a retry finds its
     run directory; ``report(step, value) -> bool``: the intermediate value, True when the pruner stops the
-    trial). ``timeout``: seconds after which no new trial starts. Under torchrun every process calls this;
+    trial). ``timeout``: seconds after which no new trial starts. ``sampler_for(number)``: the sampler that
+    draws trial ``number`` (a seeded sampler per trial, so that workers started alike draw different points
+    and the study does not depend on which worker asked). Under torchrun every process calls this;
     only the main one (``study`` and ``storage`` may be None in the others) talks to the storage, and it
     does not wait for other workers' trials (the idle ranks would sit in a collective call meanwhile).
     """
@@ -332,9 +345,8 @@ def optimize(study, storage: Storage | None, n_trials: int, suggest: Callable[[A
     deadline = None if timeout is None else time.monotonic() + timeout
     ran = 0
     while True:
-        trial = (
-            worker.next_trial(n_trials, deadline, poll, wait=ctx is None or not ctx.enabled) if main else None
-        )
+        wait = ctx is None or not ctx.enabled
+        trial = worker.next_trial(n_trials, deadline, poll, wait, sampler_for) if main else None
         job = None
         if trial is not None:
             frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)

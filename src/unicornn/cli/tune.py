@@ -16,6 +16,7 @@ from .options import (
     add_storage,
     add_threads,
     nonnegative_float,
+    nonnegative_int,
     positive_int,
     set_threads,
 )
@@ -91,7 +92,7 @@ def add_parser(sub) -> None:
                     help="search KEY between LOW and HIGH (log scale with :log); repeatable")  # fmt: skip
     tu.add_argument("--pruner", choices=PRUNERS, default="median",
                     help="stop trials that fall behind: median (default), hyperband, none")  # fmt: skip
-    tu.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+    tu.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the TPE sampler (default 0)")
     tu.add_argument("--timeout", type=nonnegative_float, metavar="S",
                     help="start no new trial after S seconds (the running one finishes)")  # fmt: skip
     add_out(tu, None, help="output folder (default ./tuning/TASK): the SQLite storage and a folder per study")
