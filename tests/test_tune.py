@@ -224,7 +224,9 @@ def test_two_workers_share_one_sqlite_study_and_no_trial_runs_twice(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], errs
     study = _load(tmp_path)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
-    assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) == 5  # workers draw different points
+    assert (
+        len({json.dumps(t.params, sort_keys=True) for t in study.trials}) == 5
+    )  # workers draw different points
     started = [line.split("trial ")[1].split(" in ")[0] for e in errs for line in e.splitlines() if " in " in line
                and "trial " in line and "study" not in line]  # fmt: skip
     assert sorted(started) == [str(n) for n in range(5)]  # each trial started by one worker, once
@@ -278,3 +280,27 @@ def test_a_torchrun_worker_trains_each_trial_over_two_processes(tmp_path):
     for t in trials:
         config = json.loads((Path(t.user_attrs["run_dir"]) / "config.json").read_text())
         assert config["world_size"] == 2 and _epochs(Path(t.user_attrs["run_dir"])) == [1, 2]
+
+
+def test_a_pruned_trial_stops_its_run_which_report_and_eval_read(cli, tmp_path, monkeypatch):
+    import optuna
+
+    import unicornn.tune as tune
+
+    class Always(optuna.pruners.BasePruner):  # prunes at the first report: the trainer must stop there
+        def prune(self, study, trial):
+            return True
+
+    monkeypatch.setattr(tune, "make_pruner", lambda *a, **k: Always())
+    argv = ["tune", "adding", "--trials", "1", "--out", tmp_path, "--no-tensorboard", "--quiet", "--no-plot",
+            *_sets([s for s in TINY if not s.startswith("epochs")] + ["epochs=3"])]  # fmt: skip
+    code, _out, err = cli(*argv)
+    assert code == 0, err
+    (trial,) = json.loads((tmp_path / "adding" / "tune.json").read_text())["trials"]
+    assert trial["state"] == "pruned" and trial["epochs_done"] == 1 and "pruned after epoch 1" in err
+    run = Path(trial["run_dir"])
+    assert _epochs(run) == [1] and not (run / "result.json").exists()
+    code, out, _err = cli("report", run)
+    assert code == 0 and "| running/stopped | 1/3 |" in out
+    code, out, err = cli("eval", run, "--split", "valid")
+    assert code == 0, err
