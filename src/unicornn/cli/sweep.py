@@ -54,7 +54,7 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("sweeps") / args.task
     ctx = init_distributed(args.device)
     stem = f"sweep-{args.variant}" if args.variant else "sweep"
-    log = Progress(quiet=True, main=ctx.is_main).say  # timestamped lines when stderr is not a terminal
+    log = Progress(quiet=False, main=ctx.is_main).say  # timestamped lines when stderr is not a terminal
     try:
         result = run_sweep(task, settings, options, out, points, args.runs, log=log, storage=args.storage,
                            study=args.study, heartbeat=args.heartbeat, stem=stem,

@@ -37,7 +37,7 @@ def run(args) -> int:
     set_threads(args.threads)
     out = Path(args.out) if args.out else Path("tuning") / args.task
     ctx = init_distributed(args.device)
-    log = Progress(quiet=True, main=ctx.is_main).say  # timestamped lines when stderr is not a terminal
+    log = Progress(quiet=False, main=ctx.is_main).say  # timestamped lines when stderr is not a terminal
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
