@@ -17,8 +17,17 @@ import pytest
 pytest.importorskip("optuna")
 
 from unicornn.training.presets import TRAIN_DEFAULTS  # noqa: E402
-from unicornn.tune import Range, apply_params, default_space, parse_space, space_table  # noqa: E402
-from unicornn.tuning import Outcome, open_storage, open_study, optimize  # noqa: E402
+from unicornn.tuning import (  # noqa: E402
+    Outcome,
+    Range,
+    apply_params,
+    default_space,
+    open_storage,
+    open_study,
+    optimize,
+    parse_space,
+    space_table,
+)
 from unicornn.validation import ConfigError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +60,7 @@ def test_default_space_holds_the_presets_values_and_the_docs_page_shows_every_ta
             v = settings[key][-1] if isinstance(settings[key], (list, tuple)) else settings[key]
             assert r.low <= v <= r.high, (name, key, r, v)
     page = (ROOT / "docs" / "tuning.md").read_text()
-    assert space_table() in page, "docs/tuning.md: paste unicornn.tune.space_table() into the page"
+    assert space_table() in page, "docs/tuning.md: paste unicornn.tuning.space_table() into the page"
 
 
 def test_space_parsing_and_its_errors():
@@ -110,7 +119,7 @@ def test_without_optuna_the_commands_say_how_to_install_it(cli, tmp_path, monkey
 
 
 def test_pruning_stops_a_clearly_worse_trial(tmp_path):
-    from unicornn.tune import make_pruner
+    from unicornn.tuning import make_pruner
 
     store, study = _study(tmp_path, pruner=make_pruner("median", epochs=10, n_startup_trials=2))
     steps: dict[int, int] = {}
@@ -148,7 +157,7 @@ def test_the_trainer_hook_stops_a_run_which_then_resumes(quiet_run, tmp_path):
 
 
 def test_a_dead_workers_trial_on_a_journal_file_is_failed_and_retried(tmp_path, monkeypatch):
-    import unicornn.tuning as tuning
+    import unicornn.tuning.workers as workers
 
     store, study = _study(tmp_path, storage=str(tmp_path / "journal.log"))
     assert not store.heartbeat
@@ -156,7 +165,7 @@ def test_a_dead_workers_trial_on_a_journal_file_is_failed_and_retried(tmp_path, 
     orphan.suggest_float("x", 0, 1)
     (tmp_path / "l").mkdir()
     (tmp_path / "l" / f"trial-{orphan.number}.lock").touch()
-    monkeypatch.setattr(tuning, "START_GRACE", 0.0)
+    monkeypatch.setattr(workers, "START_GRACE", 0.0)
     runs = []
 
     def train(params, run_id, report):
@@ -285,13 +294,13 @@ def test_a_torchrun_worker_trains_each_trial_over_two_processes(tmp_path):
 def test_a_pruned_trial_stops_its_run_which_report_and_eval_read(cli, tmp_path, monkeypatch):
     import optuna
 
-    import unicornn.tune as tune
+    import unicornn.tuning.search as search
 
     class Always(optuna.pruners.BasePruner):  # prunes at the first report: the trainer must stop there
         def prune(self, study, trial):
             return True
 
-    monkeypatch.setattr(tune, "make_pruner", lambda *a, **k: Always())
+    monkeypatch.setattr(search, "make_pruner", lambda *a, **k: Always())
     argv = ["tune", "adding", "--trials", "1", "--out", tmp_path, "--no-tensorboard", "--quiet", "--no-plot",
             *_sets([s for s in TINY if not s.startswith("epochs")] + ["epochs=3"])]  # fmt: skip
     code, _out, err = cli(*argv)

@@ -27,8 +27,7 @@ def run(args) -> int:
     from ..training.distributed import init_distributed
     from ..training.presets import TRAIN_DEFAULTS
     from ..training.progress import Progress
-    from ..tune import default_space, parse_space, run_tune, write_tune
-    from ..tuning import require_optuna
+    from ..tuning import default_space, parse_space, require_optuna, run_tune, write_tune
 
     require_optuna()
     task, preset, settings, options, s, _o = task_settings(args)
@@ -64,7 +63,7 @@ def run(args) -> int:
 
 
 def add_parser(sub) -> None:
-    from ..tune import PRUNERS
+    from ..tuning import PRUNERS
 
     tu = sub.add_parser(
         "tune",
