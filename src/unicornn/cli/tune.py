@@ -7,9 +7,11 @@ import signal
 import threading
 from pathlib import Path
 
+from ..training.errors import os_error_text
 from . import EXIT_INTERRUPTED, EXIT_TERMINATED, error
 from .common import data_root, task_settings, written
 from .options import (
+    CLIError,
     add_data_dir,
     add_device,
     add_out,
@@ -47,14 +49,19 @@ def run(args) -> int:
     except KeyboardInterrupt as stop:
         what, code = ("terminated (SIGTERM)", EXIT_TERMINATED) if isinstance(stop, _Terminated) else (
             "interrupted", EXIT_INTERRUPTED)  # fmt: skip
-        return error(f"{what}; the trial is queued again: run the same command to continue the study", code)
+        return error(f"{what}; the running trial is marked failed: run the same command to continue the study "
+                     "(the trial is queued again and resumes its run directory)", code)  # fmt: skip
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
         ctx.close()
     if result is None:  # not the main process under torchrun
         return 0
-    paths, notes = write_tune(result, study, out / result["study"], plot=not args.no_plot)
+    try:
+        paths, notes = write_tune(result, study, out / result["study"], plot=not args.no_plot)
+    except OSError as err:
+        raise CLIError(f"cannot write the study's table in {out / result['study']}: {os_error_text(err)} (the "
+                       "previous tune.json/.md are kept; the trials are done: rerun to write it)") from None  # fmt: skip
     print((out / result["study"] / "tune.md").read_text())
     for note in notes:
         log(note)
