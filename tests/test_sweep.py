@@ -329,3 +329,26 @@ def test_two_sweep_workers_train_each_point_once(tmp_path):
     assert sorted(started) == sorted(["dt=0.05", "dt=0.1", "dt=0.2", "dt=0.4"])  # once each, over both
     result = json.loads((tmp_path / "sweep.json").read_text())
     assert [r["status"] for r in result["rows"]] == ["1/1 finished"] * 4
+
+
+def test_a_named_sweep_study_holds_one_grid(cli, tmp_path):
+    sets = [a for s in TINY for a in ("--set", s)]
+    base = [
+        "sweep",
+        "adding",
+        "--study",
+        "mine",
+        "--quiet",
+        "--no-tensorboard",
+        "--no-plot",
+        "--out",
+        tmp_path,
+    ]
+    assert cli(*base, "--grid", "dt=0.1", *sets)[0] == 0
+    code, _out, err = cli(*base, "--grid", "dt=0.2", *sets)
+    assert (
+        code == 2
+        and "study 'mine'" in err
+        and "created with points" in err
+        and len(err.strip().splitlines()) == 1
+    )

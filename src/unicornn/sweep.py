@@ -195,13 +195,15 @@ def run_sweep(task, settings: Mapping[str, Any], options: Mapping[str, Any], out
     for note in notes:
         log(note)
     names = [p.name for p in todo]
-    name = study or f"{stem}-" + study_digest([task.spec.name, dict(settings), dict(options), names, runs])
+    digest = study_digest([task.spec.name, dict(settings), dict(options), names, runs])
+    name = study or f"{stem}-{digest}"
     opt = store = None
     if main:
         optuna = require_optuna()
         store = open_storage(storage, out, heartbeat)
         direction = "maximize" if task.spec.higher_is_better else "minimize"
-        opt = open_study(store, name, {"task": task.spec.name, "kind": "sweep"}, direction,
+        attrs = {"task": task.spec.name, "kind": "sweep", "points": digest}  # a --study holds one grid
+        opt = open_study(store, name, attrs, direction,
                          grid_sampler({"point": names}))  # fmt: skip
     index = {p.name: i for i, p in enumerate(todo, 1)}
 
