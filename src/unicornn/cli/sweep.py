@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -84,13 +85,17 @@ def add_parser(sub) -> None:
     sw = sub.add_parser(
         "sweep",
         help="train a grid of settings (every point a normal run, resumable) into one table and plot",
-        description="Train TASK at every point of --grid (the Cartesian product of the lists) and/or a "
-        "--variant of the paper's ablations, --runs seeds each, every run in OUT/POINT/TASK/seed-K. "
-        "Finished runs are not trained again and interrupted ones continue: rerun the same command to "
-        "complete a sweep. The points are trials of an Optuna study (grid sampler): the same command in "
-        "several processes, or on several machines sharing --storage, trains each point once. "
-        "Writes OUT/sweep[-VARIANT].json, .md (test metric at the best validation epoch, "
-        "mean +- std over seeds) and .png. Variants: " + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()),
+        description=textwrap.fill(
+            "Train TASK at every point of --grid (the Cartesian product of the lists) and/or a "
+            "--variant of the paper's ablations, --runs seeds each, every run in OUT/POINT/TASK/seed-K. "
+            "Finished runs are not trained again and interrupted ones continue: rerun the same command to "
+            "complete a sweep. The points are trials of an Optuna study (grid sampler): the same command in "
+            "several processes, or on several machines sharing --storage, trains each point once. "
+            "Writes OUT/sweep[-VARIANT].json, .md (test metric at the best validation epoch, "
+            "mean +- std over seeds) and .png. Variants: "
+            + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()),
+            width=100,
+        ),
         epilog="examples:\n  unicornn sweep adding --grid dt=0.03,0.1,0.3 --runs 3\n"
         "  unicornn sweep psmnist --variant fig6 --runs 10 --device cuda",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import textwrap
 import threading
 from pathlib import Path
 
@@ -75,14 +76,17 @@ def add_parser(sub) -> None:
     tu = sub.add_parser(
         "tune",
         help="search hyper-parameters with Optuna (TPE, pruning; many workers share a study)",
-        description="Search TASK's settings with Optuna's TPE sampler (seeded) until the study holds --trials "
-        "trials; every trial is a normal run directory OUT/STUDY/trial-NNNN (report, eval and resume work on "
-        "it). The validation metric is reported each epoch, and the pruner stops trials that fall behind. "
-        "The default space is centred on the preset (dt, alpha, lr, dropout, hidden_size; see docs/tuning.md); "
-        "--set pins a key, --space KEY=LOW:HIGH[:log] sets or adds a range. The same command in several "
-        "processes, or on several machines sharing --storage, joins one study; rerunning it continues the "
-        "study. Writes OUT/STUDY/tune.json, tune.md (the best trial as a --set line and a preset-like block, "
-        "a table of all trials) and PNGs.",
+        description=textwrap.fill(
+            "Search TASK's settings with Optuna's TPE sampler (seeded) until the study holds --trials "
+            "trials; every trial is a normal run directory OUT/STUDY/trial-NNNN (report, eval and resume work on "
+            "it). The validation metric is reported each epoch, and the pruner stops trials that fall behind. "
+            "The default space is centred on the preset (dt, alpha, lr, dropout, hidden_size; see docs/tuning.md); "
+            "--set pins a key, --space KEY=LOW:HIGH[:log] sets or adds a range. The same command in several "
+            "processes, or on several machines sharing --storage, joins one study; rerunning it continues the "
+            "study. Writes OUT/STUDY/tune.json, tune.md (the best trial as a --set line and a preset-like block, "
+            "a table of all trials) and PNGs.",
+            width=100,
+        ),
         epilog="examples:\n  unicornn tune adding --trials 30\n"
         "  unicornn tune psmnist --preset paper-128 --trials 50 --space dt=0.01:1:log --space alpha=1:100:log\n"
         "  unicornn tune bidmc-hr --trials 40 --storage postgresql://user@dbhost/unicornn --device cuda",
