@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
 from unicornn.cli import main
-from unicornn.sweep import Point, collect_sweep, combine, grid_points, run_sweep, variant_points, write_sweep
+from unicornn.sweep import (
+    Point,
+    collect_sweep,
+    combine,
+    distinct,
+    grid_points,
+    run_sweep,
+    variant_points,
+    write_sweep,
+)
 from unicornn.validation import ConfigError
 
 TINY = ["T=10", "n_train=32", "n_valid=16", "n_test=16", "hidden_size=4", "num_layers=1", "epochs=1",
@@ -104,7 +114,9 @@ def test_an_interrupted_sweep_continues_and_finished_points_are_not_rerun(tmp_pa
     lines: list[str] = []
     third = run_sweep(task, settings, options, tmp_path, points, runs=1, **{**quiet, "log": lines.append})
     assert written() == before
-    assert sum("already finished" in line for line in lines) == 2
+    assert any(
+        "2 points, 0 trained by this process" in line for line in lines
+    )  # the study knew they were done
     assert third["rows"] == second["rows"]
 
 
@@ -208,3 +220,150 @@ def test_a_sweep_over_layers_has_whole_number_ticks_and_no_legend_reading_all(mo
     assert ax.get_legend() is None  # one unnamed curve: nothing to tell apart
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+# ------------------------------------------------------------------ the Optuna engine and the reliability fixes
+
+
+def test_the_grid_reproduces_the_runs_trained_directly_with_train_seeds(tmp_path):
+    """The sweep's values are those of the pre-Optuna path: each point trained with train_seeds."""
+    from unicornn.training.report import find_runs, summarize
+    from unicornn.training.seeds import train_seeds
+
+    task, settings, options = _task_and_settings()
+    points = grid_points([("dt", [0.05, 0.2]), ("alpha", [0.0, 2.0])])
+    quiet = {"quiet": True, "tensorboard": False, "log": lambda m: None}
+    result = run_sweep(task, settings, options, tmp_path / "sweep", points, runs=2, **quiet)
+    for p, row in zip(points, result["rows"]):
+        direct = tmp_path / "direct" / p.name
+        train_seeds(task, {**settings, **p.settings}, options, direct, 2, resume=True, **quiet)
+        s = summarize([r for g in find_runs(direct).values() for r in g])
+        assert (row["point"], row["n"], row["status"]) == (p.name, 2, "2/2 finished")
+        assert (row["test_mean"], row["test_std"], row["valid_mean"]) == (
+            s["test_mean"],
+            s["test_std"],
+            s["valid_mean"],
+        )
+
+
+def test_a_grid_key_that_the_variant_varies_is_refused(cli, tmp_path):
+    with pytest.raises(ConfigError, match="--grid dt: the variant varies dt itself"):
+        combine(variant_points("fig4", {"dt": 0.1, "alpha": 1.0}), grid_points([("dt", [0.05])]))
+    with pytest.raises(ConfigError, match="--grid num_layers"):
+        combine(variant_points("fig6", {}), grid_points([("num_layers", [2])]))
+    code, _out, err = cli("sweep", "adding", "--variant", "fig4", "--grid", "dt=0.05", "--out", tmp_path)
+    assert code == 2 and "the variant varies dt itself" in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # nothing trained
+
+
+def test_point_names_are_exact_so_close_values_stay_apart():
+    points = grid_points([("dt", [0.10001, 0.10002, 0.1, 0.05])])
+    assert [p.name for p in points] == ["dt=0.10001", "dt=0.10002", "dt=0.1", "dt=0.05"]
+    rows, runs, notes = distinct(points)
+    assert len(rows) == len(runs) == 4 and notes == []
+
+
+def test_duplicate_points_are_announced_and_trained_once(cli, tmp_path):
+    rows, runs, notes = distinct(combine(variant_points("fig4", {"dt": 0.2, "alpha": 5.0}), []))
+    assert (len(rows), len(runs)) == (6, 5) and len(notes) == 1 and "on 2 curves" in notes[0]
+    rows, runs, notes = distinct(grid_points([("dt", [0.1, 0.1])]))
+    assert (len(rows), len(runs)) == (1, 1) and notes == [
+        "point dt=0.1 is given 2 times: trained once, one row"
+    ]
+    argv = [
+        "sweep",
+        "adding",
+        "--grid",
+        "dt=0.1,0.10",
+        "--quiet",
+        "--no-tensorboard",
+        "--no-plot",
+        "--out",
+        tmp_path,
+    ]
+    code, out, err = cli(*argv, *[a for s in TINY for a in ("--set", s)])
+    assert code == 0 and "point dt=0.1 is given 2 times: trained once" in err
+    # sweep log lines carry the time when stderr is not a terminal
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  sweep point 1/1: dt=0.1$", err, re.M), err
+
+
+def test_a_full_disk_while_writing_the_table_keeps_the_previous_files(tmp_path, monkeypatch, cli):
+    import errno
+    import os
+    import stat
+
+    rows = [{"point": "dt=0.1", "series": "all", "x_key": "dt", "x": 0.1, "settings": {"dt": 0.1}, "n": 1,
+             "test_mean": 0.5, "test_std": 0.0, "valid_mean": 0.4, "valid_std": 0.0, "status": "1/1 finished",
+             "error": None}]  # fmt: skip
+    old = {"task": "adding", "metric": "mse", "base_settings": {}, "rows": rows}
+    new = {**old, "rows": [{**rows[0], "test_mean": 0.25}]}
+    write_sweep(old, tmp_path, plot=False)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real = os.fsync
+    for fail_at in (1, 2):  # the JSON's data, then the table's, reach the disk
+        calls = [0]
+
+        def fsync(fd, fail_at=fail_at, calls=calls):
+            calls[0] += stat.S_ISREG(os.fstat(fd).st_mode)
+            if calls[0] == fail_at:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        with pytest.raises(OSError):
+            write_sweep(new, tmp_path, plot=False)
+        monkeypatch.setattr(os, "fsync", real)
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # old files, no leftovers
+    # the command says so in one line (exit 2), after the runs are done
+    import unicornn.sweep as sweep
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "sweep.json"))
+
+    monkeypatch.setattr(sweep, "write_sweep", full)
+    argv = ["sweep", "adding", "--grid", "dt=0.1", "--quiet", "--no-tensorboard", "--out", tmp_path / "cmd"]
+    code, _out, err = cli(*argv, *[a for s in TINY for a in ("--set", s)])
+    assert code == 2 and "No space left on device" in err and "kept" in err.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_two_sweep_workers_train_each_point_once(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "unicornn", "sweep", "adding", "--grid", "dt=0.05,0.1,0.2,0.4", "--quiet",
+           "--no-tensorboard", "--no-plot", "--out", str(tmp_path), *[a for s in TINY for a in ("--set", s)]]  # fmt: skip
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    started = [x.split(": ")[-1] for _o, e in outs for x in e.splitlines() if "sweep point" in x]
+    assert sorted(started) == sorted(["dt=0.05", "dt=0.1", "dt=0.2", "dt=0.4"])  # once each, over both
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    assert [r["status"] for r in result["rows"]] == ["1/1 finished"] * 4
+
+
+def test_a_named_sweep_study_holds_one_grid(cli, tmp_path):
+    sets = [a for s in TINY for a in ("--set", s)]
+    base = [
+        "sweep",
+        "adding",
+        "--study",
+        "mine",
+        "--quiet",
+        "--no-tensorboard",
+        "--no-plot",
+        "--out",
+        tmp_path,
+    ]
+    assert cli(*base, "--grid", "dt=0.1", *sets)[0] == 0
+    code, _out, err = cli(*base, "--grid", "dt=0.2", *sets)
+    assert (
+        code == 2
+        and "study 'mine'" in err
+        and "created with points" in err
+        and len(err.strip().splitlines()) == 1
+    )

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._files import atomic_write
+from ._files import atomic_write, fsync_dir
 
 __all__ = [
     "have_matplotlib",
@@ -83,15 +83,30 @@ def write_outputs(
     table_suffix: str = ".txt",
 ) -> dict[str, Path]:
     """Write ``<stem>.json``, the table ``<stem><table_suffix>`` and ``<stem>.png`` (``plot(result, path)``)
-    under ``out_dir``, each atomically.
+    under ``out_dir``, all or none.
 
-    The PNG is skipped (and not returned) when ``plot`` is None or matplotlib is missing. Returns the written
-    paths by kind (``json``, ``table``, ``png``).
+    Every file is first written in full beside its target (each atomically, see :func:`write_text`); only
+    when all are written do they replace the targets. A failure on the way (a full disk, a plotting error)
+    leaves the previous files as they were, consistent with each other, and raises. The PNG is skipped (and
+    not returned) when ``plot`` is None or matplotlib is missing. Returns the written paths by kind
+    (``json``, ``table``, ``png``).
     """
     out = Path(out_dir)
-    paths = {"json": write_json(result, out / f"{stem}.json"),
-             "table": write_text(table if table.endswith("\n") else table + "\n", out / f"{stem}{table_suffix}")}  # fmt: skip
+    paths = {"json": out / f"{stem}.json", "table": out / f"{stem}{table_suffix}"}
     if plot is not None and have_matplotlib():
         paths["png"] = out / f"{stem}.png"
-        plot(result, paths["png"])
+    staged = {kind: path.with_name(f".{path.name}.new-{os.getpid()}") for kind, path in paths.items()}
+    try:
+        write_json(result, staged["json"])
+        write_text(table if table.endswith("\n") else table + "\n", staged["table"])
+        if "png" in staged:
+            plot(result, staged["png"])
+            if not staged["png"].exists():  # the plot function drew nothing
+                del paths["png"]
+        for kind, path in paths.items():
+            os.replace(staged[kind], path)
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+    fsync_dir(out)
     return paths

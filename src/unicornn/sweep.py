@@ -4,7 +4,9 @@ A sweep is a list of :class:`Point` s, each a set of setting overrides on top of
 ``p`` trains ``runs`` seeds with :func:`~unicornn.training.seeds.train_seeds` into ``OUT/<p.name>/TASK/seed-K``
 (the run directories of ``unicornn train``: ``unicornn report`` and ``unicornn eval`` read them). Runs are
 opened with ``resume=True``: a finished run is not trained again, an interrupted one continues from its
-checkpoint, so rerunning the same sweep command completes it. The table (``sweep[-VARIANT].json`` / ``.md``
+checkpoint, so rerunning the same sweep command completes it. The points are handed out by an Optuna study
+with a grid sampler (:mod:`unicornn.tuning`): the same command in several processes, or on several machines
+sharing a storage, trains each point once. The table (``sweep[-VARIANT].json`` / ``.md``
 / ``.png`` in ``OUT``) holds, per point, the test metric at the best validation epoch, mean +- std over
 seeds.
 
@@ -32,8 +34,8 @@ from .plotting import integer_ticks, pyplot, save_figure, write_outputs
 from .training.report import mean_std
 from .validation import ConfigError
 
-__all__ = ["Point", "VARIANTS", "grid_points", "variant_points", "combine", "run_sweep", "collect_sweep",
-           "format_sweep", "plot_sweep", "write_sweep"]  # fmt: skip
+__all__ = ["Point", "VARIANTS", "grid_points", "variant_points", "combine", "distinct", "run_sweep",
+           "collect_sweep", "format_sweep", "plot_sweep", "write_sweep"]  # fmt: skip
 
 #: The paper's ablations: name -> description.
 VARIANTS = {
@@ -59,15 +61,19 @@ class Point:
 
 
 def _fmt(v: Any) -> str:
+    """A value as in a point's name: 4 significant digits where they are exact, else the shortest repr that
+    reads back as the same float (names are unique: 0.10001 and 0.10002 stay apart)."""
     if isinstance(v, (list, tuple)):
         return "+".join(_fmt(e) for e in v)
     if isinstance(v, float):
-        return f"{v:.4g}"
+        short = f"{v:.4g}"
+        return short if float(short) == v else repr(v)
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def point_name(settings: Mapping[str, Any]) -> str:
-    """Directory name of a point: ``key=value`` pairs joined by commas (``base`` for no overrides)."""
+    """Directory name of a point: ``key=value`` pairs joined by commas (``base`` for no overrides); distinct
+    settings give distinct names."""
     name = ",".join(f"{k}={_fmt(v)}" for k, v in settings.items()) or "base"
     return name.replace("/", "_")
 
@@ -117,52 +123,116 @@ def variant_points(variant: str, settings: Mapping[str, Any]) -> list[Point]:
 
 
 def combine(variant: list[Point], grid: list[Point]) -> list[Point]:
-    """Every variant point crossed with every grid point (either list may be empty); duplicates dropped."""
+    """Every variant point crossed with every grid point (either list may be empty).
+
+    A grid key that the variant itself varies is refused (the grid would silently override the variant's
+    values): move the variant's centre with ``--set`` instead. Duplicates are kept here; :func:`run_sweep`
+    announces them and trains each distinct point once."""
     if not variant or not grid:
-        points = variant or grid
-    else:
-        points = [
-            Point({**v.settings, **g.settings}, f"{v.series}, {point_name(g.settings)}", v.x_key, v.x)
-            for v in variant
-            for g in grid
-        ]
-    seen, out = set(), []
-    for p in points:  # fig4's centre point is on both curves: trained once, drawn twice
-        key = (p.name, p.series)
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-    return out
+        return list(variant or grid)
+    varied = sorted({k for v in variant for k in v.settings})
+    clash = [k for k in dict.fromkeys(k for g in grid for k in g.settings) if k in varied]
+    if clash:
+        raise ConfigError(
+            f"--grid {clash[0]}: the variant varies {clash[0]} itself (it sets {', '.join(varied)}); give "
+            f"--set {clash[0]}=VALUE to move its centre, or a --grid over another setting"
+        )
+    return [
+        Point({**v.settings, **g.settings}, f"{v.series}, {point_name(g.settings)}", v.x_key, v.x)
+        for v in variant
+        for g in grid
+    ]
+
+
+def distinct(points: Sequence[Point]) -> tuple[list[Point], list[Point], list[str]]:
+    """``(rows, runs, notes)``: the table's rows (one per point and curve), the points to train (one per
+    name) and one note per point that appears more than once (the same point on two curves, e.g. fig4's
+    centre, is trained once and drawn on both; the same point given twice is one row)."""
+    rows = list({(p.name, p.series): p for p in points}.values())
+    runs = list({p.name: p for p in points}.values())
+    notes = []
+    for name in dict.fromkeys(p.name for p in points):
+        same = [p for p in points if p.name == name]
+        curves = list(dict.fromkeys(p.series for p in same))
+        if len(same) > len(curves):
+            notes.append(f"point {name} is given {len(same)} times: trained once, one row")
+        if len(curves) > 1:
+            notes.append(
+                f"point {name} is on {len(curves)} curves ({'; '.join(curves)}): trained once, drawn on each"
+            )
+    return rows, runs, notes
 
 
 def run_sweep(task, settings: Mapping[str, Any], options: Mapping[str, Any], out: str | Path,
-              points: Sequence[Point], runs: int = 1, log=print, **train_kw) -> dict[str, Any]:  # fmt: skip
+              points: Sequence[Point], runs: int = 1, log=print, *, storage: str | None = None,
+              study: str | None = None, heartbeat: int = 60, stem: str = "sweep", **train_kw) -> dict[str, Any]:  # fmt: skip
     """Train every point (``runs`` seeds each, resuming what exists) and return :func:`collect_sweep`.
 
     ``log``: callable taking a line of text, for the sweep's and the runs' messages; ``train_kw`` go to
     :func:`~unicornn.training.trainer.train_run` (``data_dir``, ``ctx``, ``quiet``, ``tensorboard``, ...).
+    The points are trials of an Optuna study on a grid sampler in ``storage`` (default
+    ``sqlite:///OUT/optuna.db``), named ``study`` (default ``STEM-<digest of the task, settings, points and
+    runs>``: another grid is another study, while its points' run directories are shared); several
+    processes running this at once share the work (see :mod:`unicornn.tuning`).
 
     A point whose training stops on a non-finite loss is recorded as failed (its message kept) and the
     sweep goes on: a diverging setting is a result of the ablation, not an error.
     """
     from .training.epoch import NonFiniteError
-    from .training.seeds import train_seeds
+    from .tuning import (
+        Outcome,
+        broadcast,
+        grid_sampler,
+        open_storage,
+        open_study,
+        optimize,
+        require_optuna,
+        study_digest,
+    )
 
-    out = Path(out)
-    failures: dict[str, str] = {}
-    done: set[str] = set()
-    for i, p in enumerate(points, 1):
-        if p.name in done:
-            continue
-        done.add(p.name)
-        log(f"sweep point {i}/{len(points)}: {p.name}")
+    out, ctx = Path(out), train_kw.get("ctx")
+    main = ctx is None or ctx.is_main
+    rows, todo, notes = distinct(points)
+    for note in notes:
+        log(note)
+    names = [p.name for p in todo]
+    digest = study_digest([task.spec.name, dict(settings), dict(options), names, runs])
+    name = study or f"{stem}-{digest}"
+    opt = store = None
+    if main:
+        optuna = require_optuna()
+        store = open_storage(storage, out, heartbeat)
+        direction = "maximize" if task.spec.higher_is_better else "minimize"
+        attrs = {"task": task.spec.name, "kind": "sweep", "points": digest}  # a --study holds one grid
+        opt = open_study(store, name, attrs, direction,
+                         grid_sampler({"point": names}))  # fmt: skip
+    index = {p.name: i for i, p in enumerate(todo, 1)}
+
+    def train(params, _run_id, _report) -> Outcome:
+        from .training import seeds
+
+        p = todo[index[params["point"]] - 1]
+        log(f"sweep point {index[p.name]}/{len(todo)}: {p.name}")
         try:
-            train_seeds(task, {**settings, **p.settings}, options, out / p.name, runs, resume=True, log=log,
-                        **train_kw)  # fmt: skip
+            results = seeds.train_seeds(task, {**settings, **p.settings}, options, out / p.name, runs,
+                                        resume=True, log=log, **train_kw)  # fmt: skip
         except NonFiniteError as err:
-            failures[p.name] = str(err)
             log(f"sweep point {p.name} failed: {err}")
-    return collect_sweep(out, points, task.spec.name, settings, failures)
+            return Outcome("diverged", attrs={"error": str(err)})
+        if any(r["status"] != "finished" for r in results):
+            return Outcome("unfinished")
+        valid = [r["best"]["valid"] for r in results]
+        return Outcome("complete", sum(valid) / len(valid))
+
+    ran = optimize(opt, store, len(todo), lambda t: {"point": t.suggest_categorical("point", names)}, train,
+                   lock_dir=out / ".optuna" / name, ctx=ctx, log=log)  # fmt: skip
+    failures = None
+    if main:
+        log(f"sweep study {name} in {store.text}: {len(todo)} points, {ran} trained by this process")
+        failures = {t.params["point"]: t.user_attrs["error"] for t in opt.get_trials(deepcopy=False)
+                    if t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs}  # fmt: skip
+    failures = broadcast(ctx, failures)
+    return collect_sweep(out, rows, task.spec.name, settings, failures)
 
 
 def collect_sweep(out: str | Path, points: Sequence[Point], task: str, settings: Mapping[str, Any] | None = None,

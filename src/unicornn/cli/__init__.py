@@ -1,12 +1,12 @@
-"""The ``unicornn`` command line: ``train``, ``eval``, ``tasks``, ``report``, ``export``, and the checks of the paper's
-claims ``bench``, ``diagnose``, ``plot`` and ``sweep``.
+"""The ``unicornn`` command line: ``train``, ``eval``, ``tasks``, ``report``, ``export``, the checks of the
+paper's claims ``bench``, ``diagnose``, ``plot`` and ``sweep``, and the hyper-parameter search ``tune``.
 
 Run ``unicornn COMMAND --help`` for every option. Under ``torchrun --nproc_per_node=K -m unicornn train ...``
 the training runs with DistributedDataParallel over K processes.
 
-Layout: one module per command (``unicornn.cli.train``, ``.eval``, ``.tasks``, ``.report``, ``.export``, ``.bench``,
-``.diagnose``, ``.plot``, ``.sweep``), each with ``add_parser(subparsers)`` (which sets ``func``, the handler
-``func(args) -> exit code``, in the same module) and listed by name in :data:`COMMANDS`: a new command is one
+Layout: one module per command (``unicornn.cli.train``, ``.eval``, ``.tasks``, ``.report``, ``.export``,
+``.bench``, ``.diagnose``, ``.plot``, ``.sweep``, ``.tune``), each with ``add_parser(subparsers)`` (which sets
+``func``, the handler ``func(args) -> exit code``, in the same module) and listed by name in :data:`COMMANDS`: a new command is one
 new module plus one name there. Options several commands share (``--out``, ``--device``, ``--threads``,
 ``--data-dir``, argparse types, ``--set`` parsing) are in :mod:`unicornn.cli.options`; helpers they share in
 :mod:`unicornn.cli.common`. Handlers parse arguments, call the library and print what it formats.
@@ -49,7 +49,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
 )
 
 #: The command modules of this package, in the order ``--help`` lists them.
-COMMANDS = ("train", "eval", "tasks", "report", "export", "bench", "diagnose", "plot", "sweep")
+COMMANDS = ("train", "eval", "tasks", "report", "export", "bench", "diagnose", "plot", "sweep", "tune")
 
 
 def error(msg: str, code: int = EXIT_USAGE) -> int:

@@ -11,6 +11,7 @@ __all__ = [
     "CLIError",
     "add_data_dir",
     "add_device",
+    "add_storage",
     "add_out",
     "add_threads",
     "comma_ints",
@@ -95,6 +96,17 @@ def add_threads(parser: argparse.ArgumentParser, help: str = "CPU threads for Py
 def add_data_dir(parser: argparse.ArgumentParser, help: str = "dataset cache (default as for train)") -> None:
     """``--data-dir DIR``: where datasets are cached."""
     parser.add_argument("--data-dir", metavar="DIR", help=help)
+
+
+def add_storage(parser: argparse.ArgumentParser, default_storage: str, default_study: str) -> None:
+    """``--storage URL|FILE``, ``--study NAME`` and ``--heartbeat S`` of the Optuna-backed commands."""
+    parser.add_argument("--storage", metavar="URL|FILE",
+                        help=f"Optuna storage the workers share: sqlite:///PATH, postgresql://..., or a journal "
+                        f"file path (default sqlite:///{default_storage})")  # fmt: skip
+    parser.add_argument("--study", metavar="NAME", help=f"study name (default {default_study})")
+    parser.add_argument("--heartbeat", type=positive_int, default=60, metavar="S",
+                        help="seconds between a database storage's heartbeats; a trial silent for twice as long "
+                        "is taken as dead, failed and queued again (default 60)")  # fmt: skip
 
 
 def set_threads(threads: int | None) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..training.errors import os_error_text
+from ..training.progress import Progress
 from . import EXIT_INTERRUPTED, error
 from .common import data_root, task_settings, written
 from .options import (
@@ -14,6 +16,7 @@ from .options import (
     add_data_dir,
     add_device,
     add_out,
+    add_storage,
     add_threads,
     coerce,
     positive_int,
@@ -51,9 +54,11 @@ def run(args) -> int:
     set_threads(args.threads)
     out = Path(args.out) if args.out else Path("sweeps") / args.task
     ctx = init_distributed(args.device)
-    log = (lambda msg: print(msg, file=sys.stderr)) if ctx.is_main else (lambda _msg: None)
+    stem = f"sweep-{args.variant}" if args.variant else "sweep"
+    log = Progress(quiet=False, main=ctx.is_main).say  # timestamped lines when stderr is not a terminal
     try:
-        result = run_sweep(task, settings, options, out, points, args.runs, log=log,
+        result = run_sweep(task, settings, options, out, points, args.runs, log=log, storage=args.storage,
+                           study=args.study, heartbeat=args.heartbeat, stem=stem,
                            data_dir=data_root(args.data_dir), ctx=ctx, quiet=args.quiet,
                            tensorboard=not args.no_tensorboard)  # fmt: skip
     except KeyboardInterrupt:
@@ -64,8 +69,11 @@ def run(args) -> int:
         ctx.close()
     if not ctx.is_main:
         return 0
-    stem = f"sweep-{args.variant}" if args.variant else "sweep"
-    paths = write_sweep(result, out, stem, title=f"{args.task}: {stem}", plot=not args.no_plot)
+    try:
+        paths = write_sweep(result, out, stem, title=f"{args.task}: {stem}", plot=not args.no_plot)
+    except OSError as err:
+        raise CLIError(f"cannot write the sweep's table in {out}: {os_error_text(err)} (the previous "
+                       f"{stem}.json/.md/.png are kept as they were; the runs are done: rerun to write it)") from None  # fmt: skip
     print((out / f"{stem}.md").read_text())
     print(written(paths))
     return 0
@@ -77,11 +85,17 @@ def add_parser(sub) -> None:
     sw = sub.add_parser(
         "sweep",
         help="train a grid of settings (every point a normal run, resumable) into one table and plot",
-        description="Train TASK at every point of --grid (the Cartesian product of the lists) and/or a "
-        "--variant of the paper's ablations, --runs seeds each, every run in OUT/POINT/TASK/seed-K. "
-        "Finished runs are not trained again and interrupted ones continue: rerun the same command to "
-        "complete a sweep. Writes OUT/sweep[-VARIANT].json, .md (test metric at the best validation epoch, "
-        "mean +- std over seeds) and .png. Variants: " + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()),
+        description=textwrap.fill(
+            "Train TASK at every point of --grid (the Cartesian product of the lists) and/or a "
+            "--variant of the paper's ablations, --runs seeds each, every run in OUT/POINT/TASK/seed-K. "
+            "Finished runs are not trained again and interrupted ones continue: rerun the same command to "
+            "complete a sweep. The points are trials of an Optuna study (grid sampler): the same command in "
+            "several processes, or on several machines sharing --storage, trains each point once. "
+            "Writes OUT/sweep[-VARIANT].json, .md (test metric at the best validation epoch, "
+            "mean +- std over seeds) and .png. Variants: "
+            + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()),
+            width=100,
+        ),
         epilog="examples:\n  unicornn sweep adding --grid dt=0.03,0.1,0.3 --runs 3\n"
         "  unicornn sweep psmnist --variant fig6 --runs 10 --device cuda",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -98,6 +112,7 @@ def add_parser(sub) -> None:
     add_device(sw)
     add_data_dir(sw)
     add_threads(sw)
+    add_storage(sw, "OUT/optuna.db", "sweep-<digest of the points>")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
     sw.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
     sw.add_argument("--no-plot", action="store_true", help="skip the PNG")

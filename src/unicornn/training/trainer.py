@@ -21,7 +21,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,7 @@ def train_run(
     log=None,
     tensorboard: bool = True,
     progress_every: float | None = 60.0,
+    on_epoch_end: Callable[[int, dict[str, Any]], bool] | None = None,
 ) -> dict[str, Any]:
     """Train one seed of ``task`` into ``run_dir`` and return the result (see module docstring).
 
@@ -131,6 +132,10 @@ def train_run(
         log: callable taking one line of text (default: stderr on rank 0, see :mod:`.progress`).
         tensorboard: also write TensorBoard events (when ``tensorboard`` is installed).
         progress_every: seconds between progress lines within an epoch when stderr is not a terminal.
+        on_epoch_end: called as ``on_epoch_end(epoch, row)`` after each epoch is written (``epoch`` 1-based,
+            ``row`` its metrics.jsonl row, e.g. ``row["valid_<metric>"]``); a true return value stops the run
+            there (status "stopped", resumable), e.g. a tuner's pruning. Called in every process under
+            torchrun: it must return the same answer in each.
 
     Returns:
         A dict with ``status`` ("finished" or "stopped"), ``epochs_done``, ``best`` (epoch, valid, test
@@ -189,11 +194,14 @@ def train_run(
                 + (f" x {ctx.world_size} processes" if ctx.enabled else "")
                 + again
             )
-        return _train_epochs(t, spec, cfg, ctx, run_dir, record, out, tensorboard, stop_after_epoch)
+        return _train_epochs(
+            t, spec, cfg, ctx, run_dir, record, out, tensorboard, stop_after_epoch, on_epoch_end
+        )
 
 
 def _train_epochs(t: _Training, spec, cfg, ctx: DistContext, run_dir: Path, record: dict[str, Any],
-                  out: Progress, tensorboard: bool, stop_after_epoch: int | None) -> dict[str, Any]:  # fmt: skip
+                  out: Progress, tensorboard: bool, stop_after_epoch: int | None,
+                  on_epoch_end=None) -> dict[str, Any]:  # fmt: skip
     """The epoch loop from ``t.start_epoch``: train, evaluate, write each epoch; then the result."""
     writer = (
         EpochWriter(run_dir, spec.metric, cfg["epochs"], tensorboard, t.start_epoch, out.say)
@@ -214,6 +222,9 @@ def _train_epochs(t: _Training, spec, cfg, ctx: DistContext, run_dir: Path, reco
                 writer.write(row, improved, _state(t, epoch + 1, rng, record))
             if bar is not None:
                 bar.update(1)
+            if on_epoch_end is not None and on_epoch_end(epoch + 1, row) and epoch + 1 < cfg["epochs"]:
+                status = "stopped"
+                break
     finally:
         if bar is not None:
             bar.close()
