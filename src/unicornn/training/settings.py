@@ -13,7 +13,15 @@ from typing import Any
 from ..baselines import BASELINE_DEFAULTS
 from ..validation import ConfigError, check_choice, check_int, check_real
 
-__all__ = ["TRAIN_DEFAULTS", "TRAIN_KEY_HELP", "MODEL_KEYS", "RESUME_MUTABLE_KEYS", "AMP", "validate_config"]
+__all__ = [
+    "TRAIN_DEFAULTS",
+    "TRAIN_KEY_HELP",
+    "MODEL_KEYS",
+    "RESUME_MUTABLE_KEYS",
+    "AMP",
+    "SEED_MAX",
+    "validate_config",
+]
 
 #: Every setting, with its default value (presets override them, ``--set`` overrides presets).
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -78,7 +86,7 @@ TRAIN_KEY_HELP: dict[str, str] = {
     "lr_reduce_factor": "factor applied at lr_reduce_epoch (the paper divides by 10)",
     "grad_clip": "clip the global gradient norm to this value, or none",
     "amp": "automatic mixed precision on CUDA: off, bf16 or fp16",
-    "seed": "random seed of the first run (run k uses seed + k)",
+    "seed": "random seed of the first run (run k uses seed + k), in [0, 2**32 - 1]",
     "backend": "recurrence backend: auto, reference, cpu or triton",
     "train_subset": "train on a fixed random subset of this many training sequences, or none (all)",
     "eval_subset": "evaluate on a fixed random subset of this many validation/test sequences, or none",
@@ -98,6 +106,9 @@ TRAIN_KEY_HELP: dict[str, str] = {
 RESUME_MUTABLE_KEYS = frozenset({"epochs", "eval_batch_size", "num_workers"})
 
 AMP = ("off", "bf16", "fp16")
+
+#: The largest seed: the range of NumPy's global generator (``numpy.random.seed``).
+SEED_MAX = 2**32 - 1
 
 
 def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -122,8 +133,8 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     check_choice(name("model"), out["model"], MODELS)
     for k in ("batch_size", "eval_batch_size", "epochs"):
         check_int(name(k), out[k], 1)
-    for k in ("seed", "num_workers"):
-        check_int(name(k), out[k], 0)
+    check_int(name("seed"), out["seed"], 0, maximum=SEED_MAX)
+    check_int(name("num_workers"), out["num_workers"], 0)
     for k in ("lr_reduce_epoch", "train_subset", "eval_subset"):
         check_int(name(k), out[k], 1, optional=True)
     for k in ("lr", "lr_reduce_factor"):

@@ -58,9 +58,11 @@ __all__ = [
 
 
 def _seed_all(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's global generators from a non-negative int; NumPy's takes it
+    modulo 2**32 (its range), PyTorch's modulo 2**64: a seed within a range is used as it is."""
     random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed % 2**64)
 
 
 def _gather_rng(ctx: DistContext, gen: torch.Generator) -> list:

@@ -1,0 +1,41 @@
+"""Reliability: what an adversarial user tried and what the command line must answer (one line on stderr and
+exit code 2 for a user error, never a traceback)."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import tiny_train_argv
+
+
+def one_line_error(code, err, *needles):
+    """The command failed with exit code 2 and one ``unicornn: error:`` line containing every needle."""
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("unicornn: error:"), (code, err)
+    for needle in needles:
+        assert needle in lines[0], (needle, err)
+
+
+# --------------------------------------------------------------------------------------------------
+# seeds
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [4295, 12345, 2**32 - 1])
+def test_large_seeds_train(cli, tmp_path, seed):
+    """Every seed the settings accept trains (the per-process seeds derived from it fit numpy's range)."""
+    code, out, err = cli(*tiny_train_argv(tmp_path, "--quiet", "--set", "epochs=1", "--set", f"seed={seed}"))
+    assert code == 0, err
+    assert (tmp_path / "adding" / f"seed-{seed}" / "result.json").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "1.5", "abc"])
+def test_seed_out_of_range_is_one_line(cli, tmp_path, seed):
+    code, out, err = cli(*tiny_train_argv(tmp_path, "--quiet", "--set", f"seed={seed}"))
+    one_line_error(code, err, "seed")
+    assert not (tmp_path / "adding").exists()
+
+
+def test_seeds_of_several_runs_past_the_range_are_refused_before_training(cli, tmp_path):
+    code, out, err = cli(*tiny_train_argv(tmp_path, "--quiet", "--set", f"seed={2**32 - 1}", "--runs", "2"))
+    one_line_error(code, err, "seed", "2 runs")
+    assert not (tmp_path / "adding").exists()
