@@ -3,8 +3,16 @@ exit code 2 for a user error, never a traceback)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import torch
 from helpers import tiny_train_argv
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def one_line_error(code, err, *needles):
@@ -39,3 +47,19 @@ def test_seeds_of_several_runs_past_the_range_are_refused_before_training(cli, t
     code, out, err = cli(*tiny_train_argv(tmp_path, "--quiet", "--set", f"seed={2**32 - 1}", "--runs", "2"))
     one_line_error(code, err, "seed", "2 runs")
     assert not (tmp_path / "adding").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# backends
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_triton_backend_without_cuda_is_a_settings_error(tmp_path):
+    """Without CUDA (and without Triton's interpreter) ``backend=triton`` is refused before training."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
+    argv = tiny_train_argv(tmp_path, "--quiet", "--set", "backend=triton")
+    p = subprocess.run([sys.executable, "-m", "unicornn", *argv], env=env, capture_output=True, text=True)
+    one_line_error(p.returncode, p.stderr, "backend=triton", "cuda")
+    assert not (tmp_path / "adding" / "seed-0" / "checkpoint.pt").exists()

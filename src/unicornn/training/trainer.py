@@ -31,6 +31,8 @@ import torch
 from torch import nn
 
 from ..metrics import is_better
+from ..modules import UnICORNN
+from ..ops.dispatch import resolve_backend
 from ..task_models import build_model, count_parameters, recurrent_weight_norms
 from ..tasks.base import RECORD_FIELDS
 from ..validation import ConfigError
@@ -235,6 +237,17 @@ def _check_placement(cfg: dict[str, Any], ctx: DistContext) -> None:
         )
 
 
+def _check_backends(model: nn.Module, device: torch.device) -> None:
+    """Every UnICORNN stack of ``model`` has a backend that runs on ``device`` (before any training step):
+    a :class:`ConfigError` naming the setting otherwise (``backend=triton`` without CUDA, say)."""
+    for m in model.modules():
+        if isinstance(m, UnICORNN):
+            try:
+                resolve_backend(m.backend, device, torch.float32)
+            except (RuntimeError, TypeError) as err:
+                raise ConfigError(f"setting 'backend={m.backend}' cannot run here: {err}") from None
+
+
 @dataclass
 class _Training:
     """Everything one run trains with."""
@@ -260,6 +273,7 @@ def _setup(task, cfg: dict[str, Any], options: dict, data_dir: Path | None, ctx:
     splits = build_splits(task, options, data_dir, cfg)  # first: the model may take arguments from the data
     torch.manual_seed(seed)  # model initialisation depends on the seed only
     model = build_model(task.spec, cfg, splits.model_args).to(device)
+    _check_backends(model, device)
     _seed_all(seed * 1_000_003 + ctx.rank + 1)  # every process draws its own dropout masks
     net = model
     if ctx.enabled:
