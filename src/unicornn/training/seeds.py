@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .report import write_report
 from ..validation import ConfigError
+from .report import write_report
 from .run import Requested
 from .settings import SEED_MAX, validate_config
 from .trainer import train_run
