@@ -3,6 +3,7 @@ exit code 2 for a user error, never a traceback)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -63,3 +64,21 @@ def test_triton_backend_without_cuda_is_a_settings_error(tmp_path):
     p = subprocess.run([sys.executable, "-m", "unicornn", *argv], env=env, capture_output=True, text=True)
     one_line_error(p.returncode, p.stderr, "backend=triton", "cuda")
     assert not (tmp_path / "adding" / "seed-0" / "checkpoint.pt").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# diagnose states
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "how", [["--input-scale", "nan"], ["--initial-state", "inf"], ["--initial-state", "nan"]]
+)
+def test_non_finite_states_are_a_violation(cli, tmp_path, how):
+    code, out, err = cli("diagnose", "states", "--steps", "20", "--hidden", "4", "--batch", "2", *how,
+                         "--out", tmp_path)  # fmt: skip
+    assert code == 4, (out, err)
+    assert "non-finite" in out and "bound violated" in out and "holds" not in out, out
+    check = json.loads((tmp_path / "states.json").read_text())
+    assert check["violated"] and all(v["non_finite"] for v in check["violations"])
+    assert check["violations"][0]["step"] == 1

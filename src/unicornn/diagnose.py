@@ -323,7 +323,8 @@ def state_bound_check(module: nn.Module, inputs: Tensor, state=None, form: str =
     Returns:
         dict: ``layers`` (per layer: ``max_abs_y``, ``max_abs_z`` lists of N floats, ``dt``, and the
         ``y_bound``, ``z_bound`` lists), ``violated`` (bool), ``violations`` (per violated layer and
-        variable, the first step n (1-based), the value and the bound there), ``alpha``, ``form``.
+        variable, the first step n (1-based) where it exceeds the bound or is NaN/inf, the value and the bound
+        there, and ``non_finite``), ``alpha``, ``form``.
     """
     rnn = unicornn_of(module)
     states = layer_states(rnn, inputs, state)
@@ -337,7 +338,9 @@ def state_bound_check(module: nn.Module, inputs: Tensor, state=None, form: str =
             peak = seq.abs().flatten(1).amax(dim=1).cpu()
             entry[f"max_abs_{name}"] = peak.tolist()
             entry[f"{name}_bound"] = bound.tolist()
-            over = torch.nonzero(peak > bound).flatten()
+            over = torch.nonzero(
+                ~torch.isfinite(peak) | (peak > bound)
+            ).flatten()  # NaN/inf states violate it
             if over.numel():
                 n = int(over[0])
                 violations.append(
@@ -347,6 +350,7 @@ def state_bound_check(module: nn.Module, inputs: Tensor, state=None, form: str =
                         "step": n + 1,
                         "value": float(peak[n]),
                         "bound": float(bound[n]),
+                        "non_finite": not math.isfinite(float(peak[n])),
                     }
                 )
         layers.append(entry)
@@ -427,9 +431,9 @@ def format_state_check(check: Mapping[str, Any], where: str) -> str:
             f"{layer['y_bound'][-1]:.4g}), max |z| {max(layer['max_abs_z']):.4g} (bound {layer['z_bound'][-1]:.4g})"
         )
     for v in check["violations"]:
+        excess = "is non-finite" if v.get("non_finite") else f"> bound {v['bound']:.4g}"
         lines.append(
-            f"  VIOLATION: layer {v['layer']} |{v['variable']}| = {v['value']:.4g} > bound {v['bound']:.4g} "
-            f"at step {v['step']}"
+            f"  VIOLATION: layer {v['layer']} |{v['variable']}| = {v['value']:.4g} {excess} at step {v['step']}"
         )
     lines.append("bound violated" if check["violated"] else "bound holds at every step")
     return "\n".join(lines)
