@@ -140,6 +140,16 @@ def test_two_runs_on_one_directory_one_is_refused(tmp_path):
     assert epochs == [1, 2, 3]
 
 
+def test_a_run_killed_while_its_data_loader_workers_live_leaves_no_lock(tmp_path):
+    """DataLoader worker processes (forked while the run holds its lock) do not hold the lock: a run killed
+    mid-epoch is resumed at once, while its orphaned workers may still be alive."""
+    argv = tiny_train_argv(tmp_path, "--quiet", "--set", "num_workers=2")
+    assert train(argv, tmp_path / "log", fault="batch:2") == -signal.SIGKILL, (tmp_path / "log").read_text()
+    assert train([*argv, "--resume"], tmp_path / "log") == 0, (tmp_path / "log").read_text()
+    epochs = [r["epoch"] for r in read_jsonl(tmp_path / "adding" / "seed-0" / "metrics.jsonl")]
+    assert epochs == [1, 2, 3]
+
+
 def _damage(path, how, rng):
     data = path.read_bytes()
     path.write_bytes(

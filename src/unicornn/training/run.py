@@ -92,13 +92,31 @@ class OpenedRun:
 # --------------------------------------------------------------------------------------------------
 
 
+#: Descriptors of the locks this process holds. A flock belongs to the open file, which a forked child
+#: (a DataLoader worker) shares: the child closes its copies at once, so that the lock dies with the process
+#: that took it, not with the last of its children.
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir/.lock`` (creating the directory) while the block writes the run directory.
 
     An exclusive ``fcntl.flock``: a second process asking for it gets :class:`RunLockedError` at once. The
     kernel releases it when the holder ends, however it ends (``kill -9`` and crashes included), so it is never
-    left stuck. Works on local file systems and on NFS (Linux emulates it there with POSIX locks). Where
+    left stuck; processes forked while it is held (DataLoader workers) close their copy of it at once and
+    never hold it. Works on local file systems and on NFS (Linux emulates it there with POSIX locks). Where
     ``fcntl`` does not exist (Windows) there is no lock. The file holds the holder's pid, host and start time,
     for the message of the one refused. If the block fails before writing anything into a directory that this
     call created (data missing, say), the directory is removed again, with every parent this call created.
@@ -119,6 +137,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
         raise RunFileError(f"cannot create the run directory {run_dir}: {os_error_text(err)}") from None
+    _HELD_LOCKS.add(fd)
     try:
         if fcntl is not None:
             try:
@@ -146,7 +165,9 @@ def run_lock(run_dir: Path) -> Iterator[None]:
                     d.rmdir()
         raise
     finally:
-        os.close(fd)  # releases the lock
+        if fd in _HELD_LOCKS:  # (a forked child has closed it already)
+            _HELD_LOCKS.discard(fd)
+            os.close(fd)  # releases the lock
 
 
 # --------------------------------------------------------------------------------------------------
