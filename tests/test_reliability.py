@@ -82,3 +82,63 @@ def test_non_finite_states_are_a_violation(cli, tmp_path, how):
     check = json.loads((tmp_path / "states.json").read_text())
     assert check["violated"] and all(v["non_finite"] for v in check["violations"])
     assert check["violations"][0]["step"] == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# report on unexpected files
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from unicornn.cli import main
+
+    out = tmp_path_factory.mktemp("finished")
+    assert main(tiny_train_argv(out, "--quiet", "--set", "epochs=2")) == 0
+    return out
+
+
+def _copy(finished_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    return out, out / "adding" / "seed-0"
+
+
+@pytest.mark.parametrize("content", ['{"name": "other-tool", "version": 3}', "{}"])
+def test_report_skips_another_tools_config_json(cli, finished_run, tmp_path, content):
+    out, _ = _copy(finished_run, tmp_path)
+    (out / "other").mkdir()
+    (out / "other" / "config.json").write_text(content)
+    code, stdout, err = cli("report", out, "--no-plot")
+    assert code == 0 and "Traceback" not in err, err
+    assert "seed-0" in stdout
+    assert f"skipped {out / 'other'}: its config.json is not a unicornn run's" in err, err
+    assert not (out / "report.md").exists()  # nothing written beside another tool's files
+    code, stdout, err = cli("report", out / "other")
+    one_line_error(code, err, "no runs", "skipped 1")
+
+
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        (lambda p: p.write_bytes(p.read_bytes() + b"\xff\xfe\x00garbage\n"), "not UTF-8"),
+        (lambda p: p.write_text('{"epoch": 1, "train_loss": 0.5}\n'), "lacks 'valid_mse'"),
+        (lambda p: p.write_text("[1, 2]\n"), "not a JSON object"),
+    ],
+)
+def test_report_names_a_damaged_metrics_file(cli, finished_run, tmp_path, damage, needle):
+    out, run = _copy(finished_run, tmp_path)
+    damage(run / "metrics.jsonl")
+    code, stdout, err = cli("report", out, "--no-plot")
+    one_line_error(code, err, str(run / "metrics.jsonl"), needle)
+
+
+def test_report_names_a_damaged_config_json(cli, finished_run, tmp_path):
+    out, run = _copy(finished_run, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    config["spec"] = "mse"
+    (run / "config.json").write_text(json.dumps(config))
+    code, stdout, err = cli("report", out, "--no-plot")
+    one_line_error(code, err, str(run / "config.json"), "damaged")
