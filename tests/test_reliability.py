@@ -3,12 +3,14 @@ exit code 2 for a user error, never a traceback)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import tiny_train_argv
@@ -142,3 +144,67 @@ def test_report_names_a_damaged_config_json(cli, finished_run, tmp_path):
     (run / "config.json").write_text(json.dumps(config))
     code, stdout, err = cli("report", out, "--no-plot")
     one_line_error(code, err, str(run / "config.json"), "damaged")
+
+
+# --------------------------------------------------------------------------------------------------
+# BIDMC data files
+# --------------------------------------------------------------------------------------------------
+
+
+def _ts_case(rng, n=4000, nan=False):
+    x = rng.standard_normal((n, 2))
+    if nan:
+        x[5, 1] = np.nan
+    return ":".join(",".join(repr(float(v)) for v in x[:, c]) for c in range(2)) + ":12.0"
+
+
+def _ts_file(*cases):
+    header = ["@problemName BIDMC32RR", "@timeStamps false", "@missing false", "@univariate false",
+              "@dimensions 2", "@equalLength true", "@seriesLength 4000", "@targetLabel true", "@data"]  # fmt: skip
+    return ("\n".join(header + list(cases)) + "\n").encode()
+
+
+_RNG = np.random.default_rng(0)
+DAMAGED_TS = {
+    "empty": (b"", "no @data line"),
+    "ragged": (_ts_file(_ts_case(_RNG), _ts_case(_RNG, 3999)), "channel lengths"),
+    "nan": (_ts_file(_ts_case(_RNG), _ts_case(_RNG, nan=True)), "case 2 holds missing or non-finite values"),
+    "random": (_RNG.bytes(5000), "expected a header line"),
+    "too few cases": (_ts_file(_ts_case(_RNG)), "cases"),
+}
+
+
+@pytest.mark.parametrize("which", list(DAMAGED_TS))
+def test_damaged_bidmc_files_are_one_line_data_errors(cli, tmp_path, which):
+    from unicornn.tasks.bidmc import TARGETS
+
+    data, needle = DAMAGED_TS[which]
+    directory = TARGETS["rr"].directory(tmp_path / "data")
+    directory.mkdir(parents=True)
+    for name in TARGETS["rr"].files:
+        (directory / name).write_bytes(data)
+        (directory / f"{name}.md5").write_text(hashlib.md5(data).hexdigest())
+    code, out, err = cli("train", "bidmc-rr", "--data-dir", tmp_path / "data", "--out", tmp_path / "runs",
+                         "--preset", "small", "--quiet", "--no-tensorboard")  # fmt: skip
+    one_line_error(code, err, needle, "BIDMC32RR_TRAIN.ts" if which != "too few cases" else str(directory))
+
+
+@pytest.mark.parametrize("prefix", ["md5:", "MD5:", ""])
+def test_bidmc_md5_sidecar_as_the_record_page_shows_it(tmp_path, prefix):
+    """The record's page shows ``md5:<hash>``; a sidecar written that way is accepted (and still checked)."""
+    from unicornn.tasks.bidmc import TARGETS, fetch_verified
+    from unicornn.tasks.download import ChecksumError, DataUnavailableError
+
+    target = TARGETS["rr"]
+    name = target.files[0]
+    directory = target.directory(tmp_path)
+    directory.mkdir(parents=True)
+    (directory / name).write_bytes(b"some bytes")
+    (directory / f"{name}.md5").write_text(f"{prefix}{hashlib.md5(b'some bytes').hexdigest()}\n")
+    assert fetch_verified(target, name, tmp_path) == directory / name
+    (directory / f"{name}.md5").write_text(f"{prefix}{hashlib.md5(b'other bytes').hexdigest()}\n")
+    with pytest.raises(ChecksumError):
+        fetch_verified(target, name, tmp_path)
+    (directory / f"{name}.md5").write_text("sha1:0123\n")
+    with pytest.raises(DataUnavailableError, match=r"\.md5 should hold"):
+        fetch_verified(target, name, tmp_path)
