@@ -208,3 +208,50 @@ def test_bidmc_md5_sidecar_as_the_record_page_shows_it(tmp_path, prefix):
     (directory / f"{name}.md5").write_text("sha1:0123\n")
     with pytest.raises(DataUnavailableError, match=r"\.md5 should hold"):
         fetch_verified(target, name, tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# task options
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "task, item, needle",
+    [
+        ("lorenz96", "target=foo", "option 'target' must be one of next, increment, got 'foo'"),
+        ("lorenz96", "standardize=maybe", "option 'standardize' must be a bool (true or false), got 'maybe'"),
+        ("noisy-cifar10", "noise=foo", "option 'noise' must be one of fixed, fresh, uniform, got 'foo'"),
+        ("lorenz96", "F=1e300", "option 'F' must be in [-100.0, 100.0], got 1e+300"),
+        ("adding", "T=1,2", "option 'T' must be an int, got list"),
+        ("imdb", "embedding_dropout=abc", "option 'embedding_dropout' must be a number, got str"),
+        ("psmnist", "n_train=true", "option 'n_train' must be an int, got bool"),
+    ],
+)
+def test_mistyped_task_options_are_one_line(cli, tmp_path, task, item, needle):
+    code, out, err = cli("train", task, "--out", tmp_path / "runs", "--data-dir", tmp_path / "data",
+                         "--quiet", "--no-tensorboard", "--set", item)  # fmt: skip
+    one_line_error(code, err, needle)
+    assert not (tmp_path / "runs").exists()
+
+
+def _task_option_cases():
+    from unicornn.tasks import TASKS
+
+    for name in TASKS.names():
+        for key, default in TASKS.get(name).spec.default_options.items():
+            wrong = [[1, 2], None, "foo" if not isinstance(default, str) else 3]
+            if not isinstance(default, bool):
+                wrong.append(True)
+            for value in wrong:
+                yield pytest.param(name, key, value, id=f"{name}-{key}-{value!r}")
+
+
+@pytest.mark.parametrize("task, key, value", list(_task_option_cases()))
+def test_every_task_option_is_checked_against_its_type(task, key, value):
+    """Every option of every task is checked against the type of its default (ints for int options, finite
+    numbers for float ones, true/false for bools, names for strings), before any data is read."""
+    from unicornn.tasks import TASKS
+    from unicornn.validation import ConfigError
+
+    with pytest.raises(ConfigError, match=f"option '{key}' must be"):
+        TASKS.get(task).spec.resolve_options({key: value})
