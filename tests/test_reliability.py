@@ -255,3 +255,30 @@ def test_every_task_option_is_checked_against_its_type(task, key, value):
 
     with pytest.raises(ConfigError, match=f"option '{key}' must be"):
         TASKS.get(task).spec.resolve_options({key: value})
+
+
+# --------------------------------------------------------------------------------------------------
+# absurd optimiser values, eval's batch size
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "item, needle",
+    [
+        ("lr=1e38", "setting 'lr' must be in (0.0, 10.0], got 1e+38"),
+        ("lr=1e300", "setting 'lr' must be in (0.0, 10.0]"),
+        ("lr=0", "setting 'lr' must be in (0.0, 10.0]"),
+        ("lr_reduce_factor=1e300", "setting 'lr_reduce_factor' must be in (0.0, 1.0]"),
+        ("grad_clip=-1", "setting 'grad_clip' must be > 0"),
+    ],
+)
+def test_absurd_optimiser_values_are_refused_with_their_range(cli, tmp_path, item, needle):
+    code, out, err = cli(*tiny_train_argv(tmp_path, "--quiet", "--set", "lr_reduce_epoch=1", "--set", item))
+    one_line_error(code, err, needle)
+    assert not (tmp_path / "adding").exists()
+
+
+@pytest.mark.parametrize("batch", ["-1", "0", "1.5"])
+def test_eval_batch_size_must_be_a_positive_int(cli, finished_run, batch):
+    code, out, err = cli("eval", finished_run / "adding" / "seed-0", "--batch-size", batch)
+    assert code == 2 and "argument --batch-size" in err and "Traceback" not in err, err

@@ -78,12 +78,12 @@ TRAIN_KEY_HELP: dict[str, str] = {
     "residual_skip": "res-UnICORNN: skip S layers (Appendix C.5), or none",
     "input_gain": "factor on the first layer's input projection at initialisation (1: the paper's)",
     "memory": "standard, or lean: training memory independent of the sequence length (recomputes)",
-    "lr": "Adam learning rate",
+    "lr": "Adam learning rate, in (0, 10]",
     "batch_size": "training batch size (global: split over the processes under torchrun)",
     "eval_batch_size": "batch size for validation and test",
     "epochs": "total number of epochs",
     "lr_reduce_epoch": "after this many epochs the learning rate is multiplied by lr_reduce_factor, or none",
-    "lr_reduce_factor": "factor applied at lr_reduce_epoch (the paper divides by 10)",
+    "lr_reduce_factor": "factor in (0, 1] applied at lr_reduce_epoch (the paper divides by 10)",
     "grad_clip": "clip the global gradient norm to this value, or none",
     "amp": "automatic mixed precision on CUDA: off, bf16 or fp16",
     "seed": "random seed of the first run (run k uses seed + k), in [0, 2**32 - 1]",
@@ -106,6 +106,9 @@ TRAIN_KEY_HELP: dict[str, str] = {
 RESUME_MUTABLE_KEYS = frozenset({"epochs", "eval_batch_size", "num_workers"})
 
 AMP = ("off", "bf16", "fp16")
+
+#: The largest learning rate accepted (Adam's step is about lr per parameter: far beyond this, weights overflow).
+LR_MAX = 10.0
 
 #: The largest seed: the range of NumPy's global generator (``numpy.random.seed``).
 SEED_MAX = 2**32 - 1
@@ -137,8 +140,9 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     check_int(name("num_workers"), out["num_workers"], 0)
     for k in ("lr_reduce_epoch", "train_subset", "eval_subset"):
         check_int(name(k), out[k], 1, optional=True)
-    for k in ("lr", "lr_reduce_factor"):
-        out[k] = check_real(name(k), out[k], low=0.0, low_open=True)
+    out["lr"] = check_real(name("lr"), out["lr"], low=0.0, low_open=True, high=LR_MAX)
+    out["lr_reduce_factor"] = check_real(name("lr_reduce_factor"), out["lr_reduce_factor"], low=0.0, low_open=True,
+                                         high=1.0)  # fmt: skip
     out["grad_clip"] = check_real(name("grad_clip"), out["grad_clip"], low=0.0, low_open=True, optional=True)
     check_choice(name("amp"), out["amp"], AMP)
     for k, v in out.items():  # the JSON form, so that a resumed run compares equal to the recorded one
