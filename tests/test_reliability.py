@@ -282,3 +282,26 @@ def test_absurd_optimiser_values_are_refused_with_their_range(cli, tmp_path, ite
 def test_eval_batch_size_must_be_a_positive_int(cli, finished_run, batch):
     code, out, err = cli("eval", finished_run / "adding" / "seed-0", "--batch-size", batch)
     assert code == 2 and "argument --batch-size" in err and "Traceback" not in err, err
+
+
+# --------------------------------------------------------------------------------------------------
+# dropout_over_time
+# --------------------------------------------------------------------------------------------------
+
+
+def test_dropout_over_time_p_one_gives_zeros_like_nn_dropout():
+    from unicornn import dropout_over_time
+
+    x = torch.randn(7, 3, 5)
+    out = dropout_over_time(x, 1.0)
+    assert torch.equal(out, torch.nn.functional.dropout(x, 1.0)) and not out.any()
+    assert torch.equal(dropout_over_time(x, 1.0, training=False), x)
+
+
+@pytest.mark.parametrize("p", [-0.5, 1.5, float("nan"), "0.5"])
+def test_dropout_over_time_names_the_bad_p(p):
+    from unicornn import dropout_over_time
+    from unicornn.validation import ConfigError
+
+    with pytest.raises(ConfigError, match=r"p must be .*got " + ("-0.5" if p == -0.5 else "")):
+        dropout_over_time(torch.randn(4, 2, 3), p)
