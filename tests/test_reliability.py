@@ -305,3 +305,28 @@ def test_dropout_over_time_names_the_bad_p(p):
 
     with pytest.raises(ConfigError, match=r"p must be .*got " + ("-0.5" if p == -0.5 else "")):
         dropout_over_time(torch.randn(4, 2, 3), p)
+
+
+# --------------------------------------------------------------------------------------------------
+# --out with a name too long for the file system; a file where the run writes a directory
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["last", "inner"])
+def test_out_component_too_long_is_one_clear_error(cli, tmp_path, where):
+    long = "x" * 300
+    out = tmp_path / long if where == "last" else tmp_path / "new" / long / "runs"
+    code, stdout, err = cli(*tiny_train_argv(out, "--quiet"))
+    assert code == 2 and "argument --out" in err and "300 bytes long" in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_lock_reports_a_name_too_long(tmp_path):
+    from unicornn.training.errors import RunFileError
+    from unicornn.training.run import run_lock
+
+    with (
+        pytest.raises(RunFileError, match="cannot create the run directory"),
+        run_lock(tmp_path / ("x" * 300)),
+    ):
+        pass

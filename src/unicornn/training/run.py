@@ -131,8 +131,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     except ImportError:  # no flock on this platform
         fcntl = None
     path = run_dir / LOCK
-    created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # innermost first
     try:
+        created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # innermost first
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
