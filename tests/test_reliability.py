@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_train_argv
+from helpers import TINY_TRAIN_SETS, tiny_train_argv
+
+from unicornn.training.checkpoint import read_jsonl
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -330,3 +333,38 @@ def test_run_lock_reports_a_name_too_long(tmp_path):
         run_lock(tmp_path / ("x" * 300)),
     ):
         pass
+
+
+class _FakeSummaryWriter:
+    """Stands in for TensorBoard's writer (which creates its directory the same way)."""
+
+    def __init__(self, logdir, purge_step=None):
+        os.makedirs(logdir, exist_ok=True)
+
+    def add_scalar(self, *args):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_a_regular_file_named_tensorboard_is_reported_and_the_run_goes_on(cli, tmp_path, monkeypatch):
+    import types
+
+    monkeypatch.setitem(
+        sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=_FakeSummaryWriter)
+    )
+    argv = ["train", "adding", "--out", tmp_path, *sum((["--set", s] for s in TINY_TRAIN_SETS), [])]
+    code, out, err = cli(*argv, "--set", "epochs=1")
+    run = tmp_path / "adding" / "seed-0"
+    assert code == 0 and (run / "tensorboard").is_dir(), err
+    shutil.rmtree(run / "tensorboard")
+    (run / "tensorboard").write_text("not a directory")
+    code, out, err = cli(*argv, "--resume", "--set", "epochs=2")
+    assert code == 0 and "Traceback" not in err, err
+    assert f"TensorBoard events are not written: {run / 'tensorboard'} is not a directory" in err, err
+    assert (run / "tensorboard").read_text() == "not a directory"
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
