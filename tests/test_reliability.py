@@ -7,8 +7,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -368,3 +370,40 @@ def test_a_regular_file_named_tensorboard_is_reported_and_the_run_goes_on(cli, t
     assert f"TensorBoard events are not written: {run / 'tensorboard'} is not a directory" in err, err
     assert (run / "tensorboard").read_text() == "not a directory"
     assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
+
+
+# --------------------------------------------------------------------------------------------------
+# Ctrl-C at any moment, from the first imports on
+# --------------------------------------------------------------------------------------------------
+
+
+def _interrupted(tmp_path, delays):
+    """Start ``python -m unicornn train ...``, send SIGINT after each of ``delays`` (seconds, cumulative)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
+    argv = tiny_train_argv(tmp_path, "--quiet", "--set", "epochs=100000")
+    p = subprocess.Popen(
+        [sys.executable, "-m", "unicornn", *argv], env=env, stderr=subprocess.PIPE, text=True
+    )
+    for delay in delays:
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    return p.returncode, err
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.8, 1.5])
+def test_ctrl_c_during_start_up_is_one_line_and_130(tmp_path, delay):
+    code, err = _interrupted(tmp_path, [delay])
+    lines = err.strip().splitlines()
+    assert code == 130 and len(lines) == 1 and lines[0].startswith("unicornn: error: interrupted"), (
+        code,
+        err,
+    )
+
+
+@pytest.mark.parametrize("delay", [0.5, 4.0])
+def test_a_quick_double_ctrl_c_never_prints_a_traceback(tmp_path, delay):
+    code, err = _interrupted(tmp_path, [delay, 0.01])
+    assert (
+        code == 130 and "Traceback" not in err and err.strip().startswith("unicornn: error: interrupted")
+    ), err
