@@ -64,16 +64,21 @@ def train(argv, log, fault=None, kill_after=None):
 
 
 def snapshot(out):
-    """Everything a run directory says about its run, timing left out."""
+    """Everything a run directory says about its run, timing left out, and its run id (one in every file;
+    another run's differs) checked and left out."""
     run_dir = out / "adding" / "seed-0"
     ck = load_checkpoint(run_dir / "checkpoint.pt")
     result = json.loads((run_dir / "result.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    best_record = load_checkpoint(run_dir / "best.pt")["record"]
+    ids = {doc.pop("run_id") for doc in (result, config, ck["record"], best_record)}
+    assert len(ids) == 1, ids
     result["final"].pop("seconds")
     for r in ck["rows"]:
         r.pop("seconds")
     return {
         "files": sorted(p.name for p in run_dir.iterdir()),
-        "config": json.loads((run_dir / "config.json").read_text()),
+        "config": config,
         "rows": [
             {k: v for k, v in r.items() if k != "seconds"} for r in read_jsonl(run_dir / "metrics.jsonl")
         ],

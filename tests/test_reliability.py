@@ -407,3 +407,82 @@ def test_a_quick_double_ctrl_c_never_prints_a_traceback(tmp_path, delay):
     assert (
         code == 130 and "Traceback" not in err and err.strip().startswith("unicornn: error: interrupted")
     ), err
+
+
+# --------------------------------------------------------------------------------------------------
+# every run file bound to its run
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Two finished one-epoch runs of the same task and settings, different seeds: ``(out_a, out_b)``."""
+    from unicornn.cli import main
+
+    outs = []
+    for seed in (0, 1):
+        out = tmp_path_factory.mktemp(f"run{seed}")
+        assert main(tiny_train_argv(out, "--quiet", "--set", "epochs=1", "--set", f"seed={seed}")) == 0
+        outs.append(out)
+    return outs
+
+
+def _run_of(two_runs, k, tmp_path):
+    out = tmp_path / f"out{k}"
+    shutil.copytree(two_runs[k], out)
+    return out, next((out / "adding").iterdir())
+
+
+def test_every_run_file_holds_the_same_run_id(two_runs):
+    from unicornn.training.checkpoint import load_checkpoint
+
+    run = next((two_runs[0] / "adding").iterdir())
+    ids = {
+        json.loads((run / "config.json").read_text())["run_id"],
+        json.loads((run / "result.json").read_text())["run_id"],
+        load_checkpoint(run / "checkpoint.pt")["record"]["run_id"],
+        load_checkpoint(run / "best.pt")["record"]["run_id"],
+    }
+    assert len(ids) == 1 and len(ids.pop()) >= 16
+    other = next((two_runs[1] / "adding").iterdir())
+    assert json.loads((other / "config.json").read_text())["run_id"] not in ids
+
+
+@pytest.mark.parametrize("name", ["best.pt", "result.json"])
+def test_a_file_copied_from_another_run_is_refused_on_resume(cli, two_runs, tmp_path, name):
+    out, run = _run_of(two_runs, 0, tmp_path)
+    _, other = _run_of(two_runs, 1, tmp_path)
+    shutil.copy(other / name, run / name)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    code, stdout, err = cli(*tiny_train_argv(out, "--quiet", "--resume", "--set", "epochs=2"))
+    one_line_error(code, err, str(run / name), "another run")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"} == before
+
+
+@pytest.mark.parametrize("target", ["dir", "file"])
+def test_eval_refuses_a_best_pt_of_another_run(cli, two_runs, tmp_path, target):
+    out, run = _run_of(two_runs, 0, tmp_path)
+    _, other = _run_of(two_runs, 1, tmp_path)
+    shutil.copy(other / "best.pt", run / "best.pt")
+    code, stdout, err = cli("eval", run if target == "dir" else run / "best.pt")
+    one_line_error(code, err, str(run / "best.pt"), "another run")
+
+
+def test_runs_without_a_run_id_are_legacy_and_still_resume_and_evaluate(cli, two_runs, tmp_path):
+    """Run directories written before run ids existed hold none: they are read as before."""
+    from unicornn.training.checkpoint import atomic_save, load_checkpoint
+
+    out, run = _run_of(two_runs, 0, tmp_path)
+    for name in ("config.json", "result.json"):
+        doc = json.loads((run / name).read_text())
+        doc.pop("run_id")
+        (run / name).write_text(json.dumps(doc))
+    for name in ("checkpoint.pt", "best.pt"):
+        ck = load_checkpoint(run / name)
+        ck["record"].pop("run_id")
+        atomic_save(ck, run / name)
+    code, stdout, err = cli("eval", run)
+    assert code == 0, err
+    code, stdout, err = cli(*tiny_train_argv(out, "--quiet", "--resume", "--set", "epochs=2"))
+    assert code == 0, err
+    assert "run_id" not in json.loads((run / "config.json").read_text())

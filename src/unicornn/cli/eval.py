@@ -16,6 +16,7 @@ def run(args) -> int:
     from ..training.checkpoint import load_model_state, read_checkpoint
     from ..training.distributed import resolve_device
     from ..training.epoch import evaluate
+    from ..training.run import check_beside_its_run
     from ..training.splits import build_splits
 
     path = Path(args.checkpoint)
@@ -24,6 +25,7 @@ def run(args) -> int:
     if not path.exists():
         raise CLIError(f"checkpoint {path} does not exist (give a run directory, best.pt or checkpoint.pt)")
     ckpt = read_checkpoint(path, "model")
+    check_beside_its_run(path, ckpt)  # a best.pt copied from another run would score that run's model
     record = ckpt["record"]
     task = TASKS.get(record["task"])
     cfg = record["settings"]

@@ -15,7 +15,7 @@ from typing import Any
 
 from .checkpoint import append_jsonl, atomic_save, atomic_write_text, read_checkpoint, rewrite_jsonl
 from .errors import RunFileError, os_error_text
-from .run import BEST, CHECKPOINT, CONFIG, METRICS_FILE, RESULT, OpenedRun, read_json
+from .run import BEST, CHECKPOINT, CONFIG, METRICS_FILE, RESULT, OpenedRun, read_json, run_id_of
 
 __all__ = [
     "fmt",
@@ -116,6 +116,8 @@ def restore_run_files(run_dir: Path, opened: OpenedRun, rows: list[dict[str, Any
         except RunFileError as err:
             current = None
             say(f"{err}; written again from {CHECKPOINT}")
+        if run_id_of(current) not in (None, run_id_of(record)):
+            say(f"{run_dir / CONFIG} belonged to another run; written again from {CHECKPOINT}")
         if current != record:
             atomic_write_text(json.dumps(record, indent=2) + "\n", run_dir / CONFIG)
         (run_dir / RESULT).unlink(missing_ok=True)

@@ -42,7 +42,7 @@ from .epoch import NonFiniteError, evaluate, train_epoch
 from .errors import RunDirError, RunExistsError, RunFileError, RunLockedError
 from .progress import Progress
 from .records import EpochWriter, epoch_row, fmt, metrics_rows, restore_run_files, write_config, write_result
-from .run import CHECKPOINT, Requested, open_run, run_lock
+from .run import CHECKPOINT, RUN_ID, Requested, new_run_id, open_run, run_lock
 from .settings import RESUME_MUTABLE_KEYS, validate_config
 from .splits import RunSplits, build_splits, train_loader
 
@@ -161,6 +161,7 @@ def train_run(
         "task_options": options,
         "spec": {k: v for k, v in asdict(spec).items() if k in RECORD_FIELDS},
         "world_size": ctx.world_size,
+        "run_id": new_run_id(),  # a fresh run's; a resumed run keeps its own (see open_run)
     }
     with _locked(run_dir, ctx):
         opened = open_run(run_dir, record, resume, requested)
@@ -223,7 +224,7 @@ def _train_epochs(t: _Training, spec, cfg, ctx: DistContext, run_dir: Path, reco
             bar.close()
         if writer is not None:
             writer.close()
-    return _finish(run_dir, spec, cfg, status, t, ctx.is_main, out.say)
+    return _finish(run_dir, spec, cfg, status, t, ctx.is_main, out.say, record.get(RUN_ID))
 
 
 def _check_placement(cfg: dict[str, Any], ctx: DistContext) -> None:
@@ -381,8 +382,8 @@ def _epoch(t: _Training, spec, cfg, ctx: DistContext, epoch: int, run_dir: Path,
     return row, improved
 
 
-def _finish(run_dir, spec, cfg, status, t: _Training, main: bool, say) -> dict[str, Any]:
-    """The run's result (written to result.json when finished)."""
+def _finish(run_dir, spec, cfg, status, t: _Training, main: bool, say, run_id: str | None) -> dict[str, Any]:
+    """The run's result (written to result.json, with the run's id, when finished)."""
     epochs_done = t.rows[-1]["epoch"] if t.rows else t.start_epoch
     metric, best = spec.metric, t.best
     result = {
@@ -396,6 +397,8 @@ def _finish(run_dir, spec, cfg, status, t: _Training, main: bool, say) -> dict[s
         "best": best,
         "final": t.rows[-1] if t.rows else None,
     }
+    if run_id is not None:  # (None: a run from before run ids)
+        result[RUN_ID] = run_id
     if main and result["status"] == "finished":
         write_result(run_dir, result)
         say(
