@@ -62,6 +62,7 @@ def test_seeds_of_several_runs_past_the_range_are_refused_before_training(cli, t
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a fresh process (without Triton's interpreter)
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_triton_backend_without_cuda_is_a_settings_error(tmp_path):
     """Without CUDA (and without Triton's interpreter) ``backend=triton`` is refused before training."""
@@ -391,7 +392,8 @@ def _interrupted(tmp_path, delays):
     return p.returncode, err
 
 
-@pytest.mark.parametrize("delay", [0.3, 0.8, 1.5])
+@pytest.mark.slow  # fresh processes
+@pytest.mark.parametrize("delay", [0.5, 1.0, 2.0])
 def test_ctrl_c_during_start_up_is_one_line_and_130(tmp_path, delay):
     code, err = _interrupted(tmp_path, [delay])
     lines = err.strip().splitlines()
@@ -401,7 +403,8 @@ def test_ctrl_c_during_start_up_is_one_line_and_130(tmp_path, delay):
     )
 
 
-@pytest.mark.parametrize("delay", [0.5, 4.0])
+@pytest.mark.slow  # fresh processes
+@pytest.mark.parametrize("delay", [0.6, 4.0])
 def test_a_quick_double_ctrl_c_never_prints_a_traceback(tmp_path, delay):
     code, err = _interrupted(tmp_path, [delay, 0.01])
     assert (
