@@ -163,6 +163,10 @@ def train_run(
         "world_size": ctx.world_size,
         "run_id": new_run_id(),  # a fresh run's; a resumed run keeps its own (see open_run)
     }
+    if ctx.enabled:  # one id for the run: rank 0's
+        box = [record[RUN_ID]]
+        torch.distributed.broadcast_object_list(box, src=0)
+        record[RUN_ID] = box[0]
     with _locked(run_dir, ctx):
         opened = open_run(run_dir, record, resume, requested)
         for note in opened.notes:
