@@ -489,3 +489,17 @@ def test_runs_without_a_run_id_are_legacy_and_still_resume_and_evaluate(cli, two
     code, stdout, err = cli(*tiny_train_argv(out, "--quiet", "--resume", "--set", "epochs=2"))
     assert code == 0, err
     assert "run_id" not in json.loads((run / "config.json").read_text())
+
+
+@pytest.mark.slow  # a fresh process
+def test_import_unicornn_is_light_and_its_names_load_on_first_use():
+    """``import unicornn`` does not import PyTorch (the command line takes Ctrl-C before that); the public
+    names and the submodules are there on first use."""
+    code = (
+        "import sys, unicornn; assert 'torch' not in sys.modules; "
+        "assert unicornn.UnICORNN.__name__ == 'UnICORNN' and unicornn.ops.BACKENDS == unicornn.BACKENDS; "
+        "assert set(unicornn.__all__) <= set(dir(unicornn))"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
