@@ -64,16 +64,21 @@ def train(argv, log, fault=None, kill_after=None):
 
 
 def snapshot(out):
-    """Everything a run directory says about its run, timing left out."""
+    """Everything a run directory says about its run, timing left out, and its run id (one in every file;
+    another run's differs) checked and left out."""
     run_dir = out / "adding" / "seed-0"
     ck = load_checkpoint(run_dir / "checkpoint.pt")
     result = json.loads((run_dir / "result.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    best_record = load_checkpoint(run_dir / "best.pt")["record"]
+    ids = {doc.pop("run_id") for doc in (result, config, ck["record"], best_record)}
+    assert len(ids) == 1, ids
     result["final"].pop("seconds")
     for r in ck["rows"]:
         r.pop("seconds")
     return {
         "files": sorted(p.name for p in run_dir.iterdir()),
-        "config": json.loads((run_dir / "config.json").read_text()),
+        "config": config,
         "rows": [
             {k: v for k, v in r.items() if k != "seconds"} for r in read_jsonl(run_dir / "metrics.jsonl")
         ],
@@ -136,6 +141,16 @@ def test_two_runs_on_one_directory_one_is_refused(tmp_path):
     err = (tmp_path / "second.log").read_text()
     assert err.count(f"is being written by pid {first.pid}") == 2 and "Traceback" not in err
     assert first.exitcode == 0, (tmp_path / "first.log").read_text()
+    epochs = [r["epoch"] for r in read_jsonl(tmp_path / "adding" / "seed-0" / "metrics.jsonl")]
+    assert epochs == [1, 2, 3]
+
+
+def test_a_run_killed_while_its_data_loader_workers_live_leaves_no_lock(tmp_path):
+    """DataLoader worker processes (forked while the run holds its lock) do not hold the lock: a run killed
+    mid-epoch is resumed at once, while its orphaned workers may still be alive."""
+    argv = tiny_train_argv(tmp_path, "--quiet", "--set", "num_workers=2")
+    assert train(argv, tmp_path / "log", fault="batch:2") == -signal.SIGKILL, (tmp_path / "log").read_text()
+    assert train([*argv, "--resume"], tmp_path / "log") == 0, (tmp_path / "log").read_text()
     epochs = [r["epoch"] for r in read_jsonl(tmp_path / "adding" / "seed-0" / "metrics.jsonl")]
     assert epochs == [1, 2, 3]
 

@@ -178,7 +178,7 @@ def test_validate_config_errors():
         validate_config({"hiden_size": 3})
     with pytest.raises(ConfigError, match="setting 'epochs' must be an int"):
         validate_config({"epochs": 1.5})
-    with pytest.raises(ConfigError, match="setting 'lr' must be > 0"):
+    with pytest.raises(ConfigError, match=r"setting 'lr' must be in \(0.0, 10.0\]"):
         validate_config({"lr": 0.0})
     with pytest.raises(ConfigError, match="setting 'train_subset' must be >= 1"):
         validate_config({"train_subset": 0})

@@ -1,7 +1,5 @@
 """``python -m unicornn`` (and ``torchrun -m unicornn``): the ``unicornn`` command line."""
 
-import sys
+from .entry import run
 
-from .cli import main
-
-sys.exit(main())
+run()

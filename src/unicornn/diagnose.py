@@ -338,9 +338,10 @@ def state_bound_check(
     Returns:
         dict: ``layers`` (per layer: ``max_abs_y``, ``max_abs_z`` lists of N floats, ``dt``, and the
         ``y_bound``, ``z_bound`` lists), ``violated`` (bool), ``violations`` (per violated layer and
-        variable, the first step n (1-based), the value and the bound there), ``alpha``, ``form``, and
-        ``geometric_holds`` (whether the geometric form holds at every step: for ``form="paper"``, a
-        violation with ``geometric_holds`` is the small-time bound outgrown, not a failure of the model).
+        variable, the first step n (1-based) where it exceeds the bound or is NaN/inf, the value and the bound
+        there, and ``non_finite``), ``alpha``, ``form``, and ``geometric_holds`` (whether the geometric form
+        holds at every step: for ``form="paper"``, a violation with ``geometric_holds`` is the small-time bound
+        outgrown, not a failure of the model).
     """
     rnn = unicornn_of(module)
     states = layer_states(rnn, inputs, state)
@@ -356,8 +357,12 @@ def state_bound_check(
             peak = seq.abs().flatten(1).amax(dim=1).cpu()
             entry[f"max_abs_{name}"] = peak.tolist()
             entry[f"{name}_bound"] = bound.tolist()
-            geometric_holds = geometric_holds and not bool((peak > geo).any())
-            over = torch.nonzero(peak > bound).flatten()
+            geometric_holds = (
+                geometric_holds and bool(torch.isfinite(peak).all()) and not bool((peak > geo).any())
+            )
+            over = torch.nonzero(
+                ~torch.isfinite(peak) | (peak > bound)
+            ).flatten()  # NaN/inf states violate it
             if over.numel():
                 n = int(over[0])
                 violations.append(
@@ -367,6 +372,7 @@ def state_bound_check(
                         "step": n + 1,
                         "value": float(peak[n]),
                         "bound": float(bound[n]),
+                        "non_finite": not math.isfinite(float(peak[n])),
                     }
                 )
         layers.append(entry)
@@ -451,9 +457,9 @@ def format_state_check(check: Mapping[str, Any], where: str) -> str:
             f"{layer['y_bound'][-1]:.4g}), max |z| {max(layer['max_abs_z']):.4g} (bound {layer['z_bound'][-1]:.4g})"
         )
     for v in check["violations"]:
+        excess = "is non-finite" if v.get("non_finite") else f"> bound {v['bound']:.4g}"
         lines.append(
-            f"  VIOLATION: layer {v['layer']} |{v['variable']}| = {v['value']:.4g} > bound {v['bound']:.4g} "
-            f"at step {v['step']}"
+            f"  VIOLATION: layer {v['layer']} |{v['variable']}| = {v['value']:.4g} {excess} at step {v['step']}"
         )
     lines.append("bound violated" if check["violated"] else "bound holds at every step")
     if check["violated"] and form == "paper" and check.get("geometric_holds"):

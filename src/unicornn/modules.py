@@ -33,14 +33,18 @@ def dropout_over_time(x: Tensor, p: float, training: bool = True) -> Tensor:
 
     Args:
         x: (N, B, M) time-major sequence.
-        p: drop probability in [0, 1).
+        p: drop probability in [0, 1]; 1 drops everything (zeros, as ``nn.Dropout(1.0)`` gives).
         training: apply only when True.
 
     Returns:
-        (N, B, M): ``x * mask / (1 - p)`` with ``mask`` of shape (B, M) broadcast over time.
+        (N, B, M): ``x * mask / (1 - p)`` with ``mask`` of shape (B, M) broadcast over time (``x * 0`` for
+        p = 1).
     """
+    p = check_real("dropout_over_time: p", p, low=0.0, high=1.0)
     if not training or p == 0.0:
         return x
+    if p == 1.0:
+        return x * 0.0
     return x * _dropout_mask(x.shape[1:], p, x.device, x.dtype)
 
 

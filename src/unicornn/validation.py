@@ -21,8 +21,16 @@ class ConfigTypeError(ConfigError, TypeError):
     """A setting or option of the wrong type (also a ``TypeError``)."""
 
 
-def check_int(name: str, value: object, minimum: int | None = None, *, optional: bool = False) -> int | None:
-    """``value`` as an int if it is an integer (bools rejected) >= ``minimum`` (or None when ``optional``).
+def check_int(
+    name: str,
+    value: object,
+    minimum: int | None = None,
+    *,
+    maximum: int | None = None,
+    optional: bool = False,
+) -> int | None:
+    """``value`` as an int if it is an integer (bools rejected) in [``minimum``, ``maximum``] (either bound
+    may be None), or None when ``optional``.
 
     ``name`` is how the user knows the value ("setting 'epochs'", "option 'T'", "hidden_size").
     """
@@ -31,8 +39,12 @@ def check_int(name: str, value: object, minimum: int | None = None, *, optional:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         none = " or none" if optional else ""
         raise ConfigTypeError(f"{name} must be an int{none}, got {type(value).__name__} ({value!r})")
+    if minimum is not None and maximum is not None and not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be in [{minimum}, {maximum}], got {value}")
     if minimum is not None and value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be <= {maximum}, got {value}")
     return int(value)
 
 

@@ -35,6 +35,7 @@ def task_settings(args):
 def load_run_checkpoint(path_text: str):
     """``(path, checkpoint)`` of a run directory (best.pt, else checkpoint.pt) or a .pt file."""
     from ..training.checkpoint import load_checkpoint
+    from ..training.run import check_beside_its_run
 
     path = Path(path_text)
     if path.is_dir():
@@ -46,6 +47,7 @@ def load_run_checkpoint(path_text: str):
         ckpt["record"]["settings"]
     except Exception as err:  # a file that is not a unicornn checkpoint: the user's mistake
         raise CLIError(f"{path} is not a unicornn checkpoint: {err}") from None
+    check_beside_its_run(path, ckpt)
     return path, ckpt
 
 

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "comma_names",
     "nonnegative_float",
     "nonnegative_int",
+    "out_dir",
     "parse_sets",
     "parse_value",
     "positive_int",
@@ -76,9 +79,34 @@ def comma_names(text: str) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
+def out_dir(text: str) -> str:
+    """argparse type of ``--out``: a path whose every component fits the file system's name limit (checked on
+    the nearest existing directory, usually 255 bytes), so that a long name is refused before any work."""
+    path = Path(text)
+    base = next((p for p in (path, *path.parents) if _is_dir(p)), Path("."))
+    try:
+        limit = os.pathconf(base, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no such limit
+        limit = 255
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > limit:
+            raise argparse.ArgumentTypeError(
+                f"the path component {part[:40]!r}... is {size} bytes long; the file system allows {limit}"
+            )
+    return text
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long, say
+        return False
+
+
 def add_out(parser: argparse.ArgumentParser, default: str | None, help: str | None = None) -> None:
-    """``--out DIR`` (``help`` defaults to "output directory (default ./DEFAULT)")."""
-    parser.add_argument("--out", default=default, metavar="DIR",
+    """``--out DIR`` (``help`` defaults to "output directory (default ./DEFAULT)"), checked by :func:`out_dir`."""
+    parser.add_argument("--out", type=out_dir, default=default, metavar="DIR",
                         help=help or f"output directory (default ./{default})")  # fmt: skip
 
 

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import sys
+
 from .options import CLIError
 
 
 def run(args) -> int:
     from ..training.report import write_report
 
-    reports = write_report(args.run_dir, plot=not args.no_plot)
+    skipped: list = []
+    reports = write_report(args.run_dir, plot=not args.no_plot, skipped=skipped)
     if not reports:
-        raise CLIError(f"no runs (directories with config.json) under {args.run_dir}")
+        n = len(skipped)
+        others = (
+            f"; skipped {n} director{'y' if n == 1 else 'ies'} whose config.json is not a run's" if n else ""
+        )
+        raise CLIError(f"no runs (directories with a run's config.json) under {args.run_dir}{others}")
+    for d in skipped:
+        print(f"unicornn: skipped {d}: its config.json is not a unicornn run's", file=sys.stderr)
     for rep in reports:
         print(rep["text"])
         print(

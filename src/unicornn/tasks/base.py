@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 
 from ..metrics import METRICS, READOUTS, check_pairing
 from ..registry import UnknownNameError
-from ..validation import ConfigError, check_real
+from ..validation import ConfigError, ConfigTypeError, check_real
 from ..validation import check_int as _check_int
 
 
@@ -110,7 +110,8 @@ class Task(Protocol):
 
 
 def resolve_options(spec: TaskSpec, options: Mapping[str, Any] | None = None) -> dict:
-    """Merge ``options`` into the task's defaults, rejecting keys the task does not know."""
+    """Merge ``options`` into the task's defaults, rejecting keys the task does not know and values whose type
+    differs from their default's (:func:`check_option_type`); the task's ``build`` checks ranges and choices."""
     merged = dict(spec.default_options)
     if options is None:
         return merged
@@ -122,8 +123,28 @@ def resolve_options(spec: TaskSpec, options: Mapping[str, Any] | None = None) ->
         raise ConfigError(
             f"unknown option(s) {', '.join(unknown)} for task {spec.name!r}; valid options: {valid}"
         )
-    merged.update(options)
+    for key, value in options.items():
+        merged[key] = check_option_type(key, value, spec.default_options[key])
     return merged
+
+
+def check_option_type(name: str, value: Any, default: Any) -> Any:
+    """Task option ``value`` checked against the type of its ``default``: a bool (true/false) for a bool, an
+    int for an int, a finite number for a float (returned as a float), a string for a string; a
+    :class:`~unicornn.validation.ConfigError` naming the option otherwise. Options whose default is of
+    another type (or None) are the task's to check."""
+    where = f"option {name!r}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigTypeError(f"{where} must be a bool (true or false), got {value!r}")
+        return value
+    if isinstance(default, int):
+        return _check_int(where, value)
+    if isinstance(default, float):
+        return check_real(where, value)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigTypeError(f"{where} must be a name, got {type(value).__name__} ({value!r})")
+    return value
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:

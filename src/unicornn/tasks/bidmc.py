@@ -9,7 +9,8 @@ Verification: each file is checked against the md5 that its Zenodo record publis
 (``https://zenodo.org/api/records/<id>``, ``files[].checksum``), read when the file is downloaded; the
 verified md5 is then stored beside the file as ``<file>.md5`` and every later use checks the file against
 it. For files placed by hand, the record's md5 is fetched once if the network is reachable; offline, put the
-md5 shown on the record's page into ``<file>.md5`` (the error message names the file and the page).
+md5 shown on the record's page into ``<file>.md5`` (the error message names the file and the page), as the page
+shows it (``md5:<hash>``) or the digits alone. A damaged file is a :class:`DataUnavailableError` naming it.
 
 Pipeline: train and test files merged (train first, file order), split 5563/1193/1193 by the shipped index
 lists ``data/bidmc32_split.json`` (Morrill et al.'s seed-0 procedure, see ``scripts/make_splits.py``);
@@ -87,6 +88,22 @@ def record_md5(record: int, name: str, timeout: float = 30.0) -> str:
     raise OSError(f"record {record} lists no md5 for {name}")
 
 
+def read_md5_file(sidecar: pathlib.Path, page: str) -> str:
+    """The md5 in ``sidecar``: 32 hex digits, optionally written ``md5:<hash>`` as the record's page shows it;
+    a :class:`DataUnavailableError` naming the file otherwise."""
+    try:
+        text = sidecar.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        text = f"unreadable: {err}"
+    md5 = text[4:].strip() if text[:4].lower() == "md5:" else text
+    if len(md5) != 32 or any(c not in "0123456789abcdef" for c in md5.lower()):
+        raise DataUnavailableError(
+            f"{sidecar} should hold the md5 of {sidecar.stem} (32 hex digits, or md5:<digits> as {page} shows "
+            f"it), but holds {text[:80]!r}: correct it or delete it"
+        )
+    return md5.lower()
+
+
 def _write_sidecar(path: pathlib.Path, md5: str) -> None:
     part = path.with_name(f"{path.name}.part-{secrets.token_hex(6)}")
     try:
@@ -104,7 +121,7 @@ def fetch_verified(
     dest, sidecar = directory / name, directory / f"{name}.md5"
     url = ZENODO_FILE.format(record=target.record, name=name)
     if sidecar.is_file():
-        md5 = sidecar.read_text().strip()
+        md5 = read_md5_file(sidecar, target.record_page())
     else:
         try:
             md5 = record_md5(target.record, name)
@@ -141,13 +158,27 @@ def fetch_bidmc(target: BidmcTarget, data_dir: str | pathlib.Path | None = None)
 def load_bidmc(
     train_path: str | pathlib.Path, test_path: str | pathlib.Path
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Merged cases: ``(values float64 (n, 4000, 2), targets float64 (n,))``, train file first."""
-    values, targets = merge_train_test(read_ts(train_path), read_ts(test_path))
-    if values.shape[1:] != (LENGTH, CHANNELS):
-        raise ValueError(f"BIDMC32 cases have shape {values.shape[1:]}, expected ({LENGTH}, {CHANNELS})")
-    if not np.isfinite(values).all() or not np.isfinite(targets).all():
-        raise ValueError("BIDMC32 files hold missing or non-finite values")
-    return values, targets
+    """Merged cases: ``(values float64 (n, 4000, 2), targets float64 (n,))``, train file first.
+
+    Raises:
+        TsFormatError: a file is not a readable ``.ts`` file (a :class:`DataUnavailableError`).
+        DataUnavailableError: a file's cases are not (4000, 2) or hold missing or non-finite values (the
+            message names the file and the first such case).
+    """
+    files = {train_path: read_ts(train_path), test_path: read_ts(test_path)}
+    for path, data in files.items():
+        replace = f"replace {path} (delete it and its .md5 to download it again)"
+        if data.values.shape[1:] != (LENGTH, CHANNELS):
+            raise DataUnavailableError(
+                f"{path}: cases of (length, channels) {data.values.shape[1:]}, BIDMC32 has ({LENGTH}, "
+                f"{CHANNELS}); {replace}"
+            )
+        bad = ~np.isfinite(data.values).all(axis=(1, 2)) | ~np.isfinite(data.labels)
+        if bad.any():
+            raise DataUnavailableError(
+                f"{path}: case {int(np.argmax(bad)) + 1} holds missing or non-finite values; {replace}"
+            )
+    return merge_train_test(*files.values())
 
 
 def make_splits(values: np.ndarray, targets: np.ndarray, split: dict) -> Splits:
@@ -160,8 +191,16 @@ def make_splits(values: np.ndarray, targets: np.ndarray, split: dict) -> Splits:
 
 def build_bidmc(target: BidmcTarget, data_dir: pathlib.Path | None) -> Splits:
     """Fetch, read, split and scale one BIDMC32 problem (the data do not depend on the run seed)."""
-    values, targets = load_bidmc(*fetch_bidmc(target, data_dir))
-    return make_splits(values, targets, load_split(SPLIT_FILE, len(values)))
+    paths = fetch_bidmc(target, data_dir)
+    values, targets = load_bidmc(*paths)
+    try:
+        split = load_split(SPLIT_FILE, len(values))
+    except ValueError as err:  # a file of another size than the archive's
+        raise DataUnavailableError(
+            f"{paths[0].parent}: {', '.join(p.name for p in paths)} hold {len(values)} cases, not the archive's "
+            f"({err}); replace them (delete them and their .md5 files to download them again)"
+        ) from None
+    return make_splits(values, targets, split)
 
 
 class BidmcTask:

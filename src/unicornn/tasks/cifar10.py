@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..validation import ConfigError, check_choice
 from .base import Splits, TaskSpec, check_int, check_seed, resolve_options
 from .download import data_root, fetch
 
@@ -233,13 +234,12 @@ class NoisyCifarTask:
         """Load (downloading if needed) and split; ``seed`` only matters for ``noise="fresh"``."""
         opts = resolve_options(self.spec, options)
         seed = check_seed(seed)
-        if opts["noise"] not in NOISE_KINDS:
-            raise ValueError(f"option 'noise' must be one of {NOISE_KINDS}, got {opts['noise']!r}")
+        check_choice("option 'noise'", opts["noise"], NOISE_KINDS)
         n_train_split = N_TRAIN_FILES - N_VALID
         limits = {"n_train": n_train_split, "n_valid": N_VALID, "n_test": N_TEST_FILES}
         for key, limit in limits.items():
             if check_int(key, opts[key], 1) > limit:
-                raise ValueError(f"option {key!r} must be <= {limit} (the split's size), got {opts[key]}")
+                raise ConfigError(f"option {key!r} must be <= {limit} (the split's size), got {opts[key]}")
         train_x, train_y, test_x, test_y = read_cifar10(fetch_cifar10(data_dir))
         order = torch.randperm(N_TRAIN_FILES, generator=torch.Generator().manual_seed(SPLIT_SEED))
         parts = {

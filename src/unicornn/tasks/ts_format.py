@@ -29,9 +29,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .download import DataUnavailableError
 
-class TsFormatError(ValueError):
-    """A file is not a valid (supported) ``.ts`` file; the message names the file and line."""
+
+class TsFormatError(DataUnavailableError, ValueError):
+    """A file is not a valid (supported) ``.ts`` file; the message names the file and line. A data error (the
+    command line reports it in one line), and a ``ValueError``."""
 
 
 @dataclass

@@ -13,6 +13,7 @@ from torch import nn
 
 from .checkpoint import load_model_state, read_checkpoint
 from .errors import RunFileError
+from .run import check_beside_its_run
 
 __all__ = ["LoadedRun", "load_run"]
 
@@ -56,6 +57,7 @@ def load_run(
             f"checkpoint {path} does not exist (give a run directory, best.pt or checkpoint.pt)"
         )
     ckpt = read_checkpoint(path, "model")
+    check_beside_its_run(path, ckpt)  # a best.pt copied from another run would stand for that run's model
     record = ckpt["record"]
     task = TASKS.get(record["task"])
     settings = dict(record["settings"], **overrides)

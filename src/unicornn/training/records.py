@@ -7,6 +7,7 @@ ever half-written (a torn last line of metrics.jsonl is rewritten on resume)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 from .checkpoint import append_jsonl, atomic_save, atomic_write_text, read_checkpoint, rewrite_jsonl
 from .errors import RunFileError, os_error_text
-from .run import BEST, CHECKPOINT, CONFIG, METRICS_FILE, RESULT, OpenedRun, read_json
+from .run import BEST, CHECKPOINT, CONFIG, METRICS_FILE, RESULT, OpenedRun, read_json, run_id_of
 
 __all__ = [
     "fmt",
@@ -115,6 +116,8 @@ def restore_run_files(run_dir: Path, opened: OpenedRun, rows: list[dict[str, Any
         except RunFileError as err:
             current = None
             say(f"{err}; written again from {CHECKPOINT}")
+        if run_id_of(current) not in (None, run_id_of(record)):
+            say(f"{run_dir / CONFIG} belonged to another run; written again from {CHECKPOINT}")
         if current != record:
             atomic_write_text(json.dumps(record, indent=2) + "\n", run_dir / CONFIG)
         (run_dir / RESULT).unlink(missing_ok=True)
@@ -142,12 +145,22 @@ def _best_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return {k: checkpoint[k] for k in ("model", "record", "epoch", "best")}
 
 
-def _tensorboard(run_dir: Path, start_epoch: int):
+def _tensorboard(run_dir: Path, start_epoch: int, say: Callable[[str], None]):
+    """TensorBoard's writer into ``run_dir/tensorboard``, or None: tensorboard missing, or the directory cannot
+    be made (a regular file of that name, say; the run goes on with a line saying so)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except Exception:  # tensorboard missing or broken: JSONL only
         return None
-    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch + 1)
+    path = run_dir / "tensorboard"
+    try:
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "is not a directory", str(path))
+        return SummaryWriter(str(path), purge_step=start_epoch + 1)
+    except OSError as err:
+        reason = f"{path} is not a directory" if isinstance(err, NotADirectoryError) else os_error_text(err)
+        say(f"TensorBoard events are not written: {reason} (metrics.jsonl holds every epoch)")
+        return None
 
 
 class EpochWriter:
@@ -157,7 +170,7 @@ class EpochWriter:
     def __init__(self, run_dir: Path, metric: str, epochs: int, tensorboard: bool, start_epoch: int,
                  say: Callable[[str], None]) -> None:  # fmt: skip
         self.run_dir, self.metric, self.epochs, self.say = run_dir, metric, epochs, say
-        self.writer = _tensorboard(run_dir, start_epoch) if tensorboard else None
+        self.writer = _tensorboard(run_dir, start_epoch, say) if tensorboard else None
 
     def write(self, row: dict[str, Any], improved: bool, checkpoint: dict[str, Any]) -> None:
         """Write epoch ``row``; ``checkpoint`` is the full training state (its model weights go to best.pt)."""
@@ -167,10 +180,14 @@ class EpochWriter:
             append_jsonl(row, self.run_dir / METRICS_FILE)
             atomic_save(checkpoint, self.run_dir / CHECKPOINT)
         if self.writer is not None:
-            for k, v in row.items():
-                if k not in ("epoch", "best_epoch") and isinstance(v, float):
-                    self.writer.add_scalar(k.replace("_", "/", 1), v, row["epoch"])
-            self.writer.flush()
+            try:
+                for k, v in row.items():
+                    if k not in ("epoch", "best_epoch") and isinstance(v, float):
+                        self.writer.add_scalar(k.replace("_", "/", 1), v, row["epoch"])
+                self.writer.flush()
+            except OSError as err:  # the events are a copy of metrics.jsonl: the run goes on without them
+                self.say(f"TensorBoard events are no longer written: {os_error_text(err)}")
+                self.writer = None
         m = self.metric
         self.say(
             f"epoch {row['epoch']}/{self.epochs}  lr {row['lr']:.3g}  train loss {fmt(row['train_loss'])}  "

@@ -10,7 +10,8 @@ from typing import Any
 
 from ..plotting import integer_ticks, pyplot, save_figure
 from ..validation import ConfigError
-from .checkpoint import atomic_write_text, read_jsonl
+from .checkpoint import atomic_write_text
+from .errors import RunFileError, os_error_text
 
 __all__ = [
     "find_runs",
@@ -23,21 +24,84 @@ __all__ = [
 ]
 
 
-def find_runs(root: str | Path) -> dict[Path, list[Path]]:
-    """Run directories (those holding ``config.json``) under ``root``, grouped by their parent directory.
+def find_runs(root: str | Path, skipped: list[Path] | None = None) -> dict[Path, list[Path]]:
+    """Run directories (those holding a unicornn run's ``config.json``) under ``root``, grouped by their parent
+    directory.
 
-    ``root`` may be one run (``OUT/TASK/seed-0``), a task directory (``OUT/TASK``) or an output directory.
+    ``root`` may be one run (``OUT/TASK/seed-0``), a task directory (``OUT/TASK``) or an output directory. A
+    ``config.json`` that is a JSON object without a run's ``task``, ``spec`` and ``settings`` (another tool's,
+    or ``{}``) is not a run: its directory is appended to ``skipped``. One that is not JSON at all is a
+    :class:`~.errors.RunFileError` naming it.
     """
     root = Path(root)
     if not root.exists():
         raise ConfigError(f"{root} does not exist")
-    runs = sorted(
+    found = sorted(
         {p.parent for p in root.rglob("config.json")} | ({root} if (root / "config.json").exists() else set())
     )
     groups: dict[Path, list[Path]] = {}
-    for r in runs:
+    for r in found:
+        if _read_config(r) is None:
+            if skipped is not None:
+                skipped.append(r)
+            continue
         groups.setdefault(r.parent, []).append(r)
     return groups
+
+
+#: What a run's config.json holds (:func:`find_runs` tells a run's from another tool's by these keys).
+_RUN_KEYS = ("task", "spec", "settings")
+
+
+def _read_config(run: Path) -> dict[str, Any] | None:
+    """A run's config.json, checked for what a report reads; None when it is not a unicornn run's."""
+    from .run import read_json  # a damaged config.json: RunFileError, one line (``--resume`` repairs it)
+
+    path = run / "config.json"
+    config = read_json(path)
+    if not all(k in config for k in _RUN_KEYS):
+        return None
+    try:
+        spec, settings = config["spec"], config["settings"]
+        if not isinstance(spec["metric"], str) or not isinstance(spec["higher_is_better"], bool):
+            raise TypeError("spec.metric must be a name and spec.higher_is_better a bool")
+        for k in ("seed", "epochs"):
+            if not isinstance(settings[k], int):
+                raise TypeError(f"settings.{k} must be an int")
+    except (KeyError, TypeError) as err:
+        raise RunFileError(f"{path} is damaged ({type(err).__name__}: {err})") from None
+    return config
+
+
+def _read_rows(path: Path, metric: str) -> list[dict[str, Any]]:
+    """The epochs' rows of a run's metrics.jsonl ([] when missing); a torn last line (the run was writing it)
+    is left out; anything else amiss is a :class:`~.errors.RunFileError` naming the file and the line."""
+    if not path.exists():
+        return []
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError as err:
+        raise RunFileError(f"cannot read {path}: {os_error_text(err)}") from None
+    except UnicodeDecodeError as err:
+        raise RunFileError(f"{path} is damaged (not UTF-8 text: {err.reason} at byte {err.start})") from None
+    rows = []
+    needed = ("epoch", "train_loss", f"valid_{metric}", f"test_{metric}")
+    for i, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if i == len(lines):
+                break
+            raise RunFileError(f"{path} is damaged (line {i} is not JSON)") from None
+        if not isinstance(row, dict):
+            raise RunFileError(f"{path} is damaged (line {i} is not a JSON object)")
+        missing = [k for k in needed if k not in row]
+        if missing:
+            raise RunFileError(f"{path} is damaged (line {i} lacks {', '.join(map(repr, missing))})")
+        if not all(isinstance(row[k], (int, float)) and not isinstance(row[k], bool) for k in needed):
+            raise RunFileError(f"{path} is damaged (line {i}: {', '.join(needed)} must be numbers)")
+        rows.append(row)
+    return rows
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -52,11 +116,11 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _run_summary(run: Path) -> dict[str, Any]:
-    from .run import read_json  # a damaged config.json: RunFileError, one line (``--resume`` repairs it)
-
-    config = read_json(run / "config.json")
-    rows = read_jsonl(run / "metrics.jsonl")
+    config = _read_config(run)
+    if config is None:
+        raise RunFileError(f"{run / 'config.json'} is not a unicornn run's (it lacks {', '.join(_RUN_KEYS)})")
     metric = config["spec"]["metric"]
+    rows = _read_rows(run / "metrics.jsonl", metric)
     higher = config["spec"]["higher_is_better"]
     best = None
     for r in rows:  # recompute the selection from the log (independent of result.json)
@@ -88,7 +152,7 @@ def _extras(config: dict[str, Any], test: float | None) -> dict[str, float]:
     task = TASKS.get(config["task"]) if config["task"] in TASKS else None
     if test is None or not hasattr(task, "result_extras"):
         return {}
-    return task.result_extras(config["task_options"], config["settings"]["seed"], test)
+    return task.result_extras(config.get("task_options", {}), config["settings"]["seed"], test)
 
 
 def summarize(runs: list[Path]) -> dict[str, Any]:
@@ -222,14 +286,17 @@ def plot_weight_norms(summary: dict[str, Any], path: Path, title: str) -> Path |
     return save_figure(fig, path, dpi=100)
 
 
-def write_report(root: str | Path, plot: bool = True) -> list[dict[str, Any]]:
+def write_report(
+    root: str | Path, plot: bool = True, skipped: list[Path] | None = None
+) -> list[dict[str, Any]]:
     """Summarise every group of runs under ``root``; write ``report.md``, ``report.json`` and
     ``curves.png`` (and ``weight_norms.png`` when the runs logged weight norms) into each group's directory.
+    Directories whose config.json is not a run's are appended to ``skipped`` (see :func:`find_runs`).
     Returns ``[{"dir", "text", "summary", "png", "weight_png", "files"}]`` (``files``: every path written)."""
     from .records import fs_errors  # a read-only or full file system: RunFileError, one line
 
     out = []
-    for group, runs in find_runs(root).items():
+    for group, runs in find_runs(root, skipped).items():
         summary = summarize(runs)
         title = str(group)
         text = format_report(title, summary)

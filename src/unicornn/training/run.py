@@ -12,6 +12,10 @@ Files of a run directory (names below)::
     result.json      written when the run finishes: best epoch, its validation and test metric
     tensorboard/     TensorBoard events (if ``tensorboard`` is installed)
     .lock            held (``fcntl.flock``) by the one process writing the directory
+
+Every run has a run id, drawn when it starts and stored in config.json, checkpoint.pt and best.pt (in the
+record) and in result.json: a file copied from another run directory is refused (:func:`check_same_run`).
+Runs written before run ids existed have none and are read as before.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import datetime
 import json
 import os
 import socket
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +49,11 @@ __all__ = [
     "open_run",
     "run_lock",
     "read_json",
+    "RUN_ID",
+    "new_run_id",
+    "check_same_run",
+    "check_beside_its_run",
+    "run_id_of",
 ]
 
 CHECKPOINT = "checkpoint.pt"
@@ -52,6 +62,30 @@ METRICS_FILE = "metrics.jsonl"  # (the metric registry is unicornn.metrics.METRI
 CONFIG = "config.json"
 RESULT = "result.json"
 LOCK = ".lock"
+RUN_ID = "run_id"  # the key of the run id in a record (config.json, checkpoints) and in result.json
+
+
+def new_run_id() -> str:
+    """A fresh run id (32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+def run_id_of(doc: Any) -> str | None:
+    """The run id of a record, result or checkpoint (None: written before run ids existed, or not a dict)."""
+    if isinstance(doc, dict) and isinstance(doc.get("record"), dict):
+        doc = doc["record"]
+    return doc.get(RUN_ID) if isinstance(doc, dict) else None
+
+
+def check_same_run(path: Path, doc: Any, run_id: str | None, source: str) -> None:
+    """Raise :class:`RunFileError` if ``doc`` (the content of ``path``) belongs to a run other than ``run_id``
+    (the id ``source`` holds); a missing id on either side (an older run) passes."""
+    other = run_id_of(doc)
+    if run_id is not None and other is not None and other != run_id:
+        raise RunFileError(
+            f"{path} belongs to another run (run id {other}, while {source} has {run_id}): it was copied from "
+            f"another run directory; move it away or put this run's own file back"
+        )
 
 
 @dataclass(frozen=True)
@@ -87,9 +121,39 @@ class OpenedRun:
     restart: bool = False
 
 
+def check_beside_its_run(path: Path, doc: Any) -> None:
+    """A run file read on its own (``unicornn eval``, ``diagnose``): :class:`RunFileError` when the config.json
+    beside it is another run's (an unreadable or absent config.json, or an older run without ids, passes)."""
+    config = Path(path).parent / CONFIG
+    if Path(path).name == CONFIG or not config.is_file():
+        return
+    try:
+        own = read_json(config)
+    except RunFileError:
+        return
+    check_same_run(Path(path), doc, run_id_of(own), str(config))
+
+
 # --------------------------------------------------------------------------------------------------
 # the lock
 # --------------------------------------------------------------------------------------------------
+
+
+#: Descriptors of the locks this process holds. A flock belongs to the open file, which a forked child
+#: (a DataLoader worker) shares: the child closes its copies at once, so that the lock dies with the process
+#: that took it, not with the last of its children.
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 @contextlib.contextmanager
@@ -98,7 +162,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
     An exclusive ``fcntl.flock``: a second process asking for it gets :class:`RunLockedError` at once. The
     kernel releases it when the holder ends, however it ends (``kill -9`` and crashes included), so it is never
-    left stuck. Works on local file systems and on NFS (Linux emulates it there with POSIX locks). Where
+    left stuck; processes forked while it is held (DataLoader workers) close their copy of it at once and
+    never hold it. Works on local file systems and on NFS (Linux emulates it there with POSIX locks). Where
     ``fcntl`` does not exist (Windows) there is no lock. The file holds the holder's pid, host and start time,
     for the message of the one refused. If the block fails before writing anything into a directory that this
     call created (data missing, say), the directory is removed again, with every parent this call created.
@@ -113,12 +178,13 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     except ImportError:  # no flock on this platform
         fcntl = None
     path = run_dir / LOCK
-    created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # innermost first
     try:
+        created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # innermost first
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
         raise RunFileError(f"cannot create the run directory {run_dir}: {os_error_text(err)}") from None
+    _HELD_LOCKS.add(fd)
     try:
         if fcntl is not None:
             try:
@@ -146,7 +212,9 @@ def run_lock(run_dir: Path) -> Iterator[None]:
                     d.rmdir()
         raise
     finally:
-        os.close(fd)  # releases the lock
+        if fd in _HELD_LOCKS:  # (a forked child has closed it already)
+            _HELD_LOCKS.discard(fd)
+            os.close(fd)  # releases the lock
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,18 +235,20 @@ def read_json(path: Path) -> dict[str, Any]:
     return value
 
 
-def _read_result(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
+def _read_result(run_dir: Path, notes: list[str], run_id: str | None, source: str) -> dict[str, Any] | None:
     """result.json, or None (with a note) when it is damaged: the run is then finished again from its
-    checkpoint, which rewrites it."""
+    checkpoint, which rewrites it. A result.json of another run is a :class:`RunFileError`."""
     try:
         result = read_json(run_dir / RESULT)
         int(result["epochs_done"]), result["best"]["epoch"]  # noqa: B018
-        return result
     except RunFileError as err:
         notes.append(f"{err}; it is written again from {CHECKPOINT}")
+        return None
     except (KeyError, TypeError, ValueError) as err:
         notes.append(f"{run_dir / RESULT} is damaged ({err!r}); it is written again from {CHECKPOINT}")
-    return None
+        return None
+    check_same_run(run_dir / RESULT, result, run_id, source)
+    return result
 
 
 def open_run(run_dir: Path, record: dict[str, Any], resume: bool, requested: Requested) -> OpenedRun:
@@ -217,9 +287,11 @@ def open_run(run_dir: Path, record: dict[str, Any], resume: bool, requested: Req
             f"{run_dir} away)"
         ) from None
     old = ckpt["record"] if ckpt is not None else read_json(run_dir / CONFIG)
+    source = str(run_dir / (CHECKPOINT if ckpt is not None else CONFIG))
+    _check_best(run_dir, run_id_of(old), source)
     done = ckpt["epoch"] if ckpt is not None else None
     rec, changes = _resumed_record(run_dir, old, record, requested, done)
-    result = _read_result(run_dir, notes) if has[RESULT] else None
+    result = _read_result(run_dir, notes, run_id_of(old), source) if has[RESULT] else None
     if result is not None and result["epochs_done"] >= rec["settings"]["epochs"]:
         return OpenedRun(record=rec, result=result)
     if ckpt is None:
@@ -228,6 +300,17 @@ def open_run(run_dir: Path, record: dict[str, Any], resume: bool, requested: Req
             f"again, remove {run_dir} or choose another --out)"
         )
     return OpenedRun(record=rec, checkpoint=ckpt, changes=changes, notes=notes)
+
+
+def _check_best(run_dir: Path, run_id: str | None, source: str) -> None:
+    """best.pt, if present and readable, must be this run's (a damaged one is dealt with on resume)."""
+    if run_id is None or not (run_dir / BEST).exists():
+        return
+    try:
+        best = read_checkpoint(run_dir / BEST, "model")
+    except RunFileError:
+        return
+    check_same_run(run_dir / BEST, best, run_id, source)
 
 
 def _resumed_record(run_dir: Path, old: dict[str, Any], record: dict[str, Any], requested: Requested,

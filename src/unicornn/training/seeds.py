@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..validation import ConfigError
 from .report import write_report
 from .run import Requested
+from .settings import SEED_MAX, validate_config
 from .trainer import train_run
 
 __all__ = ["run_dir_for", "run_group", "train_seeds", "summary_lines"]
@@ -36,7 +38,9 @@ def train_seeds(task, settings: Mapping[str, Any], options: Mapping[str, Any], o
     the directory under ``out``, default the task's name); ``train_kw`` go to
     :func:`~unicornn.training.trainer.train_run` (a ``requested`` seed is shifted like the settings').
     Returns the results in seed order."""
-    first = settings.get("seed", 0)
+    first = validate_config(settings)["seed"]
+    if first + runs - 1 > SEED_MAX:
+        raise ConfigError(f"setting 'seed' ({first}) plus {runs} runs goes past the largest seed {SEED_MAX}")
     requested: Requested | None = train_kw.pop("requested", None)
     results = []
     for k in range(runs):

@@ -20,6 +20,7 @@ __all__ = [
     "RESUME_MUTABLE_KEYS",
     "AMP",
     "epochs_text",
+    "SEED_MAX",
     "validate_config",
 ]
 
@@ -87,15 +88,15 @@ TRAIN_KEY_HELP: dict[str, str] = {
     "input_gain": "factor on the first layer's input projection at initialisation (1: the paper's)",
     "memory": "standard, or lean: training memory independent of the sequence length (recomputes)",
     "bidirectional": "unicornn: true runs every layer also backward in time (nn.LSTM's bidirectional)",
-    "lr": "Adam learning rate",
+    "lr": "Adam learning rate, in (0, 10]",
     "batch_size": "training batch size (global: split over the processes under torchrun)",
     "eval_batch_size": "batch size for validation and test",
     "epochs": "total number of epochs",
     "lr_reduce_epoch": "after this many epochs the learning rate is multiplied by lr_reduce_factor, or none",
-    "lr_reduce_factor": "factor applied at lr_reduce_epoch (the paper divides by 10)",
+    "lr_reduce_factor": "factor in (0, 1] applied at lr_reduce_epoch (the paper divides by 10)",
     "grad_clip": "clip the global gradient norm to this value, or none",
     "amp": "automatic mixed precision on CUDA: off, bf16 or fp16",
-    "seed": "random seed of the first run (run k uses seed + k)",
+    "seed": "random seed of the first run (run k uses seed + k), in [0, 2**32 - 1]",
     "backend": "recurrence backend: auto, reference, cpu or triton",
     "train_subset": "train on a fixed random subset of this many training sequences, or none (all)",
     "eval_subset": "evaluate on a fixed random subset of this many validation/test sequences, or none",
@@ -115,6 +116,12 @@ TRAIN_KEY_HELP: dict[str, str] = {
 RESUME_MUTABLE_KEYS = frozenset({"epochs", "eval_batch_size", "num_workers"})
 
 AMP = ("off", "bf16", "fp16")
+
+#: The largest learning rate accepted (Adam's step is about lr per parameter: far beyond this, weights overflow).
+LR_MAX = 10.0
+
+#: The largest seed: the range of NumPy's global generator (``numpy.random.seed``).
+SEED_MAX = 2**32 - 1
 
 
 def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,12 +146,13 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     check_choice(name("model"), out["model"], MODELS)
     for k in ("batch_size", "eval_batch_size", "epochs"):
         check_int(name(k), out[k], 1)
-    for k in ("seed", "num_workers"):
-        check_int(name(k), out[k], 0)
+    check_int(name("seed"), out["seed"], 0, maximum=SEED_MAX)
+    check_int(name("num_workers"), out["num_workers"], 0)
     for k in ("lr_reduce_epoch", "train_subset", "eval_subset"):
         check_int(name(k), out[k], 1, optional=True)
-    for k in ("lr", "lr_reduce_factor"):
-        out[k] = check_real(name(k), out[k], low=0.0, low_open=True)
+    out["lr"] = check_real(name("lr"), out["lr"], low=0.0, low_open=True, high=LR_MAX)
+    out["lr_reduce_factor"] = check_real(name("lr_reduce_factor"), out["lr_reduce_factor"], low=0.0, low_open=True,
+                                         high=1.0)  # fmt: skip
     out["grad_clip"] = check_real(name("grad_clip"), out["grad_clip"], low=0.0, low_open=True, optional=True)
     check_choice(name("amp"), out["amp"], AMP)
     for k, v in out.items():  # the JSON form, so that a resumed run compares equal to the recorded one

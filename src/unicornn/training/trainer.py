@@ -31,6 +31,8 @@ import torch
 from torch import nn
 
 from ..metrics import is_better
+from ..modules import UnICORNN
+from ..ops.dispatch import resolve_backend
 from ..task_models import build_model, count_parameters, recurrent_weight_norms
 from ..tasks.base import RECORD_FIELDS
 from ..validation import ConfigError
@@ -40,7 +42,7 @@ from .epoch import NonFiniteError, evaluate, train_epoch
 from .errors import RunDirError, RunExistsError, RunFileError, RunLockedError
 from .progress import Progress
 from .records import EpochWriter, epoch_row, fmt, metrics_rows, restore_run_files, write_config, write_result
-from .run import CHECKPOINT, Requested, open_run, run_lock
+from .run import CHECKPOINT, RUN_ID, Requested, new_run_id, open_run, run_lock
 from .settings import RESUME_MUTABLE_KEYS, epochs_text, validate_config
 from .splits import RunSplits, build_splits, train_loader
 
@@ -58,9 +60,11 @@ __all__ = [
 
 
 def _seed_all(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's global generators from a non-negative int; NumPy's takes it
+    modulo 2**32 (its range), PyTorch's modulo 2**64: a seed within a range is used as it is."""
     random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed % 2**64)
 
 
 def _gather_rng(ctx: DistContext, gen: torch.Generator) -> list:
@@ -162,7 +166,12 @@ def train_run(
         "task_options": options,
         "spec": {k: v for k, v in asdict(spec).items() if k in RECORD_FIELDS},
         "world_size": ctx.world_size,
+        "run_id": new_run_id(),  # a fresh run's; a resumed run keeps its own (see open_run)
     }
+    if ctx.enabled:  # one id for the run: rank 0's
+        box = [record[RUN_ID]]
+        torch.distributed.broadcast_object_list(box, src=0)
+        record[RUN_ID] = box[0]
     with _locked(run_dir, ctx):
         opened = open_run(run_dir, record, resume, requested)
         for note in opened.notes:
@@ -230,7 +239,7 @@ def _train_epochs(t: _Training, spec, cfg, ctx: DistContext, run_dir: Path, reco
             bar.close()
         if writer is not None:
             writer.close()
-    return _finish(run_dir, spec, cfg, status, t, ctx.is_main, out.say)
+    return _finish(run_dir, spec, cfg, status, t, ctx.is_main, out.say, record.get(RUN_ID))
 
 
 def _check_placement(cfg: dict[str, Any], ctx: DistContext) -> None:
@@ -242,6 +251,17 @@ def _check_placement(cfg: dict[str, Any], ctx: DistContext) -> None:
             f"setting 'batch_size' ({cfg['batch_size']}) must be divisible by the number of processes "
             f"({ctx.world_size})"
         )
+
+
+def _check_backends(model: nn.Module, device: torch.device) -> None:
+    """Every UnICORNN stack of ``model`` has a backend that runs on ``device`` (before any training step):
+    a :class:`ConfigError` naming the setting otherwise (``backend=triton`` without CUDA, say)."""
+    for m in model.modules():
+        if isinstance(m, UnICORNN):
+            try:
+                resolve_backend(m.backend, device, torch.float32)
+            except (RuntimeError, TypeError) as err:
+                raise ConfigError(f"setting 'backend={m.backend}' cannot run here: {err}") from None
 
 
 @dataclass
@@ -269,6 +289,7 @@ def _setup(task, cfg: dict[str, Any], options: dict, data_dir: Path | None, ctx:
     splits = build_splits(task, options, data_dir, cfg)  # first: the model may take arguments from the data
     torch.manual_seed(seed)  # model initialisation depends on the seed only
     model = build_model(task.spec, cfg, splits.model_args).to(device)
+    _check_backends(model, device)
     _seed_all(seed * 1_000_003 + ctx.rank + 1)  # every process draws its own dropout masks
     net = model
     if ctx.enabled:
@@ -376,8 +397,8 @@ def _epoch(t: _Training, spec, cfg, ctx: DistContext, epoch: int, run_dir: Path,
     return row, improved
 
 
-def _finish(run_dir, spec, cfg, status, t: _Training, main: bool, say) -> dict[str, Any]:
-    """The run's result (written to result.json when finished)."""
+def _finish(run_dir, spec, cfg, status, t: _Training, main: bool, say, run_id: str | None) -> dict[str, Any]:
+    """The run's result (written to result.json, with the run's id, when finished)."""
     epochs_done = t.rows[-1]["epoch"] if t.rows else t.start_epoch
     metric, best = spec.metric, t.best
     result = {
@@ -391,6 +412,8 @@ def _finish(run_dir, spec, cfg, status, t: _Training, main: bool, say) -> dict[s
         "best": best,
         "final": t.rows[-1] if t.rows else None,
     }
+    if run_id is not None:  # (None: a run from before run ids)
+        result[RUN_ID] = run_id
     if main and result["status"] == "finished":
         write_result(run_dir, result)
         say(
