@@ -210,7 +210,10 @@ def test_speed_forward_only_and_floor(tmp_path):
     assert floor["copy_bandwidth_bytes_per_s"] == pytest.approx(floor["bandwidth_GBps"] * 1e9)
     assert floor["median_s"] == floor["floor_s"] == pytest.approx(floor["matmul_s"] + floor["memory_s"])
     assert floor["floor_s"] == floor["floor_output_readout_s"] > floor["floor_final_state_s"]
-    assert floor["ratio_to_unicornn"] == pytest.approx(floor["median_s"] / rows["unicornn"]["median_s"])
+    # paired like the models: the median over rounds of that round's floor over that round's step
+    paired = [f / t for f, t in zip(floor["runs_s"], rows["unicornn"]["runs_s"], strict=True)]
+    assert floor["ratio_to_unicornn"] == pytest.approx(statistics.median(paired))
+    assert len(floor["runs_s"]) == 2 and all(f > 0 for f in floor["runs_s"])
     assert "floor" in result["settings"]["models"]
 
 
