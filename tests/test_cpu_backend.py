@@ -259,3 +259,54 @@ def test_kernels_are_vectorised(kernel, variant):
     fn(*args)
     (asm,) = fn.inspect_asm().values()
     assert re.search(r"vdivpd\s+[^\n]*%[yz]mm", asm), "the unit loop of the kernel is not vectorised"
+
+
+def test_every_range_runs_once_on_torchs_threads(monkeypatch):
+    """``_run`` hands each range to exactly one thread; where torch runs on OpenMP, on torch's own threads
+    (one parallel region), else on the module's pool."""
+    import threading
+
+    monkeypatch.setattr(cpu_ops, "_MIN_PARALLEL_WORK", 0)
+    seen = []
+
+    def kernel(tag, u0, u1):
+        seen.append((tag, u0, u1, threading.get_ident()))
+
+    U = 16 * cpu_ops._BLOCK + 48  # ragged: the last range is shorter
+    with torch_threads(2):
+        cpu_ops._run(kernel, ("t",), U, 5)
+        expected = cpu_ops._ranges(U, 5, cpu_ops._PIECES)
+    assert len(expected) == 2 * cpu_ops._PIECES
+    done = sorted((a, b) for tag, a, b, _ in seen if b > a)  # (0, 0): the compile call on the caller
+    assert done == expected and done[0][0] == 0 and done[-1][1] == U
+    assert all(b1 == a2 for (_, b1), (a2, _) in zip(done, done[1:], strict=False))
+    team = cpu_ops._POOL
+    if cpu_ops._openmp_runtime() is not None:
+        assert isinstance(team, cpu_ops._OpenMPTeam)
+    else:
+        assert isinstance(team, cpu_ops._PoolTeam)
+
+
+def test_kernel_errors_surface_from_the_parallel_region(monkeypatch):
+    monkeypatch.setattr(cpu_ops, "_MIN_PARALLEL_WORK", 0)
+
+    def kernel(u0, u1):
+        if u0 > 0:
+            raise ValueError("range failed")
+
+    with torch_threads(2), pytest.raises(ValueError, match="range failed"):
+        cpu_ops._run(kernel, (), 8 * cpu_ops._BLOCK, 3)
+
+
+def test_sequence_outputs_ask_for_huge_pages(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cpu_ops, "_MADVISE", lambda start, length, advice: calls.append((start, length, advice)))
+    t = cpu_ops._empty_sequence((200, 32, 256), torch.float32)  # 6.6 MB: a 2 MiB page inside at least
+    assert t.shape == (200, 32, 256) and t.dtype == torch.float32 and t.is_contiguous()
+    ((start, length, advice),) = calls
+    huge = 1 << 21
+    assert advice == 14 and start % huge == 0 and length % huge == 0 and length >= huge
+    assert t.data_ptr() <= start and start + length <= t.data_ptr() + t.numel() * 4
+    calls.clear()
+    cpu_ops._empty_sequence((3, 2, 5), torch.float64)  # small: no advice
+    assert calls == []

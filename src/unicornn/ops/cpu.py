@@ -330,11 +330,11 @@ class _OpenMPTeam:
             try:
                 for a, b in todo:
                     kernel(*args, a, b)
-            except BaseException as err:  # pragma: no cover - re-raised below; ctypes would only print it
+            except BaseException as err:  # re-raised below: ctypes would only print it
                 errors.append(err)
 
         self._parallel(_CALLBACK(body), None, threads, 0)
-        if errors:  # pragma: no cover
+        if errors:
             raise errors[0]
 
 
