@@ -236,3 +236,16 @@ def test_speed_final_state_ratio_slow_and_floor():
         floor["floor_s"] + floor["tensor_bytes"] / floor["copy_bandwidth_bytes_per_s"]
     )
     assert result["settings"]["ratio_to"] == "unicornn_final" and result["settings"]["slow"] == ["lstm"]
+
+
+def test_profile_step_parts_add_up():
+    from unicornn.bench.speed import profile_step
+
+    r = profile_step("unicornn_final", N=9, batch=3, hidden=5, layers=2, steps=2, threads=1)
+    parts = ("scan_forward_s", "scan_backward_s", "matmul_s", "fill_s", "other_s")
+    assert sum(r[k] for k in parts) == pytest.approx(r["step_s"])
+    assert r["scan_forward_s"] > 0 and r["scan_backward_s"] > 0 and r["matmul_s"] > 0
+    assert len(r["scan_forward_calls_s"]) == 2 and len(r["scan_backward_calls_s"]) == 2
+    assert r["backward_to_forward"] == pytest.approx(r["scan_backward_s"] / r["scan_forward_s"])
+    with pytest.raises(ValueError, match="model must be one of"):
+        profile_step("nope")

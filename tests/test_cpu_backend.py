@@ -300,7 +300,9 @@ def test_kernel_errors_surface_from_the_parallel_region(monkeypatch):
 
 def test_sequence_outputs_ask_for_huge_pages(monkeypatch):
     calls = []
-    monkeypatch.setattr(cpu_ops, "_MADVISE", lambda start, length, advice: calls.append((start, length, advice)))
+    monkeypatch.setattr(
+        cpu_ops, "_MADVISE", lambda start, length, advice: calls.append((start, length, advice))
+    )
     t = cpu_ops._empty_sequence((200, 32, 256), torch.float32)  # 6.6 MB: a 2 MiB page inside at least
     assert t.shape == (200, 32, 256) and t.dtype == torch.float32 and t.is_contiguous()
     ((start, length, advice),) = calls

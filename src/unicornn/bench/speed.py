@@ -46,8 +46,8 @@ from .._files import save_figure
 from ..baselines import GRU, LSTM, CoRNN, IndRNN
 from .common import fused_backend, load_average, machine_info, pyplot, write_outputs
 
-__all__ = ["CPU_SETTING", "MODELS", "PAPER_SETTING", "build_model", "copy_bandwidth", "format_table",
-           "plot_speed", "run_speed", "step_floor", "write_speed"]  # fmt: skip
+__all__ = ["CPU_SETTING", "MODELS", "PAPER_SETTING", "PSMNIST_SETTING", "build_model", "copy_bandwidth",
+           "format_table", "plot_speed", "profile_step", "run_speed", "step_floor", "write_speed"]  # fmt: skip
 
 MODELS = (
     "unicornn",
@@ -65,6 +65,8 @@ SLOW = ("unicornn_reference", "cornn", "torchrecurrent")
 
 PAPER_SETTING = {"lengths": (1000, 2000), "batch": 128, "hidden": 256, "layers": 2, "input_size": 1}
 CPU_SETTING = {"lengths": (1000, 2000), "batch": 32, "hidden": 128, "layers": 2, "input_size": 1}
+#: UnICORNN's psMNIST training step (paper, Table 8): B=120, hidden 256, 3 layers, 784 pixels one at a time.
+PSMNIST_SETTING = {"lengths": (784,), "batch": 120, "hidden": 256, "layers": 3, "input_size": 1}
 DT, ALPHA = 0.19, 30.65  # UnICORNN's psMNIST setting (the time does not depend on them)
 CLASSES = 10
 
@@ -227,6 +229,78 @@ class _FloorTimer:
         return {"floor_s": matmul_s + memory_s, **floors, "matmul_s": matmul_s, "memory_s": memory_s,
                 "memory_passes": passes, "tensor_bytes": tensor_bytes, "bytes": passes * tensor_bytes,
                 "copy_bandwidth_bytes_per_s": bandwidth, "bandwidth_GBps": bandwidth / 1e9}  # fmt: skip
+
+
+#: :func:`profile_step` parts: profiler op name (or a prefix of it) -> part
+_PARTS = (
+    ("unicornn::scan_backward", "scan_backward"),
+    ("GeneratedBackwardFor_unicornn_scan_defaultBackward", "scan_backward"),
+    ("GeneratedBackwardFor_unicornn_scan", "scan_forward"),  # the op's autograd node runs the forward kernel
+    ("unicornn::scan", "scan_forward"),
+    ("aten::mm", "matmul"),
+    ("aten::addmm", "matmul"),
+    ("aten::fill_", "fill"),
+    ("aten::zero_", "fill"),
+)
+
+
+#: the profiler events that hold a kernel call's time (the op's autograd node runs the forward kernel)
+_KERNEL_CALLS = ("GeneratedBackwardFor_unicornn_scan_default", "unicornn::scan_backward")
+
+
+def profile_step(name: str = "unicornn_final", N: int = 1000, batch: int = CPU_SETTING["batch"],
+                 hidden: int = CPU_SETTING["hidden"], layers: int = CPU_SETTING["layers"],
+                 input_size: int = CPU_SETTING["input_size"], steps: int = 5, threads: int | None = None,
+                 seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Where one training step of model ``name`` (CPU) spends its time, by ``torch.profiler``.
+
+    Self time of the profiled ops on the calling thread, per step (mean over ``steps`` steps after two
+    untimed ones), summed into parts: ``scan_forward`` and ``scan_backward`` (the fused kernels, all
+    layers), ``matmul`` (projections, their gradients and the head), ``fill`` (zero-fills) and ``other``
+    (the step's wall time minus the rest: the remaining ops, autograd and Python). Also per layer: the
+    kernels' forward and backward times of each call, in call order (``scan_forward_calls_s``,
+    ``scan_backward_calls_s``, top layer last for the forward and first for the backward).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(seed)
+        dev = torch.device("cpu")
+        model = build_model(name, input_size, hidden, layers, dev, max_steps=N)
+        if isinstance(model, str):
+            raise ValueError(f"model {name!r} is unavailable: {model}")
+        gen = torch.Generator().manual_seed(seed)
+        u = torch.randn(N, batch, input_size, generator=gen)
+        target = torch.randint(0, CLASSES, (batch,), generator=gen)
+        for _ in range(2):
+            _time_step(model, u, target, dev)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            wall = sum(_time_step(model, u, target, dev) for _ in range(steps))
+        parts = dict.fromkeys(("scan_forward", "scan_backward", "matmul", "fill"), 0.0)
+        calls: dict[str, list[float]] = {"scan_forward": [], "scan_backward": []}
+        for event in prof.events():
+            part = next((p for key, p in _PARTS if event.name.startswith(key)), None)
+            if part is None:
+                continue
+            seconds = event.self_cpu_time_total / 1e6
+            parts[part] += seconds
+            if event.name in _KERNEL_CALLS:
+                calls[part].append(seconds)
+        per_step = {f"{k}_s": v / steps for k, v in parts.items()}
+        step_s = wall / steps
+        per_step["other_s"] = step_s - sum(per_step.values())
+        fwd, bwd = per_step["scan_forward_s"], per_step["scan_backward_s"]
+        return {"model": name, "N": N, "batch": batch, "hidden": hidden, "layers": layers,
+                "input_size": input_size, "threads": torch.get_num_threads(), "steps": steps,
+                "step_s": step_s, **per_step, "backward_to_forward": bwd / fwd if fwd else None,
+                "scan_forward_calls_s": calls["scan_forward"][: layers],
+                "scan_backward_calls_s": calls["scan_backward"][: layers],
+                "load_average": load_average()}  # fmt: skip
+    finally:
+        torch.set_num_threads(previous_threads)
 
 
 def _time_forward(model: nn.Module, u, device: torch.device) -> float:
