@@ -14,7 +14,7 @@ Precision. Tensors are read and written in the compute dtype (float32 or float64
 converted to float32 around the kernels and ``y``/``grad_x`` are returned in the input dtype), but the
 per-unit state -- y, z, the adjoints and the running sums for ``grad_w``/``grad_c`` -- is held in float64
 registers for every dtype, and the step sizes ``s = dt * sigmoid(c)`` are computed in float64 from ``c``. For
-float32 this costs little (the loop is bound by memory traffic and by tanh, which is evaluated in float64
+float32 this costs little (the loop's arithmetic is mostly the tanh, which is evaluated in float64
 anyway, see below) and removes the accumulation of float32 rounding over long sequences: the float32 results
 carry essentially only the rounding of the stored values, which is well inside the accuracy contract
 (``docs/accuracy.md``: 1.5x the error of float32 autograd) even at N = 17,984.
@@ -27,7 +27,7 @@ float32 tanh rounds to +-1). It is branch-free, so the loop vectorises, and roun
 accuracy, not vectorised; the float64 path is for verification and gradcheck rather than speed.
 
 Layout and vectorisation. ``x`` is (N, B, M) contiguous, i.e. (N, U) with U = B*M independent units. The units
-are cut into contiguous ranges, one per thread, and each range into blocks of at most ``_BLOCK`` units whose
+are cut into contiguous ranges (see Threads), and each range into blocks of at most ``_BLOCK`` units whose
 state lives in small local arrays. For every time step the innermost loop runs over the units of a block, so
 each step reads and writes one contiguous slice of ``x``/``y`` and LLVM vectorises it (AVX2 / AVX-512 on x86).
 That needs ``error_model="numpy"`` (numba's default error model puts a zero-division branch around every
@@ -35,12 +35,24 @@ That needs ``error_model="numpy"`` (numba's default error model puts a zero-divi
 state in one 2-D array, since nine 1-D ones need more runtime alias checks than LLVM allows and the loop then
 stays scalar (4x slower; a test checks the machine code for packed divisions).
 
-Threads. The kernels are compiled ``nogil`` (not ``parallel=True``) and the unit ranges run on a small thread
-pool, one range per thread, ``torch.get_num_threads()`` threads (fewer for small problems, down to one). The
-units never interact, so this scales like numba's ``prange``; it needs no numba threading layer (safe to call
-from several Python threads and in forked processes), follows the thread count users already set for PyTorch,
-and compiles faster. The batch reductions of ``grad_w`` and ``grad_c`` run afterwards, sequentially over the
-batch in float64: results are bitwise independent of the number of threads.
+Threads. The kernels are compiled ``nogil`` (not ``parallel=True``) and run over ranges of units,
+``torch.get_num_threads()`` threads (fewer for small problems, down to one), 4 ranges per thread taken in turn,
+so that a thread slowed down by another process leaves more of the work to the others. Where torch runs its
+intra-op threads on OpenMP (GNU libgomp on Linux), the ranges run on those very threads, in one parallel
+region (``GOMP_parallel`` through ctypes; each thread calls the kernel from Python, which releases the GIL).
+A pool of our own would compete with them: after every parallel region (a matmul) torch's OpenMP threads
+busy-wait for the next one for up to a few milliseconds, and a kernel started then shares a core with a
+spinning thread. Elsewhere (no OpenMP; a forked child, whose OpenMP runtime may still count its parent's
+threads) a small thread pool of this module runs the ranges. The units never interact; no numba threading
+layer is needed (safe to call from several Python threads and in forked processes). The batch reductions
+of ``grad_w`` and ``grad_c`` run afterwards, sequentially over the batch in float64: results are bitwise
+independent of the number of threads.
+
+Memory. The (N, B, M) outputs ``y`` and ``grad_x`` ask Linux for transparent huge pages
+(:func:`_empty_sequence`): fresh 4 KiB pages cost one page fault each on the kernels' first write.
+
+Vector width. On AVX-512 CPUs the kernels are compiled for 512-bit vectors (:func:`_wide_vectors`; LLVM
+otherwise prefers 256-bit ones there).
 
 Why numba rather than a C++ extension: numba is already a runtime dependency, needs no compiler on the user's
 machine and has a cache that works for read-only installs, while a ``torch.utils.cpp_extension`` build needs a
