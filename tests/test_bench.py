@@ -249,3 +249,14 @@ def test_profile_step_parts_add_up():
     assert r["backward_to_forward"] == pytest.approx(r["scan_backward_s"] / r["scan_forward_s"])
     with pytest.raises(ValueError, match="model must be one of"):
         profile_step("nope")
+
+
+def test_thread_scaling_pairs_rounds():
+    from unicornn.bench.speed import thread_scaling
+
+    before = torch.get_num_threads()
+    r = thread_scaling("unicornn_final", N=9, batch=3, hidden=5, layers=2, threads=(1, 2), repeats=3)
+    assert torch.get_num_threads() == before
+    assert len(r["runs_s"][1]) == len(r["runs_s"][2]) == 3 and r["speedup"][1] == 1.0
+    paired = [a / b for a, b in zip(r["runs_s"][1], r["runs_s"][2], strict=True)]
+    assert r["speedup"][2] == pytest.approx(statistics.median(paired))

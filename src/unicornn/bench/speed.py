@@ -47,7 +47,8 @@ from ..baselines import GRU, LSTM, CoRNN, IndRNN
 from .common import fused_backend, load_average, machine_info, pyplot, write_outputs
 
 __all__ = ["CPU_SETTING", "MODELS", "PAPER_SETTING", "PSMNIST_SETTING", "build_model", "copy_bandwidth",
-           "format_table", "plot_speed", "profile_step", "run_speed", "step_floor", "write_speed"]  # fmt: skip
+           "format_table", "plot_speed", "profile_step", "run_speed", "step_floor", "thread_scaling",
+           "write_speed"]  # fmt: skip
 
 MODELS = (
     "unicornn",
@@ -301,6 +302,48 @@ def profile_step(name: str = "unicornn_final", N: int = 1000, batch: int = CPU_S
                 "load_average": load_average()}  # fmt: skip
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def thread_scaling(name: str = "unicornn_final", N: int = 1000, batch: int = CPU_SETTING["batch"],
+                   hidden: int = CPU_SETTING["hidden"], layers: int = CPU_SETTING["layers"],
+                   input_size: int = CPU_SETTING["input_size"], threads: Sequence[int] = (1, 2),
+                   repeats: int = 7, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """The training step of model ``name`` (CPU) at several thread counts, paired: every round times one
+    step at each count (``torch.set_num_threads`` in between), after one untimed round.
+
+    Returns:
+        dict: ``median_s`` per thread count, ``runs_s`` per thread count, ``speedup`` per thread count (the
+        median over rounds of the first count's time over this count's time in the same round) and the
+        load average before, during (after every round) and after.
+    """
+    previous_threads = torch.get_num_threads()
+    try:
+        torch.manual_seed(seed)
+        dev = torch.device("cpu")
+        model = build_model(name, input_size, hidden, layers, dev, max_steps=N)
+        if isinstance(model, str):
+            raise ValueError(f"model {name!r} is unavailable: {model}")
+        gen = torch.Generator().manual_seed(seed)
+        u = torch.randn(N, batch, input_size, generator=gen)
+        target = torch.randint(0, CLASSES, (batch,), generator=gen)
+        runs: dict[int, list[float]] = {t: [] for t in threads}
+        before, during = load_average(), []
+        for r in range(repeats + 1):
+            for t in threads if r % 2 else tuple(reversed(threads)):
+                torch.set_num_threads(t)
+                elapsed = _time_step(model, u, target, dev)
+                if r:
+                    runs[t].append(elapsed)
+            if r:
+                during.append((load_average() or [None])[0])
+    finally:
+        torch.set_num_threads(previous_threads)
+    first = runs[threads[0]]
+    return {"model": name, "N": N, "batch": batch, "hidden": hidden, "layers": layers, "input_size": input_size,
+            "threads": list(threads), "median_s": {t: statistics.median(v) for t, v in runs.items()},
+            "runs_s": runs, "speedup": {t: _paired_ratio(first, v) for t, v in runs.items()},
+            "load_average_before": before, "load_average_1min_during": during,
+            "load_average_after": load_average()}  # fmt: skip
 
 
 def _time_forward(model: nn.Module, u, device: torch.device) -> float:
