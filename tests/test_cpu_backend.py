@@ -296,19 +296,3 @@ def test_kernel_errors_surface_from_the_parallel_region(monkeypatch):
 
     with torch_threads(2), pytest.raises(ValueError, match="range failed"):
         cpu_ops._run(kernel, (), 8 * cpu_ops._BLOCK, 3)
-
-
-def test_sequence_outputs_ask_for_huge_pages(monkeypatch):
-    calls = []
-    monkeypatch.setattr(
-        cpu_ops, "_MADVISE", lambda start, length, advice: calls.append((start, length, advice))
-    )
-    t = cpu_ops._empty_sequence((200, 32, 256), torch.float32)  # 6.6 MB: a 2 MiB page inside at least
-    assert t.shape == (200, 32, 256) and t.dtype == torch.float32 and t.is_contiguous()
-    ((start, length, advice),) = calls
-    huge = 1 << 21
-    assert advice == 14 and start % huge == 0 and length % huge == 0 and length >= huge
-    assert t.data_ptr() <= start and start + length <= t.data_ptr() + t.numel() * 4
-    calls.clear()
-    cpu_ops._empty_sequence((3, 2, 5), torch.float64)  # small: no advice
-    assert calls == []

@@ -48,9 +48,6 @@ layer is needed (safe to call from several Python threads and in forked processe
 of ``grad_w`` and ``grad_c`` run afterwards, sequentially over the batch in float64: results are bitwise
 independent of the number of threads.
 
-Memory. The (N, B, M) outputs ``y`` and ``grad_x`` ask Linux for transparent huge pages
-(:func:`_empty_sequence`): fresh 4 KiB pages cost one page fault each on the kernels' first write.
-
 Vector width. On AVX-512 CPUs the kernels are compiled for 512-bit vectors (:func:`_wide_vectors`; LLVM
 otherwise prefers 256-bit ones there).
 
@@ -432,38 +429,6 @@ def _run(kernel, args, U: int, N: int) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-#: Linux ``madvise`` (None elsewhere) and its ``MADV_HUGEPAGE``; see :func:`_empty_sequence`.
-_MADVISE = None
-if os.name == "posix" and os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"):
-    try:
-        _MADVISE = ctypes.CDLL(None, use_errno=True).madvise
-        _MADVISE.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        _MADVISE.restype = ctypes.c_int
-    except (OSError, AttributeError):  # pragma: no cover - a libc without madvise
-        _MADVISE = None
-_MADV_HUGEPAGE = 14
-_HUGE = 1 << 21
-
-
-def _empty_sequence(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """``torch.empty`` for a kernel's (N, B, M) output, backed by transparent huge pages where Linux offers
-    them on request (``madvise``, the default mode of most distributions).
-
-    torch's allocator hands out fresh pages of 4 KiB for large tensors, and the kernels' first write then
-    takes one page fault per 4 KiB (a 96 MB ``y`` at the psMNIST shape: 23,000 faults, a third of the
-    forward's time). With ``MADV_HUGEPAGE`` on the 2 MiB-aligned interior the kernel maps 2 MiB pages:
-    512x fewer faults, and fewer TLB misses in the kernels' strided walk. Memory already mapped is not
-    affected; the advice is only a hint (an error is ignored).
-    """
-    t = torch.empty(shape, dtype=dtype)
-    nbytes = t.numel() * t.element_size()
-    if _MADVISE is not None and nbytes >= 2 * _HUGE:
-        start = -(-t.data_ptr() // _HUGE) * _HUGE
-        end = (t.data_ptr() + nbytes) // _HUGE * _HUGE
-        _MADVISE(start, end - start, _MADV_HUGEPAGE)
-    return t
-
-
 def _np(t: torch.Tensor, shape=None) -> np.ndarray:
     a = t.detach().contiguous().numpy()
     return a if shape is None else a.reshape(shape)
@@ -485,7 +450,7 @@ def scan_forward(x, weight_hh, c, dt, alpha, y0, z0, bias=None):
     cd = _compute_dtype(y0)
     N, B, M = x.shape
     U = B * M
-    y = _empty_sequence((N, B, M), cd)
+    y = torch.empty((N, B, M), dtype=cd)
     yN = torch.empty((B, M), dtype=cd)
     zN = torch.empty((B, M), dtype=cd)
     args = (
@@ -516,7 +481,7 @@ def scan_backward(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, z
     cd = _compute_dtype(y0)
     N, B, M = x.shape
     U = B * M
-    gx = _empty_sequence((N, B, M), cd)
+    gx = torch.empty((N, B, M), dtype=cd)
     gy0 = torch.empty((B, M), dtype=cd)
     gz0 = torch.empty((B, M), dtype=cd)
     sums = np.empty((3, B, M), np.float64)  # per unit: dL/dw, dL/ds, dL/dbias
