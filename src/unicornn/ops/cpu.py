@@ -35,18 +35,15 @@ That needs ``error_model="numpy"`` (numba's default error model puts a zero-divi
 state in one 2-D array, since nine 1-D ones need more runtime alias checks than LLVM allows and the loop then
 stays scalar (4x slower; a test checks the machine code for packed divisions).
 
-Threads. The kernels are compiled ``nogil`` (not ``parallel=True``) and run over ranges of units,
-``torch.get_num_threads()`` threads (fewer for small problems, down to one), 4 ranges per thread taken in turn,
-so that a thread slowed down by another process leaves more of the work to the others. Where torch runs its
-intra-op threads on OpenMP (GNU libgomp on Linux), the ranges run on those very threads, in one parallel
-region (``GOMP_parallel`` through ctypes; each thread calls the kernel from Python, which releases the GIL).
-A pool of our own would compete with them: after every parallel region (a matmul) torch's OpenMP threads
-busy-wait for the next one for up to a few milliseconds, and a kernel started then shares a core with a
-spinning thread. Elsewhere (no OpenMP; a forked child, whose OpenMP runtime may still count its parent's
-threads) a small thread pool of this module runs the ranges. The units never interact; no numba threading
-layer is needed (safe to call from several Python threads and in forked processes). The batch reductions
-of ``grad_w`` and ``grad_c`` run afterwards, sequentially over the batch in float64: results are bitwise
-independent of the number of threads.
+Threads. The kernels are compiled ``nogil`` (not ``parallel=True``) and run over ranges of units on a small
+thread pool plus the calling thread, ``torch.get_num_threads()`` threads (fewer for small problems, down to
+one), 4 ranges per thread taken in turn, so that a thread slowed down by another process leaves more of the
+work to the others. The units never interact, so this scales like numba's ``prange``; it needs no numba
+threading layer (safe to call from several Python threads and in forked processes), follows the thread
+count users already set for PyTorch, and compiles faster. (Running the ranges on torch's own OpenMP threads
+through ``GOMP_parallel`` was tried: no faster in the training step, measured; ``docs/cpu_backend.md``.)
+The batch reductions of ``grad_w`` and ``grad_c`` run afterwards, sequentially over the batch in float64:
+results are bitwise independent of the number of threads.
 
 Vector width. On AVX-512 CPUs the kernels are compiled for 512-bit vectors (:func:`_wide_vectors`; LLVM
 otherwise prefers 256-bit ones there).
@@ -67,7 +64,6 @@ cache.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import threading
@@ -295,106 +291,22 @@ def _backward_range(
 # Threads
 # ----------------------------------------------------------------------------------------------------------
 
-_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-
-
-def _openmp_runtime():
-    """The GNU OpenMP runtime (``GOMP_parallel``) that torch already runs its intra-op threads on, or None.
-
-    Only a library already loaded into the process is taken (``RTLD_NOLOAD``): torch's own libgomp (or an
-    Intel libiomp5, which exports the same entry point). Nothing is loaded when torch uses another backend.
-    """
-    if os.name != "posix" or "parallel backend: OpenMP" not in torch.__config__.parallel_info():
-        return None
-    for name in ("libgomp.so.1", "libiomp5.so"):
-        try:
-            lib = ctypes.CDLL(name, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)
-            fn = lib.GOMP_parallel
-        except (OSError, AttributeError):
-            continue
-        fn.argtypes = [_CALLBACK, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
-        fn.restype = None
-        return fn
-    return None
-
-
-class _OpenMPTeam:
-    """Runs the ranges on torch's own OpenMP threads: one parallel region of ``GOMP_parallel``.
-
-    A separate pool would compete with torch's threads, which busy-wait for their next region for a while
-    after each one (GNU OpenMP spins up to ~300,000 times by default): a kernel started right after a
-    matmul then shares a core with a spinning thread and runs up to 2x slower. On torch's threads there is
-    nothing to compete with. Each thread enters Python only to take the next range and call the ``nogil``
-    kernel, which releases the GIL while it runs.
-    """
-
-    def __init__(self, parallel) -> None:
-        self._parallel = parallel
-
-    def run(self, kernel, args, ranges, threads: int) -> None:
-        todo = iter(ranges)  # shared: next() is atomic under the GIL, a thread takes whatever range is left
-        errors: list[BaseException] = []
-
-        def body(_):
-            try:
-                for a, b in todo:
-                    kernel(*args, a, b)
-            except BaseException as err:  # re-raised below: ctypes would only print it
-                errors.append(err)
-
-        self._parallel(_CALLBACK(body), None, threads, 0)
-        if errors:
-            raise errors[0]
-
-
-class _PoolTeam:
-    """Runs the ranges on a thread pool of this module, the calling thread taking the first one: where torch
-    does not run on OpenMP, and in a forked child (whose OpenMP runtime may still count its parent's
-    threads)."""
-
-    def __init__(self, workers: int) -> None:
-        self.size = workers
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unicornn-cpu")
-
-    def run(self, kernel, args, ranges, threads: int) -> None:
-        todo = iter(ranges)  # as in _OpenMPTeam.run: each thread takes the next range left
-
-        def body():
-            for a, b in todo:
-                kernel(*args, a, b)
-
-        futures = [self._pool.submit(body) for _ in range(threads - 1)]
-        body()
-        for f in futures:
-            f.result()
-
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=False)
-
-
-#: The team that runs the kernels' ranges in this process (None until the first parallel call).
-_POOL: _OpenMPTeam | _PoolTeam | None = None
+_POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
 _POOL_PID = 0
 _POOL_LOCK = threading.Lock()
-#: The process that imported this module: OpenMP is used there only, never in a forked child.
-_IMPORT_PID = os.getpid()
 
 
-def _pool(workers: int) -> _OpenMPTeam | _PoolTeam:
-    global _POOL, _POOL_PID
+def _pool(workers: int) -> ThreadPoolExecutor:
+    global _POOL, _POOL_SIZE, _POOL_PID
     with _POOL_LOCK:
-        pid = os.getpid()
-        if isinstance(_POOL, _OpenMPTeam) and _POOL_PID == pid:
-            return _POOL
-        if isinstance(_POOL, _PoolTeam) and _POOL_PID == pid and _POOL.size >= workers:
-            return _POOL
-        # A pool inherited through fork has no live threads: start a new one (never reuse it).
-        old = _POOL if _POOL_PID == pid else None
-        parallel = _openmp_runtime() if pid == _IMPORT_PID else None
-        _POOL = _OpenMPTeam(parallel) if parallel is not None else _PoolTeam(workers)
-        _POOL_PID = pid
-        if isinstance(old, _PoolTeam):
-            old.shutdown()
+        if _POOL is None or _POOL_SIZE < workers or _POOL_PID != os.getpid():
+            # A pool inherited through fork has no live threads: start a new one (never reuse it).
+            old = _POOL if _POOL_PID == os.getpid() else None
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unicornn-cpu")
+            _POOL_SIZE, _POOL_PID = workers, os.getpid()
+            if old is not None:
+                old.shutdown(wait=False)
         return _POOL
 
 
@@ -412,16 +324,25 @@ def _ranges(U: int, N: int, pieces: int = 1) -> list[tuple[int, int]]:
 
 
 def _run(kernel, args, U: int, N: int) -> None:
-    """Run ``kernel(*args, u0, u1)`` over all units. The threads take the ranges in turn, ``_PIECES`` per
-    thread, so a thread slowed down (another process on its core) leaves more of the work to the others."""
+    """Run ``kernel(*args, u0, u1)`` over all units: the calling thread and ``threads - 1`` pool threads take
+    the ranges in turn, ``_PIECES`` per thread, so that a thread slowed down (another process on its core,
+    or one of torch's OpenMP threads still spinning after a matmul) leaves more of the work to the others."""
     if U == 0:
         return
     threads = len(_ranges(U, N))
     if threads == 1:
         kernel(*args, 0, U)
         return
-    kernel(*args, 0, 0)  # compiles (if needed) on the calling thread, outside the parallel region
-    _pool(threads - 1).run(kernel, args, _ranges(U, N, _PIECES), threads)
+    todo = iter(_ranges(U, N, _PIECES))  # shared: next() is atomic under the GIL
+
+    def take():
+        for a, b in todo:
+            kernel(*args, a, b)
+
+    futures = [_pool(threads - 1).submit(take) for _ in range(threads - 1)]
+    take()
+    for f in futures:
+        f.result()
 
 
 # ----------------------------------------------------------------------------------------------------------
