@@ -155,8 +155,10 @@ def _wide_vectors(typingctx):
     def codegen(context, builder, sig, args):
         attributes = builder.function.attributes
         # llvmlite's attribute set admits only keyword attributes; LLVM's string attributes go in as text.
-        for attr in ('"prefer-vector-width"="512"', '"min-legal-vector-width"="512"'):
-            set.add(attributes, attr)
+        # Should a later llvmlite store attributes otherwise, the kernels keep LLVM's default width.
+        if isinstance(attributes, set):
+            for attr in ('"prefer-vector-width"="512"', '"min-legal-vector-width"="512"'):
+                set.add(attributes, attr)
         return context.get_dummy_value()
 
     return numba.types.none(), codegen
@@ -339,7 +341,8 @@ def _run(kernel, args, U: int, N: int) -> None:
         for a, b in todo:
             kernel(*args, a, b)
 
-    futures = [_pool(threads - 1).submit(take) for _ in range(threads - 1)]
+    pool = _pool(threads - 1)
+    futures = [pool.submit(take) for _ in range(threads - 1)]
     take()
     for f in futures:
         f.result()
