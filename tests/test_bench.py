@@ -223,7 +223,10 @@ def test_speed_forward_only_and_floor(tmp_path):
     assert floor["copy_bandwidth_bytes_per_s"] == pytest.approx(floor["bandwidth_GBps"] * 1e9)
     assert floor["median_s"] == floor["floor_s"] == pytest.approx(floor["matmul_s"] + floor["memory_s"])
     assert floor["floor_s"] == floor["floor_output_readout_s"] > floor["floor_final_state_s"]
-    assert floor["ratio_to_unicornn"] == pytest.approx(floor["median_s"] / rows["unicornn"]["median_s"])
+    # paired like the models: the median over rounds of that round's floor over that round's step
+    paired = [f / t for f, t in zip(floor["runs_s"], rows["unicornn"]["runs_s"], strict=True)]
+    assert floor["ratio_to_unicornn"] == pytest.approx(statistics.median(paired))
+    assert len(floor["runs_s"]) == 2 and all(f > 0 for f in floor["runs_s"])
     assert "floor" in result["settings"]["models"]
 
 
@@ -246,3 +249,27 @@ def test_speed_final_state_ratio_slow_and_floor():
         floor["floor_s"] + floor["tensor_bytes"] / floor["copy_bandwidth_bytes_per_s"]
     )
     assert result["settings"]["ratio_to"] == "unicornn_final" and result["settings"]["slow"] == ["lstm"]
+
+
+def test_profile_step_parts_add_up():
+    from unicornn.bench.speed import profile_step
+
+    r = profile_step("unicornn_final", N=9, batch=3, hidden=5, layers=2, steps=2, threads=1)
+    parts = ("scan_forward_s", "scan_backward_s", "matmul_s", "fill_s", "other_s")
+    assert sum(r[k] for k in parts) == pytest.approx(r["step_s"])
+    assert r["scan_forward_s"] > 0 and r["scan_backward_s"] > 0 and r["matmul_s"] > 0
+    assert len(r["scan_forward_calls_s"]) == 2 and len(r["scan_backward_calls_s"]) == 2
+    assert r["backward_to_forward"] == pytest.approx(r["scan_backward_s"] / r["scan_forward_s"])
+    with pytest.raises(ValueError, match="model must be one of"):
+        profile_step("nope")
+
+
+def test_thread_scaling_pairs_rounds():
+    from unicornn.bench.speed import thread_scaling
+
+    before = torch.get_num_threads()
+    r = thread_scaling("unicornn_final", N=9, batch=3, hidden=5, layers=2, threads=(1, 2), repeats=3)
+    assert torch.get_num_threads() == before
+    assert len(r["runs_s"][1]) == len(r["runs_s"][2]) == 3 and r["speedup"][1] == 1.0
+    paired = [a / b for a, b in zip(r["runs_s"][1], r["runs_s"][2], strict=True)]
+    assert r["speedup"][2] == pytest.approx(statistics.median(paired))

@@ -21,6 +21,9 @@ Models (``name`` or ``name:L`` to give that model L layers instead of the common
 With ``floor=True`` a ``floor`` row is added per length (:func:`step_floor`): the least time a fused
 UnICORNN step of that shape can take on this machine -- the projection matmuls (timed) plus one pass over
 every (N, B, M) tensor the recurrence kernels must read or write, at the measured memory-copy bandwidth.
+Its parts are timed once per round, right after the models, and its ratio is paired like theirs: the
+median over rounds of that round's floor over that round's step (a floor timed apart from the steps, at
+another moment's load, made the ratio depend on when each ran).
 
 The paper's setting (:data:`PAPER_SETTING`): B=128, 2 layers, N=1000 and 2000, on a GPU. The default
 (:data:`CPU_SETTING`) is sized for a CPU.
@@ -43,8 +46,9 @@ from ..baselines import GRU, LSTM, CoRNN, IndRNN
 from ..plotting import pyplot, save_figure, write_outputs
 from .common import format_load, fused_backend, load_average, machine_info
 
-__all__ = ["CPU_SETTING", "SPEED_MODELS", "PAPER_SETTING", "build_timed_model", "copy_bandwidth", "format_table",
-           "plot_speed", "run_speed", "step_floor", "write_speed"]  # fmt: skip
+__all__ = ["CPU_SETTING", "SPEED_MODELS", "PAPER_SETTING", "PSMNIST_SETTING", "build_timed_model", "copy_bandwidth",
+           "format_table", "plot_speed", "profile_step", "run_speed", "step_floor", "thread_scaling",
+           "write_speed"]  # fmt: skip
 
 SPEED_MODELS = (
     "unicornn",
@@ -62,6 +66,8 @@ SLOW = ("unicornn_reference", "cornn", "torchrecurrent")
 
 PAPER_SETTING = {"lengths": (1000, 2000), "batch": 128, "hidden": 256, "layers": 2, "input_size": 1}
 CPU_SETTING = {"lengths": (1000, 2000), "batch": 32, "hidden": 128, "layers": 2, "input_size": 1}
+#: UnICORNN's psMNIST training step (paper, Table 8): B=120, hidden 256, 3 layers, 784 pixels one at a time.
+PSMNIST_SETTING = {"lengths": (784,), "batch": 120, "hidden": 256, "layers": 3, "input_size": 1}
 DT, ALPHA = 0.19, 30.65  # UnICORNN's psMNIST setting (the time does not depend on them)
 CLASSES = 10
 
@@ -175,33 +181,169 @@ def step_floor(N: int, batch: int, hidden: int, layers: int, input_size: int, de
         dict: the above, ``bytes`` (``memory_passes * tensor_bytes``) and the bandwidth
         (``copy_bandwidth_bytes_per_s``, ``bandwidth_GBps``).
     """
-    gen = torch.Generator().manual_seed(0)
-    rows = N * batch
-    mats = []
-    for k in range(layers):
-        width = input_size if k == 0 else hidden
-        u = torch.randn(rows, width, generator=gen).to(device)
-        w = torch.randn(hidden, width, generator=gen).to(device)
-        g = torch.randn(rows, hidden, generator=gen).to(device)
-        mats.append((k, u, w, g))
+    timer = _FloorTimer(N, batch, hidden, layers, input_size, device)
+    matmul_s = _median_time(timer.matmuls, device, repeats)
+    bandwidth = bandwidth or copy_bandwidth(device, repeats=repeats)
+    return timer.parts(matmul_s, bandwidth, final_state)
 
-    def matmuls():
-        for k, u, w, g in mats:
+
+class _FloorTimer:
+    """The timed parts of :func:`step_floor` for one shape, on tensors made once: the projections' matmuls
+    and a 64 MiB copy. :func:`run_speed` times them once per round, next to the models (paired)."""
+
+    def __init__(self, N: int, batch: int, hidden: int, layers: int, input_size: int, device: torch.device):
+        gen = torch.Generator().manual_seed(0)
+        self.rows, self.hidden, self.layers, self.device = N * batch, hidden, layers, device
+        self.mats = []
+        for k in range(layers):
+            width = input_size if k == 0 else hidden
+            u = torch.randn(self.rows, width, generator=gen).to(device)
+            w = torch.randn(hidden, width, generator=gen).to(device)
+            g = torch.randn(self.rows, hidden, generator=gen).to(device)
+            self.mats.append((k, u, w, g))
+        self._copy = None
+
+    def matmuls(self) -> None:
+        for k, u, w, g in self.mats:
             u @ w.T
             g.T @ u
             if k:
                 g @ w
 
-    matmul_s = _median_time(matmuls, device, repeats)
-    bandwidth = bandwidth or copy_bandwidth(device, repeats=repeats)
-    tensor_bytes = rows * hidden * 4
-    floors = {f"floor_{key}_s": matmul_s + (6 * layers - top) * tensor_bytes / bandwidth
-              for key, top in (("final_state", 1), ("output_readout", 0))}  # fmt: skip
-    passes = 6 * layers - int(final_state)
-    memory_s = passes * tensor_bytes / bandwidth
-    return {"floor_s": matmul_s + memory_s, **floors, "matmul_s": matmul_s, "memory_s": memory_s, "memory_passes": passes, "tensor_bytes": tensor_bytes,
-            "bytes": passes * tensor_bytes, "copy_bandwidth_bytes_per_s": bandwidth,
-            "bandwidth_GBps": bandwidth / 1e9}  # fmt: skip
+    def time_round(self) -> tuple[float, float]:
+        """One timing of the matmuls (s) and one of the copy bandwidth (bytes/s)."""
+        if self._copy is None:
+            src = torch.ones(16 * 2**20, device=self.device)
+            self._copy = (src, torch.empty_like(src))
+        src, dst = self._copy
+        matmul_s = _median_time(self.matmuls, self.device, 1)
+        copy_s = _median_time(lambda: dst.copy_(src), self.device, 1)
+        return matmul_s, 2 * src.numel() * 4 / copy_s
+
+    def parts(self, matmul_s: float, bandwidth: float, final_state: bool) -> dict[str, Any]:
+        """The floor's parts (see :func:`step_floor`) from a matmul time and a bandwidth."""
+        tensor_bytes = self.rows * self.hidden * 4
+        floors = {f"floor_{key}_s": matmul_s + (6 * self.layers - top) * tensor_bytes / bandwidth
+                  for key, top in (("final_state", 1), ("output_readout", 0))}  # fmt: skip
+        passes = 6 * self.layers - int(final_state)
+        memory_s = passes * tensor_bytes / bandwidth
+        return {"floor_s": matmul_s + memory_s, **floors, "matmul_s": matmul_s, "memory_s": memory_s,
+                "memory_passes": passes, "tensor_bytes": tensor_bytes, "bytes": passes * tensor_bytes,
+                "copy_bandwidth_bytes_per_s": bandwidth, "bandwidth_GBps": bandwidth / 1e9}  # fmt: skip
+
+
+#: :func:`profile_step` parts: profiler op name (or a prefix of it) -> part
+_PARTS = (
+    ("unicornn::scan_backward", "scan_backward"),
+    ("GeneratedBackwardFor_unicornn_scan_defaultBackward", "scan_backward"),
+    ("GeneratedBackwardFor_unicornn_scan", "scan_forward"),  # the op's autograd node runs the forward kernel
+    ("unicornn::scan", "scan_forward"),
+    ("aten::mm", "matmul"),
+    ("aten::addmm", "matmul"),
+    ("aten::fill_", "fill"),
+    ("aten::zero_", "fill"),
+)
+
+
+#: the profiler events that hold a kernel call's time (the op's autograd node runs the forward kernel)
+_KERNEL_CALLS = ("GeneratedBackwardFor_unicornn_scan_default", "unicornn::scan_backward")
+
+
+def profile_step(name: str = "unicornn_final", N: int = 1000, batch: int = CPU_SETTING["batch"],
+                 hidden: int = CPU_SETTING["hidden"], layers: int = CPU_SETTING["layers"],
+                 input_size: int = CPU_SETTING["input_size"], steps: int = 5, threads: int | None = None,
+                 seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Where one training step of model ``name`` (CPU) spends its time, by ``torch.profiler``.
+
+    Self time of the profiled ops on the calling thread, per step (mean over ``steps`` steps after two
+    untimed ones), summed into parts: ``scan_forward`` and ``scan_backward`` (the fused kernels, all
+    layers), ``matmul`` (projections, their gradients and the head), ``fill`` (zero-fills) and ``other``
+    (the step's wall time minus the rest: the remaining ops, autograd and Python). Also per layer: the
+    kernels' forward and backward times of each call, in call order (``scan_forward_calls_s``,
+    ``scan_backward_calls_s``, top layer last for the forward and first for the backward).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(seed)
+        dev = torch.device("cpu")
+        model = build_timed_model(name, input_size, hidden, layers, dev, max_steps=N)
+        if isinstance(model, str):
+            raise ValueError(f"model {name!r} is unavailable: {model}")
+        gen = torch.Generator().manual_seed(seed)
+        u = torch.randn(N, batch, input_size, generator=gen)
+        target = torch.randint(0, CLASSES, (batch,), generator=gen)
+        for _ in range(2):
+            _time_step(model, u, target, dev)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            wall = sum(_time_step(model, u, target, dev) for _ in range(steps))
+        parts = dict.fromkeys(("scan_forward", "scan_backward", "matmul", "fill"), 0.0)
+        calls: dict[str, list[float]] = {"scan_forward": [], "scan_backward": []}
+        for event in prof.events():
+            part = next((p for key, p in _PARTS if event.name.startswith(key)), None)
+            if part is None:
+                continue
+            seconds = event.self_cpu_time_total / 1e6
+            parts[part] += seconds
+            if event.name in _KERNEL_CALLS:
+                calls[part].append(seconds)
+        per_step = {f"{k}_s": v / steps for k, v in parts.items()}
+        step_s = wall / steps
+        per_step["other_s"] = step_s - sum(per_step.values())
+        fwd, bwd = per_step["scan_forward_s"], per_step["scan_backward_s"]
+        return {"model": name, "N": N, "batch": batch, "hidden": hidden, "layers": layers,
+                "input_size": input_size, "threads": torch.get_num_threads(), "steps": steps,
+                "step_s": step_s, **per_step, "backward_to_forward": bwd / fwd if fwd else None,
+                "scan_forward_calls_s": calls["scan_forward"][: layers],
+                "scan_backward_calls_s": calls["scan_backward"][: layers],
+                "load_average": load_average()}  # fmt: skip
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def thread_scaling(name: str = "unicornn_final", N: int = 1000, batch: int = CPU_SETTING["batch"],
+                   hidden: int = CPU_SETTING["hidden"], layers: int = CPU_SETTING["layers"],
+                   input_size: int = CPU_SETTING["input_size"], threads: Sequence[int] = (1, 2),
+                   repeats: int = 7, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """The training step of model ``name`` (CPU) at several thread counts, paired: every round times one
+    step at each count (``torch.set_num_threads`` in between), after one untimed round.
+
+    Returns:
+        dict: ``median_s`` per thread count, ``runs_s`` per thread count, ``speedup`` per thread count (the
+        median over rounds of the first count's time over this count's time in the same round) and the
+        load average before, during (after every round) and after.
+    """
+    previous_threads = torch.get_num_threads()
+    try:
+        torch.manual_seed(seed)
+        dev = torch.device("cpu")
+        model = build_timed_model(name, input_size, hidden, layers, dev, max_steps=N)
+        if isinstance(model, str):
+            raise ValueError(f"model {name!r} is unavailable: {model}")
+        gen = torch.Generator().manual_seed(seed)
+        u = torch.randn(N, batch, input_size, generator=gen)
+        target = torch.randint(0, CLASSES, (batch,), generator=gen)
+        runs: dict[int, list[float]] = {t: [] for t in threads}
+        before, during = load_average(), []
+        for r in range(repeats + 1):
+            for t in threads if r % 2 else tuple(reversed(threads)):
+                torch.set_num_threads(t)
+                elapsed = _time_step(model, u, target, dev)
+                if r:
+                    runs[t].append(elapsed)
+            if r:
+                during.append((load_average() or [None])[0])
+    finally:
+        torch.set_num_threads(previous_threads)
+    first = runs[threads[0]]
+    return {"model": name, "N": N, "batch": batch, "hidden": hidden, "layers": layers, "input_size": input_size,
+            "threads": list(threads), "median_s": {t: statistics.median(v) for t, v in runs.items()},
+            "runs_s": runs, "speedup": {t: _paired_ratio(first, v) for t, v in runs.items()},
+            "load_average_before": before, "load_average_1min_during": during,
+            "load_average_after": load_average()}  # fmt: skip
 
 
 def _time_forward(model: nn.Module, u, device: torch.device) -> float:
@@ -262,8 +404,10 @@ def run_speed(
         model: ``N``, ``model``, ``median_s``, ``runs_s``, ``ratio_to_unicornn`` (the median of the paired
         per-round ratios to ``ratio_to``; None when ``ratio_to`` is not among the models or was skipped);
         or ``skipped`` with the reason; with ``floor``, a row of model ``floor`` per length whose
-        ``median_s`` is the floor, ``ratio_to_unicornn`` that over the median of ``ratio_to``, and which
-        holds the parts of :func:`step_floor`), ``load_average_1min_during`` (after every round).
+        ``median_s`` is the floor (matmul time and bandwidth: medians over rounds), ``runs_s`` the floor
+        of every round, ``ratio_to_unicornn`` the median over rounds of the round's floor over the round's
+        ``ratio_to`` step, and which holds the parts of :func:`step_floor`), ``load_average_1min_during``
+        (after every round).
     """
     for name, value, lo in (
         ("repeats", repeats, 1),
@@ -287,20 +431,10 @@ def run_speed(
         torch.set_flush_denormal(True)
     try:
         dev = torch.device(device)
+        final_state = _parse(ratio_to, layers)[0] == "unicornn_final"
         result = _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_repeats, warmup,
-                      seed, forward_only, tuple(slow), ratio_to, log or (lambda _msg: None))  # fmt: skip
-        if floor:
-            bandwidth = copy_bandwidth(dev, repeats=repeats)
-            base = {
-                r["N"]: r["median_s"] for r in result["rows"] if r["model"] == ratio_to and "median_s" in r
-            }
-            final_state = _parse(ratio_to, layers)[0] == "unicornn_final"
-            for N in lengths:
-                parts = step_floor(N, batch, hidden, layers, input_size, dev, repeats, bandwidth, final_state)
-                ratio = parts["floor_s"] / base[N] if N in base else None
-                result["rows"].append({"N": N, "model": "floor", "median_s": parts["floor_s"], **parts,
-                                       "ratio_to_unicornn": ratio})  # fmt: skip
-            result["settings"]["models"].append("floor")
+                      seed, forward_only, tuple(slow), ratio_to, floor, final_state,
+                      log or (lambda _msg: None))  # fmt: skip
     finally:
         torch.set_num_threads(previous_threads)
         if flush_denormal:
@@ -310,7 +444,7 @@ def run_speed(
 
 
 def _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_repeats, warmup, seed,
-         forward_only, slow, ratio_to, log):  # fmt: skip
+         forward_only, slow, ratio_to, floor=False, final_state=False, log=lambda _msg: None):  # fmt: skip
     """The measurement of :func:`run_speed`, its arguments checked and its thread count set."""
     torch.manual_seed(seed)
     built = {
@@ -338,6 +472,8 @@ def _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_
         target = torch.randint(0, CLASSES, (batch,), generator=gen).to(dev)
         runs: dict[str, list[float]] = {name: [] for name, m in built.items() if not isinstance(m, str)}
         forward: dict[str, list[float]] = {name: [] for name in runs}
+        timer = _FloorTimer(N, batch, hidden, layers, input_size, dev) if floor else None
+        floor_runs: list[tuple[float, float]] = []
         for r in range(warmup + repeats):
             start = time.perf_counter()
             for name in runs:
@@ -349,6 +485,10 @@ def _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_
                     runs[name].append(elapsed)
                     if inference is not None:
                         forward[name].append(inference)
+            if timer is not None:
+                parts = timer.time_round()
+                if r >= warmup:
+                    floor_runs.append(parts)
             if r >= warmup:
                 result["load_average_1min_during"].append((load_average() or [None])[0])
             kind = "warm-up" if r < warmup else "timed"
@@ -363,8 +503,22 @@ def _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_
             if forward_only:
                 row["forward_median_s"] = statistics.median(forward[name])
             result["rows"].append(row)
+        if timer is not None:
+            result["rows"].append(_floor_row(N, timer, floor_runs, final_state, base))
+    if floor:
+        settings["models"].append("floor")
     result["load_average_after"] = load_average()
     return result
+
+
+def _floor_row(N: int, timer: _FloorTimer, floor_runs, final_state: bool, base) -> dict[str, Any]:
+    """The ``floor`` row: parts from the medians over rounds of the matmul time and the bandwidth; ratio the
+    median over rounds of that round's floor over that round's ``ratio_to`` step (paired, like the models)."""
+    parts = timer.parts(statistics.median(m for m, _ in floor_runs),
+                        statistics.median(bw for _, bw in floor_runs), final_state)  # fmt: skip
+    per_round = [timer.parts(m, bw, final_state)["floor_s"] for m, bw in floor_runs]
+    return {"N": N, "model": "floor", "median_s": parts["floor_s"], **parts, "runs_s": per_round,
+            "ratio_to_unicornn": _paired_ratio(per_round, base) if base else None}  # fmt: skip
 
 
 def _paired_ratio(times: Sequence[float], base: Sequence[float]) -> float:

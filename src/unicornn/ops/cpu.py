@@ -14,7 +14,7 @@ Precision. Tensors are read and written in the compute dtype (float32 or float64
 converted to float32 around the kernels and ``y``/``grad_x`` are returned in the input dtype), but the
 per-unit state -- y, z, the adjoints and the running sums for ``grad_w``/``grad_c`` -- is held in float64
 registers for every dtype, and the step sizes ``s = dt * sigmoid(c)`` are computed in float64 from ``c``. For
-float32 this costs little (the loop is bound by memory traffic and by tanh, which is evaluated in float64
+float32 this costs little (the loop's arithmetic is mostly the tanh, which is evaluated in float64
 anyway, see below) and removes the accumulation of float32 rounding over long sequences: the float32 results
 carry essentially only the rounding of the stored values, which is well inside the accuracy contract
 (``docs/accuracy.md``: 1.5x the error of float32 autograd) even at N = 17,984.
@@ -27,7 +27,7 @@ float32 tanh rounds to +-1). It is branch-free, so the loop vectorises, and roun
 accuracy, not vectorised; the float64 path is for verification and gradcheck rather than speed.
 
 Layout and vectorisation. ``x`` is (N, B, M) contiguous, i.e. (N, U) with U = B*M independent units. The units
-are cut into contiguous ranges, one per thread, and each range into blocks of at most ``_BLOCK`` units whose
+are cut into contiguous ranges (see Threads), and each range into blocks of at most ``_BLOCK`` units whose
 state lives in small local arrays. For every time step the innermost loop runs over the units of a block, so
 each step reads and writes one contiguous slice of ``x``/``y`` and LLVM vectorises it (AVX2 / AVX-512 on x86).
 That needs ``error_model="numpy"`` (numba's default error model puts a zero-division branch around every
@@ -35,18 +35,24 @@ That needs ``error_model="numpy"`` (numba's default error model puts a zero-divi
 state in one 2-D array, since nine 1-D ones need more runtime alias checks than LLVM allows and the loop then
 stays scalar (4x slower; a test checks the machine code for packed divisions).
 
-Threads. The kernels are compiled ``nogil`` (not ``parallel=True``) and the unit ranges run on a small thread
-pool, one range per thread, ``torch.get_num_threads()`` threads (fewer for small problems, down to one). The
-units never interact, so this scales like numba's ``prange``; it needs no numba threading layer (safe to call
-from several Python threads and in forked processes), follows the thread count users already set for PyTorch,
-and compiles faster. The batch reductions of ``grad_w`` and ``grad_c`` run afterwards, sequentially over the
-batch in float64: results are bitwise independent of the number of threads.
+Threads. The kernels are compiled ``nogil`` (not ``parallel=True``) and run over ranges of units on a small
+thread pool plus the calling thread, ``torch.get_num_threads()`` threads (fewer for small problems, down to
+one), 4 ranges per thread taken in turn, so that a thread slowed down by another process leaves more of the
+work to the others. The units never interact, so this scales like numba's ``prange``; it needs no numba
+threading layer (safe to call from several Python threads and in forked processes), follows the thread
+count users already set for PyTorch, and compiles faster. (Running the ranges on torch's own OpenMP threads
+through ``GOMP_parallel`` was tried: no faster in the training step, measured; ``docs/backends.md``.)
+The batch reductions of ``grad_w`` and ``grad_c`` run afterwards, sequentially over the batch in float64:
+results are bitwise independent of the number of threads.
+
+Vector width. On AVX-512 CPUs the kernels are compiled for 512-bit vectors (:func:`_wide_vectors`; LLVM
+otherwise prefers 256-bit ones there).
 
 Why numba rather than a C++ extension: numba is already a runtime dependency, needs no compiler on the user's
 machine and has a cache that works for read-only installs, while a ``torch.utils.cpp_extension`` build needs a
 C++ toolchain at first use and tens of seconds of compilation. Both end up as the same vectorised loop over
 units, which already moves data at a rate the surrounding PyTorch ops cannot keep up with (measured in
-``benchmarks/cpu_speed.py`` and ``docs/cpu_backend.md``).
+``benchmarks/cpu_speed.py`` and ``docs/performance.md``).
 
 JIT cache. Kernels are compiled lazily, per dtype, on first use, with numba's ``cache=True``. numba stores the
 cache next to this file (``__pycache__``) when that directory is writable, otherwise in the user-wide cache
@@ -66,7 +72,7 @@ from concurrent.futures import ThreadPoolExecutor
 try:
     import numba
     import numpy as np
-    from numba.extending import overload
+    from numba.extending import intrinsic, overload
 except ImportError as err:  # pragma: no cover - exercised when numba is absent
     raise ImportError(f"the fused CPU backend needs numba (pip install numba): {err}") from err
 
@@ -80,6 +86,8 @@ __all__ = ["scan_forward", "scan_backward", "tanh32"]
 _BLOCK = 256
 #: Ranges are multiples of this many units so threads never write the same cache line.
 _ALIGN = 16
+#: Ranges per thread (see :func:`_run`).
+_PIECES = 4
 #: Below this many unit-steps a call runs on the calling thread only.
 _MIN_PARALLEL_WORK = 1 << 16
 
@@ -135,6 +143,27 @@ def _tanh_overload(a, storage):
     return lambda a, storage: math.tanh(a)
 
 
+@intrinsic
+def _wide_vectors(typingctx):
+    """Ask LLVM to vectorise the calling kernel with 512-bit registers where the CPU has them (AVX-512).
+
+    LLVM's cost model prefers 256-bit vectors on AVX-512 CPUs (a clock-speed precaution of older Xeons);
+    the function attributes below lift that for the kernels only. Where the CPU has no 512-bit registers the
+    attributes change nothing. The kernels run ~10% faster with it on an AVX-512 Xeon (docs/performance.md).
+    """
+
+    def codegen(context, builder, sig, args):
+        attributes = builder.function.attributes
+        # llvmlite's attribute set admits only keyword attributes; LLVM's string attributes go in as text.
+        # Should a later llvmlite store attributes otherwise, the kernels keep LLVM's default width.
+        if isinstance(attributes, set):
+            for attr in ('"prefer-vector-width"="512"', '"min-legal-vector-width"="512"'):
+                set.add(attributes, attr)
+        return context.get_dummy_value()
+
+    return numba.types.none(), codegen
+
+
 def _at(a, i):  # pragma: no cover - only called from compiled code
     """``a[i]``, or 0.0 when ``a`` is None (an absent bias or upstream gradient)."""
     return a[i]
@@ -163,6 +192,7 @@ def _row_overload(a, n, b0, L):
 def _forward_range(x, w, c, dt, alpha, y0, z0, bias, y, yN, zN, u0, u1):
     """Forward recurrence for units [u0, u1). x, y: (N, U); w, c: (M,); bias: (M,) or None;
     y0, z0, yN, zN: (U,)."""
+    _wide_vectors()
     N = x.shape[0]
     M = w.shape[0]
     yb = np.empty(_BLOCK, np.float64)
@@ -211,6 +241,7 @@ def _backward_range(
     grad_yN, grad_zN, y0, zN, gy0, gz0: (U,); gw_u, ds_u, gb_u: (U,) float64 per-unit sums over time of
     dL/dw, dL/ds and dL/dbias (reduced over the batch later).
     """
+    _wide_vectors()
     N = x.shape[0]
     M = w.shape[0]
     st = np.empty((9, _BLOCK), np.float64)
@@ -241,12 +272,13 @@ def _backward_range(
                 th = _tanh(wk * yp + (xr[k] + st[_BIAS, k]), x)
                 force = th + alpha * yp
                 g = st[_GZ, k] + sk * g_y
-                st[_DS, k] += g_y * zk - g * force
-                gxk = -g * sk * (1.0 - th * th)
+                gs = g * sk
+                st[_DS, k] = (st[_DS, k] + g_y * zk) - g * force  # two fused multiply-adds
+                gxk = gs * (th * th - 1.0)
                 gxr[k] = gxk
                 st[_GW, k] += gxk * yp
                 st[_GB, k] += gxk
-                st[_GY, k] = g_y + gxk * wk - g * sk * alpha
+                st[_GY, k] = (g_y + gxk * wk) - gs * alpha
                 st[_GZ, k] = g
                 st[_Z, k] = zk + sk * force
         for k in range(L):
@@ -280,27 +312,38 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _POOL
 
 
-def _ranges(U: int, N: int) -> list[tuple[int, int]]:
-    """Split units [0, U) into contiguous ranges, one per thread, aligned to ``_ALIGN`` units."""
+def _ranges(U: int, N: int, pieces: int = 1) -> list[tuple[int, int]]:
+    """Split units [0, U) into contiguous ranges aligned to ``_ALIGN`` units: ``pieces`` per thread (fewer
+    where a piece would hold less than one block of ``_BLOCK`` units), one thread for small problems."""
     threads = max(1, torch.get_num_threads())
     if U * N < _MIN_PARALLEL_WORK:
         threads = 1
     threads = min(threads, max(1, U // _ALIGN))
-    per = -(-U // threads)
+    count = threads * max(1, min(pieces, U // (threads * _BLOCK)))
+    per = -(-U // count)
     per = -(-per // _ALIGN) * _ALIGN
     return [(a, min(a + per, U)) for a in range(0, U, per)]
 
 
 def _run(kernel, args, U: int, N: int) -> None:
+    """Run ``kernel(*args, u0, u1)`` over all units: the calling thread and ``threads - 1`` pool threads take
+    the ranges in turn, ``_PIECES`` per thread, so that a thread slowed down (another process on its core,
+    or one of torch's OpenMP threads still spinning after a matmul) leaves more of the work to the others."""
     if U == 0:
         return
-    ranges = _ranges(U, N)
-    if len(ranges) == 1:
+    threads = len(_ranges(U, N))
+    if threads == 1:
         kernel(*args, 0, U)
         return
-    pool = _pool(len(ranges) - 1)
-    futures = [pool.submit(kernel, *args, a, b) for a, b in ranges[1:]]
-    kernel(*args, *ranges[0])
+    todo = iter(_ranges(U, N, _PIECES))  # shared: next() is atomic under the GIL
+
+    def take():
+        for a, b in todo:
+            kernel(*args, a, b)
+
+    pool = _pool(threads - 1)
+    futures = [pool.submit(take) for _ in range(threads - 1)]
+    take()
     for f in futures:
         f.result()
 

@@ -4,7 +4,7 @@ The kernels compute exactly what :func:`unicornn.ops.reference.scan_forward_loop
 :func:`unicornn.ops.reference.scan_backward_loop` spell out; importing this module registers them as the
 ``"triton"`` kernel pair of the ``unicornn::scan`` custom op (:mod:`unicornn.ops.scan`), which provides
 autograd and ``torch.compile`` capture. The accuracy contract the kernels meet is ``docs/accuracy.md``; the
-design notes and measurements are in ``docs/triton_backend.md``.
+design notes and measurements are in ``docs/backends.md`` and ``docs/performance.md``.
 
 Design:
 
