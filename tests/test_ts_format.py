@@ -138,7 +138,7 @@ def test_small_classification_file_label_order():
         ("@problemName x\n@classLabel true a\n@data\n", "no cases"),
         ("@problemName x\n@data\n1:a\n", "before a @classLabel"),
         ("@timeStamps true\n@classLabel true a\n@data\n(0,1):a\n", "timeStamps"),
-        ("@classLabel true a\n@data\n1,2:3:a\n", "channel lengths"),
+        ("@classLabel true a\n@data\n1,2:3:a\n", "ragged channels"),
         ("@classLabel true a\n@data\n1,2:3,4:a\n1,2:a\n", "channels, the first case"),
         ("@classLabel true a\n@data\n1,x:a\n", "not a number"),
         ("@classLabel true a\n@data\n1,2:c\n", "not one of the declared classes"),

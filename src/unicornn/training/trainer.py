@@ -53,6 +53,7 @@ __all__ = [
     "Requested",
     "train_run",
     "build_model",
+    "make_optimizer",
     "evaluate",
     "validate_config",
     "RESUME_MUTABLE_KEYS",
@@ -69,6 +70,15 @@ def build_model(spec, cfg: Mapping[str, Any], model_args: Mapping[str, Any] | No
         return factory(spec, cfg, **(model_args or {}))
     except (ValueError, TypeError) as err:  # the model validates its arguments (dt, alpha, ...)
         raise ConfigError(f"model {cfg.get('model', 'unicornn')!r}: {err}") from err
+
+
+def make_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> tuple[torch.optim.Optimizer, Any]:
+    """Adam with ``cfg["lr"]`` and the step schedule (``lr_reduce_epoch``, ``lr_reduce_factor``; step the
+    scheduler once per epoch)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    milestones = [cfg["lr_reduce_epoch"]] if cfg["lr_reduce_epoch"] is not None else []
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg["lr_reduce_factor"])
+    return optimizer, scheduler
 
 
 def _seed_all(seed: int) -> None:
@@ -280,9 +290,7 @@ def _setup(task, cfg: dict[str, Any], options: dict, data_dir: Path | None, ctx:
         )
     loader_gen = torch.Generator().manual_seed(seed)
     loader, sampler = train_loader(splits, cfg, ctx, loader_gen)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    milestones = [cfg["lr_reduce_epoch"]] if cfg["lr_reduce_epoch"] is not None else []
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg["lr_reduce_factor"])
+    optimizer, scheduler = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg["amp"] == "fp16" and device.type == "cuda")
     return _Training(model, net, splits, loader, sampler, loader_gen, optimizer, scheduler, scaler)
 
