@@ -9,7 +9,8 @@ time point (``lengths``), so padding never changes a prediction.
 ``fit`` standardises every channel with the training data's mean and standard deviation (over cases and
 time points; a regressor's target too), holds out ``validation_fraction`` of the cases (stratified by
 class for the classifier), trains with Adam for at most ``n_epochs`` epochs, keeps the weights of the epoch
-with the lowest validation loss and stops once it has not improved for ``patience`` epochs. The model comes
+with the best validation metric (accuracy, or RMSE for the regressor), ties broken by the lower validation
+loss, and stops once that has not improved for ``patience`` epochs. The model comes
 from the package's model registry (``model="unicornn"``, or a baseline: ``"lstm"``, ``"gru"``, ...), the
 epochs from its training code (:func:`unicornn.training.epoch.train_epoch`, :func:`~unicornn.training.epoch.evaluate`).
 
@@ -226,10 +227,18 @@ class _SequenceEstimator(BaseEstimator):
         return np.sort(train), np.sort(valid)
 
     # ---------------------------------------------------------------------------------------- fit / predict
-    def _fit(self, X, targets: np.ndarray, y_codes, spec_kw: dict[str, Any]):
+    @staticmethod
+    def _checked(X, y: np.ndarray) -> tuple:
+        """``as_cases(X)`` after checking that y is 1-D with one entry per case."""
         cases, lengths = as_cases(X)
-        if len(targets) != len(lengths):
-            raise ValueError(f"y has {len(targets)} entries but X has {len(lengths)} cases")
+        if y.ndim != 1:
+            raise ValueError(f"y must be a 1-D array with one entry per case, got shape {y.shape}")
+        if len(y) != len(lengths):
+            raise ValueError(f"y has {len(y)} entries but X has {len(lengths)} cases")
+        return cases, lengths
+
+    def _fit(self, data: tuple, targets: np.ndarray, y_codes, spec_kw: dict[str, Any]):
+        cases, lengths = data
         rs = self.random_state
         seed = int(rs) if isinstance(rs, numbers.Integral) and not isinstance(rs, bool) else int(
             check_random_state(rs).randint(2**31 - 1)
@@ -276,13 +285,15 @@ class _SequenceEstimator(BaseEstimator):
                     vm = evaluate(model, splits.valid, spec, batch_size=cfg["eval_batch_size"], device=device,
                                   splits=splits)  # fmt: skip
                     row.update(valid_loss=vm["loss"], **{f"valid_{spec.metric}": vm[spec.metric]})
-                    improved = best is None or vm["loss"] < best[0]
+                    sign = 1.0 if spec.higher_is_better else -1.0
+                    key = (sign * vm[spec.metric], -vm["loss"])  # the metric first, ties by the loss
+                    improved = best is None or key > best[0]
                 else:
-                    improved = True
+                    key, improved = (0.0, 0.0), True
                 self.history_.append(row)
                 out.say(", ".join(f"{k} {v:.4g}" for k, v in row.items()))
                 if improved:
-                    best, since = (row.get("valid_loss", 0.0), epoch + 1, copy.deepcopy(model.state_dict())), 0
+                    best, since = (key, epoch + 1, copy.deepcopy(model.state_dict())), 0
                 else:
                     since += 1
                     if self.patience is not None and since >= self.patience:
@@ -327,8 +338,8 @@ class UnICORNNClassifier(ClassifierMixin, _SequenceEstimator):
         dt: ``"auto"`` (length-aware, see the module docstring), one float in (0, 1] or one per layer.
         alpha: restoring-force coefficient >= 0. dropout: over-time dropout in [0, 1).
         lr, batch_size: Adam's learning rate and the training batch size.
-        n_epochs: at most this many epochs; patience: stop after this many epochs without a lower
-            validation loss (None: train all ``n_epochs``).
+        n_epochs: at most this many epochs; patience: stop after this many epochs without a better
+            validation accuracy (ties: a lower validation loss); None: train all ``n_epochs``.
         validation_fraction: share of the training cases held out (stratified) to pick the best epoch;
             0 keeps the last epoch.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``. memory: ``"standard"`` or
@@ -345,13 +356,12 @@ class UnICORNNClassifier(ClassifierMixin, _SequenceEstimator):
     def fit(self, X, y) -> UnICORNNClassifier:
         """Fit on X (aeon collection, see the module docstring) and class labels y (n_cases,)."""
         y = np.asarray(y)
-        if y.ndim != 1:
-            raise ValueError(f"y must be a 1-D array of class labels, got shape {y.shape}")
+        data = self._checked(X, y)
         self.classes_, codes = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
-            raise ValueError(f"y holds a single class ({self.classes_[0]!r}); a classifier needs at least two")
+            raise ValueError(f"y holds a single class ({str(self.classes_[0])!r}); a classifier needs at least two")
         spec_kw = dict(output_size=len(self.classes_), loss="cross_entropy", metric="accuracy", higher_is_better=True)
-        return self._fit(X, codes.astype(np.int64), codes, spec_kw)
+        return self._fit(data, codes.astype(np.int64), codes, spec_kw)
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities (n_cases, n_classes), columns in the order of ``classes_``."""
@@ -376,15 +386,14 @@ class UnICORNNRegressor(RegressorMixin, _SequenceEstimator):
             y = np.asarray(y, dtype=np.float64)
         except (TypeError, ValueError) as err:
             raise ValueError(f"y must hold numbers for a regressor ({err})") from None
-        if y.ndim != 1:
-            raise ValueError(f"y must be a 1-D array of targets, got shape {y.shape}")
+        data = self._checked(X, y)
         if not np.isfinite(y).all():
             raise ValueError(f"y holds NaN or infinite values (first at index {int(np.argmin(np.isfinite(y)))})")
         self.y_mean_ = float(y.mean()) if len(y) else 0.0
         self.y_std_ = float(y.std()) if len(y) and y.std() > 0 else 1.0
         scaled = ((y - self.y_mean_) / self.y_std_).astype(np.float32)[:, None]
         spec_kw = dict(output_size=1, loss="mse", metric="rmse", higher_is_better=False)
-        return self._fit(X, scaled, None, spec_kw)
+        return self._fit(data, scaled, None, spec_kw)
 
     def predict(self, X) -> np.ndarray:
         """Predicted targets (n_cases,), in the units of the training targets."""

@@ -197,6 +197,10 @@ def train_run(
         cfg, options = record["settings"], record["task_options"]
         _check_placement(cfg, ctx)
         t = _setup(task, cfg, options, data_dir, ctx)
+        if task.spec is not spec:  # a task whose spec follows its data (uea) sets it in build
+            spec = task.spec
+            if opened.checkpoint is None:
+                record["spec"] = {k: v for k, v in asdict(spec).items() if k in RECORD_FIELDS}
         if opened.checkpoint is not None:
             _restore(t, opened.checkpoint, ctx, run_dir)
             if ctx.is_main:
