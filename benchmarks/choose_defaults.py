@@ -6,7 +6,8 @@ held out as a selection set, with two different draws (split seeds 0 and 1); eac
 rest (the estimator itself then holds out its own validation fraction for the best epoch) and scored on the
 selection set: accuracy for classification, and for regression the RMSE divided by the selection targets'
 standard deviation. Candidates are ranked per data set (mean score over the two draws) and the candidate with
-the best mean rank over the nine data sets wins. Epochs, patience and batch size are fixed by the time budget
+the best mean rank over the nine data sets wins. Two rounds: the first nine candidates, then four around the
+first round's best; the ranking covers all of them. Epochs, patience and batch size are fixed by the time budget
 of the accuracy table (they are shared with the LSTM and GRU columns), not tuned.
 
 Usage (resumable: each (candidate, data set, split) cell is cached in the JSON as it finishes)::
@@ -44,6 +45,11 @@ CANDIDATES = {
     "H25-lr1e-3": dict(horizon=25.0, lr=1e-3),
     "H25-h128": dict(horizon=25.0, hidden_size=128),
     "H25-1layer": dict(horizon=25.0, num_layers=1),
+    # second round, around the first round's best (H25-h128)
+    "H25-h128-1layer": dict(horizon=25.0, hidden_size=128, num_layers=1),
+    "H10-h128": dict(horizon=10.0, hidden_size=128),
+    "H50-h128": dict(horizon=50.0, hidden_size=128),
+    "H25-h128-lr1e-3": dict(horizon=25.0, hidden_size=128, lr=1e-3),
 }
 
 

@@ -129,7 +129,7 @@ class _SequenceEstimator(BaseEstimator):
     def __init__(
         self,
         model: str = "unicornn",
-        hidden_size: int = 64,
+        hidden_size: int = 128,
         num_layers: int = 2,
         dt: float | Sequence[float] | str = "auto",
         alpha: float = 0.0,

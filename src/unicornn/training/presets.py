@@ -105,7 +105,7 @@ _IMDB_PAPER = dict(model="embedding-unicornn", hidden_size=128, num_layers=2, lr
 _LORENZ_SMALL = dict(hidden_size=32, num_layers=2, lr=5e-3, dropout=0.0, batch_size=16, dt=0.1, alpha=1.0,
                      eval_batch_size=128, epochs=100, lr_reduce_epoch=70)  # fmt: skip
 # uea: the estimators' defaults (unicornn.estimators) as trainer settings; see the presets' basis.
-_UEA = dict(hidden_size=64, num_layers=2, lr=3e-3, dropout=0.0, batch_size=16, dt=0.1, alpha=0.0,
+_UEA = dict(hidden_size=128, num_layers=2, lr=3e-3, dropout=0.0, batch_size=16, dt=0.1, alpha=0.0,
             eval_batch_size=256, epochs=100, lr_reduce_epoch=None)  # fmt: skip
 _LORENZ_PAPER = dict(hidden_size=90, num_layers=2, lr=3e-3, dropout=0.0, batch_size=16, dt=0.1, alpha=1.0,
                      eval_batch_size=128, epochs=500, lr_reduce_epoch=250)  # fmt: skip
