@@ -29,7 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-CLASSIFICATION = ["BasicMotions", "JapaneseVowels", "ACSF1", "ArrowHead", "GunPoint", "ItalyPowerDemand", "OSULeaf"]
+CLASSIFICATION = [
+    "BasicMotions",
+    "JapaneseVowels",
+    "ACSF1",
+    "ArrowHead",
+    "GunPoint",
+    "ItalyPowerDemand",
+    "OSULeaf",
+]
 REGRESSION = ["Covid3Month", "CardanoSentiment"]
 MODELS = ["unicornn", "lstm", "gru", "rocket"]
 LABELS = {"unicornn": "UnICORNN", "lstm": "LSTM", "gru": "GRU", "rocket": "ROCKET (aeon, this run)"}
@@ -42,17 +50,28 @@ PUBLISHED = {
         "source": "Dempster et al., ROCKET (2020): github.com/angus924/rocket, results/results_ucr.csv at commit "
         "41cfd4b5b1f6eb4b1adcab7e71d9ee6d27fb1e08 (column accuracy_mean: mean of 10 runs on the default split; "
         "the file covers the univariate UCR archive only)",
-        "accuracy": {"ACSF1": 0.886, "ArrowHead": 0.81428571, "GunPoint": 1.0, "ItalyPowerDemand": 0.96958212,
-                     "OSULeaf": 0.94090909},  # fmt: skip
+        "accuracy": {
+            "ACSF1": 0.886,
+            "ArrowHead": 0.81428571,
+            "GunPoint": 1.0,
+            "ItalyPowerDemand": 0.96958212,
+            "OSULeaf": 0.94090909,
+        },  # fmt: skip
     },
     "InceptionTime": {
         "source": "Ismail Fawaz et al., InceptionTime (2020): github.com/hfawaz/InceptionTime, "
         "results-InceptionTime-128.csv at commit 365ce4d2c23ef1f2b3427c338756ad71d8b9f04e (UCR archive 2018) and "
         "results-mts.csv at commit 0d623a3bc20fde69203f9b2f75bba6c69c5ce6b7 (UEA multivariate archive); column "
         "accuracy",
-        "accuracy": {"ACSF1": 0.92, "ArrowHead": 0.8457142857142858, "GunPoint": 1.0,
-                     "ItalyPowerDemand": 0.9650145772594751, "OSULeaf": 0.9421487603305784, "BasicMotions": 1.0,
-                     "JapaneseVowels": 0.9918918918918921},  # fmt: skip
+        "accuracy": {
+            "ACSF1": 0.92,
+            "ArrowHead": 0.8457142857142858,
+            "GunPoint": 1.0,
+            "ItalyPowerDemand": 0.9650145772594751,
+            "OSULeaf": 0.9421487603305784,
+            "BasicMotions": 1.0,
+            "JapaneseVowels": 0.9918918918918921,
+        },  # fmt: skip
     },
 }
 
@@ -89,7 +108,9 @@ def run_cell(name: str, model: str, seed: int) -> dict:
     else:
         from unicornn import UnICORNNClassifier, UnICORNNRegressor
 
-        est = (UnICORNNClassifier if classification else UnICORNNRegressor)(model=model, random_state=seed, device="cpu")
+        est = (UnICORNNClassifier if classification else UnICORNNRegressor)(
+            model=model, random_state=seed, device="cpu"
+        )
         extra = None
     t0 = time.perf_counter()
     est.fit(Xtr, ytr)
@@ -173,7 +194,9 @@ def markdown(doc: dict) -> str:
         row = summary["table"][n]
         pub = [PUBLISHED[k]["accuracy"].get(n) for k in ("ROCKET", "InceptionTime")]
         pub_s = [f"{100 * p:.1f}" if p is not None else "-" for p in pub]
-        lines.append(f"| {n} | " + " | ".join(_fmt(row[m], 1) for m in MODELS) + f" | {pub_s[0]} | {pub_s[1]} |")
+        lines.append(
+            f"| {n} | " + " | ".join(_fmt(row[m], 1) for m in MODELS) + f" | {pub_s[0]} | {pub_s[1]} |"
+        )
     lines += [
         "",
         "Regression: test RMSE (target units, lower is better). ROCKET: aeon's `RocketRegressor`.",
@@ -188,7 +211,9 @@ def markdown(doc: dict) -> str:
               "|---|" + "---|" * len(MODELS)]  # fmt: skip
     for n in CLASSIFICATION + REGRESSION:
         row = summary["table"][n]
-        lines.append(f"| {n} | " + " | ".join(f"{row[m]['fit_s']:.1f}" if row[m] else "-" for m in MODELS) + " |")
+        lines.append(
+            f"| {n} | " + " | ".join(f"{row[m]['fit_s']:.1f}" if row[m] else "-" for m in MODELS) + " |"
+        )
     t = summary["targets"]
     gap = t["mean_gap_to_rocket_points"]
     lines += [
@@ -213,8 +238,13 @@ def plot(doc: dict, path: Path) -> None:
     from unicornn._files import save_figure
 
     table = doc["summary"]["table"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [len(CLASSIFICATION), 2.2]})
-    for ax, names, ylabel in ((axes[0], CLASSIFICATION, "test accuracy (%)"), (axes[1], REGRESSION, "test RMSE")):
+    fig, axes = plt.subplots(
+        1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [len(CLASSIFICATION), 2.2]}
+    )
+    for ax, names, ylabel in (
+        (axes[0], CLASSIFICATION, "test accuracy (%)"),
+        (axes[1], REGRESSION, "test RMSE"),
+    ):
         width = 0.8 / len(MODELS)
         for i, m in enumerate(MODELS):
             means = [table[n][m]["mean"] if table[n][m] else np.nan for n in names]

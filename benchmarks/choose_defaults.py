@@ -72,7 +72,9 @@ def score_cell(name: str, candidate: dict, split_seed: int) -> dict:
     horizon = args.pop("horizon", None)
     if horizon is not None:
         args["dt"] = float(min(1.0, max(DT_MIN, horizon / _length(_subset(X, fit_idx)))))
-    est = (UnICORNNClassifier if classification else UnICORNNRegressor)(random_state=split_seed, device="cpu", **args)
+    est = (UnICORNNClassifier if classification else UnICORNNRegressor)(
+        random_state=split_seed, device="cpu", **args
+    )
     t0 = time.perf_counter()
     est.fit(_subset(X, fit_idx), y[fit_idx])
     pred = est.predict(_subset(X, sel_idx))
@@ -101,7 +103,9 @@ def rank(cells: dict) -> list[tuple[str, float]]:
         for c in CANDIDATES:  # ties share the mean of their ranks
             tied = [i + 1 for i, o in enumerate(order) if means[o] == means[c]]
             ranks[c].append(float(np.mean(tied)))
-    return sorted(((c, float(np.mean(r)) if r else float("nan")) for c, r in ranks.items()), key=lambda t: t[1])
+    return sorted(
+        ((c, float(np.mean(r)) if r else float("nan")) for c, r in ranks.items()), key=lambda t: t[1]
+    )
 
 
 def main(argv=None) -> int:

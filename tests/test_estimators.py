@@ -103,7 +103,9 @@ def test_equal_length_list_equals_the_array(gunpoint):
     Xtr, ytr, Xte, _ = gunpoint
     clf = unicornn.UnICORNNClassifier(random_state=0, **TINY).fit(Xtr, ytr)
     np.testing.assert_allclose(clf.predict_proba(list(Xte)), clf.predict_proba(Xte), rtol=1e-6)
-    np.testing.assert_allclose(clf.predict_proba(Xte[:, 0, :]), clf.predict_proba(Xte), rtol=1e-6)  # 2-D: one channel
+    np.testing.assert_allclose(
+        clf.predict_proba(Xte[:, 0, :]), clf.predict_proba(Xte), rtol=1e-6
+    )  # 2-D: one channel
 
 
 def test_sklearn_contract_clone_params_pipeline_cv_grid(gunpoint):
@@ -145,7 +147,9 @@ def test_regressor_in_target_units():
 def test_baselines_lean_memory_and_no_validation(gunpoint):
     Xtr, ytr, Xte, _ = gunpoint
     for model in ("lstm", "gru"):
-        assert unicornn.UnICORNNClassifier(model=model, random_state=0, **TINY).fit(Xtr, ytr).predict(Xte).shape == (20,)
+        assert unicornn.UnICORNNClassifier(model=model, random_state=0, **TINY).fit(Xtr, ytr).predict(
+            Xte
+        ).shape == (20,)
     std = unicornn.UnICORNNClassifier(random_state=0, **TINY).fit(Xtr, ytr)
     lean = unicornn.UnICORNNClassifier(random_state=0, memory="lean", **TINY).fit(Xtr, ytr)
     np.testing.assert_allclose(lean.predict_proba(Xte), std.predict_proba(Xte), atol=1e-4)
@@ -156,9 +160,13 @@ def test_baselines_lean_memory_and_no_validation(gunpoint):
 def test_early_stopping(gunpoint):
     Xtr, ytr, _, _ = gunpoint
     # a learning rate too small to change a float32 weight: no epoch improves on the first one
-    clf = unicornn.UnICORNNClassifier(random_state=0, **dict(TINY, n_epochs=30), patience=2, lr=1e-30).fit(Xtr, ytr)
+    clf = unicornn.UnICORNNClassifier(random_state=0, **dict(TINY, n_epochs=30), patience=2, lr=1e-30).fit(
+        Xtr, ytr
+    )
     assert (clf.best_epoch_, clf.n_epochs_) == (1, 3)
-    clf = unicornn.UnICORNNClassifier(random_state=0, **dict(TINY, n_epochs=30), patience=None, lr=1e-30).fit(Xtr, ytr)
+    clf = unicornn.UnICORNNClassifier(random_state=0, **dict(TINY, n_epochs=30), patience=None, lr=1e-30).fit(
+        Xtr, ytr
+    )
     assert (clf.best_epoch_, clf.n_epochs_) == (1, 30)
 
 
@@ -172,7 +180,9 @@ def test_verbose_prints_epochs(gunpoint, capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_device(gunpoint):
     Xtr, ytr, Xte, _ = gunpoint
-    clf = unicornn.UnICORNNClassifier(random_state=0, **dict(TINY, device="cuda", backend="auto")).fit(Xtr, ytr)
+    clf = unicornn.UnICORNNClassifier(random_state=0, **dict(TINY, device="cuda", backend="auto")).fit(
+        Xtr, ytr
+    )
     assert clf.predict(Xte).shape == (20,) and next(clf.model_.parameters()).device.type == "cpu"
 
 

@@ -67,7 +67,9 @@ def as_cases(X, name: str = "X") -> tuple[np.ndarray | list[np.ndarray], np.ndar
     """
     if isinstance(X, (list, tuple)):
         if len(X) == 0:
-            raise ValueError(f"{name} is an empty list; expected at least one (n_channels, n_timepoints) array")
+            raise ValueError(
+                f"{name} is an empty list; expected at least one (n_channels, n_timepoints) array"
+            )
         cases = []
         for i, x in enumerate(X):
             x = _numeric(x, f"{name}[{i}]")
@@ -240,11 +242,15 @@ class _SequenceEstimator(BaseEstimator):
     def _fit(self, data: tuple, targets: np.ndarray, y_codes, spec_kw: dict[str, Any]):
         cases, lengths = data
         rs = self.random_state
-        seed = int(rs) if isinstance(rs, numbers.Integral) and not isinstance(rs, bool) else int(
-            check_random_state(rs).randint(2**31 - 1)
+        seed = (
+            int(rs)
+            if isinstance(rs, numbers.Integral) and not isinstance(rs, bool)
+            else int(check_random_state(rs).randint(2**31 - 1))
         )
         device = self._device()
-        stacked = cases.reshape(-1, cases.shape[2]) if isinstance(cases, np.ndarray) else np.concatenate(cases)
+        stacked = (
+            cases.reshape(-1, cases.shape[2]) if isinstance(cases, np.ndarray) else np.concatenate(cases)
+        )
         self.channel_mean_ = stacked.mean(axis=0, dtype=np.float64).astype(np.float32)
         std = stacked.std(axis=0, dtype=np.float64)
         self.channel_std_ = np.where(std > 0, std, 1.0).astype(np.float32)
@@ -259,7 +265,9 @@ class _SequenceEstimator(BaseEstimator):
         data = self._dataset(cases, targets)
         collate = None if self.equal_length_ else pad_collate
         sub = torch.utils.data.Subset
-        splits = RunSplits(sub(data, train_idx), sub(data, valid_idx), sub(data, valid_idx[:0]), collate_fn=collate)
+        splits = RunSplits(
+            sub(data, train_idx), sub(data, valid_idx), sub(data, valid_idx[:0]), collate_fn=collate
+        )
         ctx = DistContext(device=device)
         out = Progress(quiet=True, main=bool(self.verbose))
         devices = [device.index or 0] if device.type == "cuda" else []
@@ -278,7 +286,9 @@ class _SequenceEstimator(BaseEstimator):
                     return (f"non-finite {what} at epoch {epoch + 1}, batch {batch}: training diverged; try a "
                             "smaller lr or dt")  # fmt: skip
 
-                tm = train_epoch(model, model, loader, spec, cfg, optimizer, scaler, ctx, on_nonfinite=on_nonfinite)
+                tm = train_epoch(
+                    model, model, loader, spec, cfg, optimizer, scaler, ctx, on_nonfinite=on_nonfinite
+                )
                 scheduler.step()
                 row = {"epoch": epoch + 1, "train_loss": tm["loss"], f"train_{spec.metric}": tm[spec.metric]}
                 if len(valid_idx):
@@ -309,13 +319,19 @@ class _SequenceEstimator(BaseEstimator):
         check_is_fitted(self, "model_")
         cases, lengths = as_cases(X)
         if _n_channels(cases) != self.n_channels_:
-            raise ValueError(f"X has {_n_channels(cases)} channels, the estimator was fitted with {self.n_channels_}")
+            raise ValueError(
+                f"X has {_n_channels(cases)} channels, the estimator was fitted with {self.n_channels_}"
+            )
         data = self._dataset(cases, np.zeros(len(lengths), dtype=np.int64))
-        splits = RunSplits(data, data, data, collate_fn=None if isinstance(cases, np.ndarray) else pad_collate)
+        splits = RunSplits(
+            data, data, data, collate_fn=None if isinstance(cases, np.ndarray) else pad_collate
+        )
         device = self._device()
         model = self.model_.to(device)
         try:
-            out = predict_outputs(model, data, batch_size=max(256, self.batch_size), device=device, splits=splits)
+            out = predict_outputs(
+                model, data, batch_size=max(256, self.batch_size), device=device, splits=splits
+            )
         finally:
             self.model_ = model.cpu()
         return out.double().numpy()
@@ -359,8 +375,12 @@ class UnICORNNClassifier(ClassifierMixin, _SequenceEstimator):
         data = self._checked(X, y)
         self.classes_, codes = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
-            raise ValueError(f"y holds a single class ({str(self.classes_[0])!r}); a classifier needs at least two")
-        spec_kw = dict(output_size=len(self.classes_), loss="cross_entropy", metric="accuracy", higher_is_better=True)
+            raise ValueError(
+                f"y holds a single class ({str(self.classes_[0])!r}); a classifier needs at least two"
+            )
+        spec_kw = dict(
+            output_size=len(self.classes_), loss="cross_entropy", metric="accuracy", higher_is_better=True
+        )
         return self._fit(data, codes.astype(np.int64), codes, spec_kw)
 
     def predict_proba(self, X) -> np.ndarray:
@@ -388,7 +408,9 @@ class UnICORNNRegressor(RegressorMixin, _SequenceEstimator):
             raise ValueError(f"y must hold numbers for a regressor ({err})") from None
         data = self._checked(X, y)
         if not np.isfinite(y).all():
-            raise ValueError(f"y holds NaN or infinite values (first at index {int(np.argmin(np.isfinite(y)))})")
+            raise ValueError(
+                f"y holds NaN or infinite values (first at index {int(np.argmin(np.isfinite(y)))})"
+            )
         self.y_mean_ = float(y.mean()) if len(y) else 0.0
         self.y_std_ = float(y.std()) if len(y) and y.std() > 0 else 1.0
         scaled = ((y - self.y_mean_) / self.y_std_).astype(np.float32)[:, None]

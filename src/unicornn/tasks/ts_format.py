@@ -240,7 +240,9 @@ def merge_train_test(train: TsData, test: TsData) -> tuple[np.ndarray, np.ndarra
             f"train and test files disagree on the classes: {train.class_labels} vs {test.class_labels}"
         )
     if not (train.equal_length and test.equal_length):
-        raise TsFormatError("train and test files hold unequal-length series, which cannot be merged into one array")
+        raise TsFormatError(
+            "train and test files hold unequal-length series, which cannot be merged into one array"
+        )
     if train.values.shape[1:] != test.values.shape[1:]:
         raise TsFormatError(
             f"train and test cases differ in (length, channels): {train.values.shape[1:]} vs "

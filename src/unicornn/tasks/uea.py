@@ -49,7 +49,9 @@ def bundled_names() -> list[str]:
     if root is None:
         return []
     return sorted(
-        p.name for p in root.iterdir() if (p / f"{p.name}_TRAIN.ts").is_file() and (p / f"{p.name}_TEST.ts").is_file()
+        p.name
+        for p in root.iterdir()
+        if (p / f"{p.name}_TRAIN.ts").is_file() and (p / f"{p.name}_TEST.ts").is_file()
     )
 
 
@@ -117,7 +119,9 @@ def to_collection(ts: TsData) -> tuple[np.ndarray | list[np.ndarray], np.ndarray
     return X, ts.labels
 
 
-def stratified_split(labels: np.ndarray | None, n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray | None, n: int, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Training and validation indices of ``n`` cases: ``round(fraction * n)`` (at least 1) validation cases,
     drawn per class in proportion (``labels``: int codes, or None for regression)."""
     rng = np.random.default_rng(seed)
@@ -170,15 +174,21 @@ def prepare(tr: TsData, te: TsData, valid_fraction: float, split_seed: int) -> P
     if classification:
         y_tr, y_te = tr.encoded_labels(), te.encoded_labels()
         if len(np.unique(y_tr)) < 2:
-            raise ConfigError(f"the training file holds a single class ({tr.labels[0]!r}); a classifier needs two")
+            raise ConfigError(
+                f"the training file holds a single class ({tr.labels[0]!r}); a classifier needs two"
+            )
     else:
         y_tr = tr.labels.astype(np.float32)[:, None]
         y_te = te.labels.astype(np.float32)[:, None]
     for ts in (tr, te):
         bad = [i for i, c in enumerate(ts.values) if not np.isfinite(c).all()]
         if bad:
-            raise ConfigError(f"{ts.problem_name or 'a file'}: case {bad[0]} holds missing or non-finite values")
-    train_idx, valid_idx = stratified_split(y_tr if classification else None, len(y_tr), valid_fraction, split_seed)
+            raise ConfigError(
+                f"{ts.problem_name or 'a file'}: case {bad[0]} holds missing or non-finite values"
+            )
+    train_idx, valid_idx = stratified_split(
+        y_tr if classification else None, len(y_tr), valid_fraction, split_seed
+    )
     values = [tr.values[i] for i in train_idx]
     stacked = np.concatenate(values)
     mean, std = stacked.mean(axis=0), stacked.std(axis=0)
