@@ -84,7 +84,7 @@ def _load(name: str):
 
 
 def _pad(X, length: int) -> np.ndarray:
-    from aeon.transformations.collection import Padder
+    from aeon.transformations.collection.unequal_length import Padder
 
     return Padder(padded_length=length, fill_value=0).fit_transform(X)
 
