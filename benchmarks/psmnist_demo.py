@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from unicornn.models import SequenceModel
+from unicornn.task_models import SequenceModel
 from unicornn.tasks.mnist import MnistSequences, load_permutation, read_mnist_images, read_mnist_labels
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -23,3 +23,21 @@ def quiet_run():
         return train_run(task, config, options, run_dir, **kw)
 
     return run
+
+
+@pytest.fixture
+def cli(capsys):
+    """The ``unicornn`` command run in this process: ``cli(*argv) -> (exit code, stdout, stderr)``.
+
+    Arguments are converted with ``str`` (paths welcome); argparse's own usage errors give their exit code."""
+    from unicornn.cli import main
+
+    def run(*argv):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exit:
+            code = exit.code
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
 import torch
 
@@ -130,3 +131,15 @@ def tiny_train_argv(out, *extra: str, sets=TINY_TRAIN_SETS) -> list[str]:
 def run_files(run_dir) -> dict:
     """A run directory's files and their bytes (the lock file, whose content names its last holder, left out)."""
     return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".lock"}
+
+
+#: The folder of real-data samples (MNIST, CIFAR-10, IMDB, BIDMC) the real-data tests read: the environment
+#: variable UNICORNN_TEST_DATA, else ``shared/data`` beside the repository. Tests skip when a sample is absent.
+TEST_DATA = Path(
+    os.environ.get("UNICORNN_TEST_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
+
+
+def missing_sample(what: str, path) -> str:
+    """The skip reason of a real-data test whose sample ``path`` is absent."""
+    return f"{what} not found at {path}; point UNICORNN_TEST_DATA at the sample data folder (now {TEST_DATA})"

@@ -261,7 +261,7 @@ def test_factory_readouts(name):
     torch.testing.assert_close(padded[1], last(x[1:2, :5])[0], atol=1e-6, rtol=1e-5)
     every = FACTORIES[name](_spec("all"), cfg).eval()
     assert every(x).shape == (4, 9, 3)
-    with pytest.raises(ValueError, match="inputs must be"):
+    with pytest.raises(ValueError, match="input must be"):
         last(torch.randn(9, 2))
 
 
@@ -305,8 +305,8 @@ def test_learns_a_tiny_memory_task(name):
 
 
 def test_registered_in_the_model_registry_and_refuse_task_arguments():
-    from unicornn.models import MODELS
-    from unicornn.registry import ConfigError
+    from unicornn.task_models import MODELS
+    from unicornn.validation import ConfigError
 
     assert set(FACTORIES) <= set(MODELS.names()) and "unicornn" in MODELS
     cfg = {"hidden_size": 4, "num_layers": 1, "dropout": 0.0, "dt": 0.1}

@@ -16,7 +16,7 @@ import torch
 
 from unicornn.bench import run_memory, run_speed
 from unicornn.bench.memory import default_env, format_table, measure_point, summarize, write_memory
-from unicornn.bench.speed import MODELS, build_model, write_speed
+from unicornn.bench.speed import SPEED_MODELS, build_timed_model, write_speed
 
 
 def _png(path):
@@ -56,18 +56,18 @@ def test_speed_tiny(tmp_path):
 
 def test_speed_models_match_in_size():
     dev = torch.device("cpu")
-    lstm2, lstm1 = build_model("lstm", 1, 8, 2, dev), build_model("lstm:1", 1, 8, 2, dev)
+    lstm2, lstm1 = build_timed_model("lstm", 1, 8, 2, dev), build_timed_model("lstm:1", 1, 8, 2, dev)
     assert lstm2.rnn.num_layers == 2 and lstm1.rnn.num_layers == 1
-    for name in MODELS:
-        model = build_model(name, 3, 8, 2, dev)
+    for name in SPEED_MODELS:
+        model = build_timed_model(name, 3, 8, 2, dev)
         if isinstance(model, str):
             continue
         assert model(torch.randn(5, 2, 3)).shape == (2, 10)
     # the head on the final state reads what the head on output[-1] reads
     torch.manual_seed(3)
-    final = build_model("unicornn_final", 3, 8, 2, dev)
+    final = build_timed_model("unicornn_final", 3, 8, 2, dev)
     torch.manual_seed(3)
-    output = build_model("unicornn", 3, 8, 2, dev)
+    output = build_timed_model("unicornn", 3, 8, 2, dev)
     u = torch.randn(7, 2, 3, dtype=torch.float64)
     torch.testing.assert_close(final.double()(u), output.double()(u))
 

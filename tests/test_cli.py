@@ -1,6 +1,7 @@
 """The ``unicornn`` command line: errors, help, tasks, and a tiny train -> report -> eval round trip."""
 
 import json
+from pathlib import Path
 
 import pytest
 from helpers import TINY_TRAIN_SETS
@@ -10,12 +11,6 @@ from unicornn.training.presets import TRAIN_DEFAULTS
 
 # the shared tiny run with 2 epochs of 2 batches, no dropout and a subset for evaluation (the last --set wins)
 TINY_SETS = [*TINY_TRAIN_SETS, "epochs=2", "batch_size=16", "dropout=0", "eval_subset=10"]
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.mark.parametrize(
@@ -35,16 +30,17 @@ def run(capsys, *argv):
         (["train", "adding", "--set", "epochs=0"], "setting 'epochs' must be >= 1"),
         (["train", "adding", "--set", "T=1"], "option 'T' must be >= 2"),
         (["train", "adding", "--device", "gpu"], "--device: expected auto, cpu, cuda or cuda:N"),
-        (["train", "adding", "--runs", "0"], "--runs must be >= 1"),
-        (["train", "adding", "--threads", "0"], "--threads must be >= 1"),
+        (["train", "adding", "--runs", "0"], "argument --runs: must be an int >= 1, got 0"),
+        (["train", "adding", "--threads", "0"], "argument --threads: must be an int >= 1, got 0"),
+        (["train", "adding", "--progress-every", "-1"], "argument --progress-every: must be a number >= 0"),
         (["report", "does/not/exist"], "does not exist"),
         (["eval", "does/not/exist.pt"], "does not exist"),
     ],
 )
-def test_errors_exit_2_without_traceback(capsys, tmp_path, argv, message):
+def test_errors_exit_2_without_traceback(cli, tmp_path, argv, message):
     if argv[0] == "train":
         argv = argv + ["--out", str(tmp_path)]
-    code, out, err = run(capsys, *argv)
+    code, out, err = cli(*argv)
     assert code == 2
     assert message in err
     assert "Traceback" not in err
@@ -76,8 +72,8 @@ def test_help_explains_every_option(capsys):
         assert "usage: unicornn " + cmd in capsys.readouterr().out
 
 
-def test_tasks_lists_tasks_presets_and_sources(capsys):
-    code, out, _ = run(capsys, "tasks")
+def test_tasks_lists_tasks_presets_and_sources(cli):
+    code, out, _ = cli("tasks")
     assert code == 0
     for name in (
         "adding",
@@ -109,12 +105,12 @@ def test_parse_value():
     assert parse_value("true") is True and parse_value("bf16") == "bf16"
 
 
-def test_train_report_eval_round_trip(capsys, tmp_path):
+def test_train_report_eval_round_trip(cli, tmp_path):
     out_dir = tmp_path / "runs"
     argv = ["train", "adding", "--quiet", "--out", str(out_dir), "--runs", "2"]
     for s in TINY_SETS:
         argv += ["--set", s]
-    code, out, err = run(capsys, *argv)
+    code, out, err = cli(*argv)
     assert code == 0, err
     for seed in (0, 1):
         run_dir = out_dir / "adding" / f"seed-{seed}"
@@ -124,12 +120,12 @@ def test_train_report_eval_round_trip(capsys, tmp_path):
     assert "epoch 2/2" in err and "seed 1: best validation mse" in out
 
     # the same command again refuses to overwrite, --resume skips the finished runs
-    code, _, err = run(capsys, *argv)
+    code, _, err = cli(*argv)
     assert code == 2 and "--resume" in err
-    code, _, _ = run(capsys, *argv, "--resume")
+    code, _, _ = cli(*argv, "--resume")
     assert code == 0
 
-    code, out, _ = run(capsys, "report", str(out_dir))
+    code, out, _ = cli("report", str(out_dir))
     assert code == 0
     assert "| seed-0 | 0 | finished | 2/2 |" in out and "mean +- std" in out and "over 2 run(s)" in out
     report = json.loads((out_dir / "adding" / "report.json").read_text())
@@ -139,7 +135,7 @@ def test_train_report_eval_round_trip(capsys, tmp_path):
     assert (out_dir / "adding" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
     result = json.loads((out_dir / "adding" / "seed-1" / "result.json").read_text())
-    code, out, err = run(capsys, "eval", str(out_dir / "adding" / "seed-1"), "--json")
+    code, out, err = cli("eval", str(out_dir / "adding" / "seed-1"), "--json")
     assert code == 0
     metrics = json.loads(out)  # stdout is the JSON alone; the human lines went to stderr
     assert "valid: mse" in err
@@ -158,12 +154,19 @@ def test_unexpected_exceptions_are_bugs_and_keep_their_traceback(monkeypatch, tm
         main(["train", "adding", "--quiet", "--out", str(tmp_path)])
 
 
-def test_a_subcommand_is_one_function_and_one_parser_builder(monkeypatch, capsys):
-    import unicornn.cli as cli
+def test_a_command_is_one_module_registered_by_name(monkeypatch, cli):
+    """A new command is a module of unicornn.cli with ``add_parser`` (its handler beside it) and its name in
+    COMMANDS; every module of the package stays short."""
+    import sys
+    import types
 
-    def hello_parser(sub):
-        sub.add_parser("hello").set_defaults(func=lambda args: print("hi") or 0)
+    import unicornn.cli as package
 
-    monkeypatch.setattr(cli, "COMMANDS", [*cli.COMMANDS, hello_parser])
-    assert run(capsys, "hello")[:2] == (0, "hi\n")
-    assert run(capsys, "tasks")[0] == 0
+    hello = types.ModuleType("unicornn.cli.hello")
+    hello.add_parser = lambda sub: sub.add_parser("hello").set_defaults(func=lambda args: print("hi") or 0)
+    monkeypatch.setitem(sys.modules, "unicornn.cli.hello", hello)
+    monkeypatch.setattr(package, "COMMANDS", (*package.COMMANDS, "hello"))
+    assert cli("hello")[:2] == (0, "hi\n")
+    assert cli("tasks")[0] == 0
+    for path in Path(package.__file__).parent.glob("*.py"):
+        assert len(path.read_text().splitlines()) <= 300, path

@@ -83,6 +83,7 @@ def _python(code, env_extra=None, pythonpath=SRC, env_drop=()):
     )
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_missing_numba_raises_import_error_and_auto_falls_back():
     proc = _python(
         """
@@ -151,6 +152,7 @@ def _make_writable(path):
             os.chmod(os.path.join(root, d), 0o755)
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_read_only_install_caches_in_user_directory(tmp_path):
     site = _read_only_copy(tmp_path)
     xdg = tmp_path / "xdg-cache"
@@ -171,6 +173,7 @@ def test_read_only_install_caches_in_user_directory(tmp_path):
         _make_writable(site)
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_no_writable_cache_location_still_works(tmp_path):
     env = {"HOME": str(tmp_path / "home"), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
     code = (

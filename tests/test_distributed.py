@@ -64,6 +64,7 @@ def _train(out: Path, nproc: int) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
 
 
+@pytest.mark.slow  # three fresh processes (one run, then two under torchrun)
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_two_gloo_processes_match_one_process(tmp_path):
     one = _train(tmp_path / "one", 1)

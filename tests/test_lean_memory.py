@@ -17,7 +17,10 @@ import pytest
 
 from unicornn.bench.memory import measure_in_fresh_process
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux resident memory")
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux resident memory"),
+    pytest.mark.slow,  # measures in fresh processes
+]
 
 B, M, LAYERS, CHUNK = 8, 64, 3, 256
 CHUNK_BYTES = CHUNK * B * M * 4  # one float32 chunk-sized buffer: 512 KiB

@@ -5,9 +5,10 @@ import json
 import pathlib
 
 import pytest
+from helpers import TEST_DATA, missing_sample
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-MNIST = REPO.parent / "shared" / "data" / "mnist"
+MNIST = TEST_DATA / "mnist"
 
 
 def _load_script():
@@ -19,7 +20,7 @@ def _load_script():
 
 @pytest.mark.skipif(
     not (MNIST / "t10k-images-idx3-ubyte.gz").exists(),
-    reason=f"real MNIST test files not found in {MNIST} (shared data folder beside the repository)",
+    reason=missing_sample("real MNIST test files", MNIST),
 )
 def test_demo_writes_curve_and_settings(tmp_path):
     demo = _load_script()

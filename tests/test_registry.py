@@ -2,11 +2,12 @@
 
 import pytest
 
-from unicornn.models import MODELS
-from unicornn.registry import ConfigError, Registry, UnknownNameError, check_int, check_real
+from unicornn.metrics import LOSSES, METRICS
+from unicornn.registry import Registry, UnknownNameError
+from unicornn.task_models import MODELS
 from unicornn.tasks import TASKS
-from unicornn.training.metrics import LOSSES, METRICS
 from unicornn.training.presets import PRESETS
+from unicornn.validation import ConfigError, check_int, check_real
 
 
 def test_register_get_iterate_and_contains():

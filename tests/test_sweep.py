@@ -8,8 +8,8 @@ import math
 import pytest
 
 from unicornn.cli import main
-from unicornn.registry import ConfigError
 from unicornn.sweep import Point, collect_sweep, combine, grid_points, run_sweep, variant_points, write_sweep
+from unicornn.validation import ConfigError
 
 TINY = ["T=10", "n_train=32", "n_valid=16", "n_test=16", "hidden_size=4", "num_layers=1", "epochs=1",
         "batch_size=16", "eval_batch_size=16", "backend=reference"]  # fmt: skip

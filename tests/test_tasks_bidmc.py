@@ -10,6 +10,7 @@ import pathlib
 import numpy as np
 import pytest
 import torch
+from helpers import TEST_DATA, missing_sample
 
 from unicornn.tasks import bidmc, download
 from unicornn.tasks.bidmc import TARGETS, BidmcTask, build_bidmc, fetch_bidmc, load_bidmc
@@ -17,10 +18,10 @@ from unicornn.tasks.download import ChecksumError, DataUnavailableError
 from unicornn.tasks.ts_format import load_split
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-RECORD = REPO.parent / "shared" / "data" / "bidmc" / "bidmc_01_Signals.csv"
+RECORD = TEST_DATA / "bidmc" / "bidmc_01_Signals.csv"
 pytestmark = pytest.mark.skipif(
     not RECORD.is_file(),
-    reason=f"real BIDMC record not found at {RECORD} (shared data folder beside the repository)",
+    reason=missing_sample("real BIDMC record", RECORD),
 )
 RR = TARGETS["rr"]
 

@@ -3,13 +3,13 @@ into a miniature archive in the official python-batch format."""
 
 import hashlib
 import io
-import pathlib
 import pickle
 import tarfile
 
 import numpy as np
 import pytest
 import torch
+from helpers import TEST_DATA, missing_sample
 
 from unicornn.tasks import cifar10, download
 from unicornn.tasks.cifar10 import (
@@ -21,11 +21,11 @@ from unicornn.tasks.cifar10 import (
 )
 from unicornn.tasks.download import ChecksumError, DataUnavailableError
 
-SAMPLE = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10_sample"
+SAMPLE = TEST_DATA / "cifar10_sample"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 pytestmark = pytest.mark.skipif(
     not (SAMPLE / "trainLabels.csv").is_file(),
-    reason=f"real CIFAR-10 sample not found in {SAMPLE} (shared data folder beside the repository)",
+    reason=missing_sample("real CIFAR-10 sample", SAMPLE),
 )
 
 

@@ -107,18 +107,3 @@ def test_corrupt_file_detected_never_used(capsys, caplog, monkeypatch, tmp_path,
     assert "checksum mismatch" in err and names[0] in err
     for name in names:
         assert (directory / name).read_bytes() == b"not the official file\n"  # neither used nor deleted
-
-
-def test_a_task_without_data_pipeline_is_refused(capsys, monkeypatch, tmp_path):
-    """Every paper task has its pipeline now; a task registered as planned (spec and presets only) still gets a
-    clear refusal naming the implemented tasks."""
-    from unicornn.tasks import TASKS, PlannedTask, TaskSpec
-    from unicornn.training.presets import PRESETS, get_preset
-
-    spec = TaskSpec("planned-x", "a planned task", 3, 2, "last", "cross_entropy", "accuracy", True, {})
-    monkeypatch.setitem(TASKS._items, "planned-x", PlannedTask(spec))
-    monkeypatch.setitem(PRESETS._items, "planned-x/paper", get_preset("psmnist", "paper"))
-    code = main(["train", "planned-x", "--out", str(tmp_path / "runs")])
-    err = capsys.readouterr().err
-    assert code == 2 and "data pipeline of task 'planned-x' is not implemented yet" in err and "imdb" in err
-    assert not (tmp_path / "runs").exists()

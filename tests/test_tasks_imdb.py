@@ -4,7 +4,6 @@ with a tiny GloVe file in the official text format, both accepted as the officia
 import hashlib
 import io
 import json
-import pathlib
 import tarfile
 import zipfile
 from collections import Counter
@@ -12,8 +11,9 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from helpers import TEST_DATA, missing_sample
 
-from unicornn.models import EmbeddingSequenceModel
+from unicornn.task_models import EmbeddingSequenceModel
 from unicornn.tasks import download, imdb
 from unicornn.tasks.download import ChecksumError, DataUnavailableError
 from unicornn.tasks.imdb import (
@@ -29,11 +29,11 @@ from unicornn.tasks.imdb import (
     tokenize,
 )
 
-SUBSET = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imdb_aclimdb_subset"
+SUBSET = TEST_DATA / "imdb_aclimdb_subset"
 ARCHIVE = SUBSET / "aclImdb_subset.tar.gz"
 pytestmark = pytest.mark.skipif(
     not ARCHIVE.is_file(),
-    reason=f"real aclImdb subset not found in {SUBSET} (shared data folder beside the repository)",
+    reason=missing_sample("real aclImdb subset", SUBSET),
 )
 GLOVE_WORDS = ["the", "movie", "film", "good", "bad", "great", "n't", "'s", ".", ",", "!", "zzzunseen"]
 

@@ -1,8 +1,7 @@
-"""sMNIST / psMNIST on the real MNIST files beside the repository (``<repo>/../shared/data/mnist``)."""
+"""sMNIST / psMNIST on the real MNIST sample files (``$UNICORNN_TEST_DATA/mnist``, see ``helpers.TEST_DATA``)."""
 
 import gzip
 import hashlib
-import pathlib
 import shutil
 import struct
 import urllib.error
@@ -10,6 +9,7 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
+from helpers import TEST_DATA, missing_sample
 
 from unicornn.tasks import download, get_task, mnist
 from unicornn.tasks.download import DataUnavailableError, verify
@@ -24,12 +24,11 @@ from unicornn.tasks.mnist import (
     read_mnist_labels,
 )
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
-MNIST_DIR = SHARED / "mnist"
+MNIST_DIR = TEST_DATA / "mnist"
 REAL = ("train_labels", "test_images", "test_labels")
 needs_real = pytest.mark.skipif(
     not all((MNIST_DIR / MNIST_FILES[k].name).is_file() for k in REAL),
-    reason=f"real MNIST sample files not found in {MNIST_DIR} (shared data folder beside the repository)",
+    reason=missing_sample("real MNIST sample files", MNIST_DIR),
 )
 # Class counts of the official files, checked on the files themselves.
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

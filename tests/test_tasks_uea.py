@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from unicornn.cli import main
-from unicornn.registry import ConfigError
 from unicornn.tasks import TASKS, uea
 from unicornn.tasks.download import ChecksumError, DataUnavailableError
 from unicornn.tasks.ts_format import TsFormatError
+from unicornn.validation import ConfigError
 
 TINY = ("hidden_size=6", "num_layers=2", "batch_size=8", "eval_batch_size=64", "backend=reference")
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from unicornn.registry import UnknownNameError
-from unicornn.tasks import TASKS, is_implemented
+from unicornn.task_models import build_model
+from unicornn.tasks import TASKS
 from unicornn.training.presets import (
     PRESETS,
     TRAIN_DEFAULTS,
@@ -14,7 +15,7 @@ from unicornn.training.presets import (
     presets_for,
     schedule_text,
 )
-from unicornn.training.trainer import build_model, validate_config
+from unicornn.training.trainer import validate_config
 
 # Table 6 of the paper, transcribed: (task, preset) -> lr, dropout, batch size, dt (layers >= 2), alpha
 TABLE6 = {
@@ -155,17 +156,15 @@ def test_adding_presets_say_they_are_not_from_the_paper():
         "imdb",
     ],
 )
-def test_small_preset_per_implemented_task(task):
+def test_small_preset_per_task(task):
     p = get_preset(task, "small")
     assert "this package" in p.source or "not a paper experiment" in p.source
-    assert is_implemented(TASKS[task])  # presets only set options the task knows
     assert set(p.task_options) <= set(TASKS[task].spec.default_options)
 
 
-def test_preset_options_match_implemented_tasks():
+def test_preset_options_match_their_tasks():
     for key, p in PRESETS.items():
-        if is_implemented(TASKS[p.task]):
-            assert set(p.task_options) <= set(TASKS[p.task].spec.default_options), key
+        assert set(p.task_options) <= set(TASKS[p.task].spec.default_options), key
 
 
 def test_unknown_preset_lists_valid_ones():

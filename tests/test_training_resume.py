@@ -10,7 +10,6 @@ import torch
 from helpers import run_files, tiny_train_argv
 from torch.utils.data import Dataset
 
-from unicornn.cli import main
 from unicornn.tasks import get_task
 from unicornn.tasks.base import Splits, TaskSpec
 from unicornn.training import checkpoint as ckpt_mod
@@ -21,12 +20,6 @@ from unicornn.training.trainer import NonFiniteError, RunLockedError
 OPTS = {"T": 10, "n_train": 32, "n_valid": 16, "n_test": 16}
 CFG = dict(hidden_size=6, num_layers=2, epochs=3, batch_size=8, eval_batch_size=16, dropout=0.1, lr=0.01,
            backend="reference")  # fmt: skip
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def rows(run_dir):
@@ -41,12 +34,12 @@ def same_weights(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_without_set_keeps_the_runs_settings_and_set_epochs_extends_it(tmp_path, capsys, quiet_run):
+def test_resume_without_set_keeps_the_runs_settings_and_set_epochs_extends_it(tmp_path, cli, quiet_run):
     # a run started with epochs=4 (not the preset's) and T=10, stopped after 2 epochs
     run_dir = tmp_path / "out" / "adding" / "seed-0"
     quiet_run(get_task("adding"), dict(CFG, epochs=4), OPTS, run_dir, stop_after_epoch=2, preset="small")
     # resumed with none of its settings: it finishes its own 4 epochs, with its own model and options
-    code, _, err = run(capsys, "train", "adding", "--out", str(tmp_path / "out"), "--resume", "--quiet")
+    code, _, err = cli("train", "adding", "--out", str(tmp_path / "out"), "--resume", "--quiet")
     assert code == 0, err
     result = json.loads((run_dir / "result.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
@@ -58,7 +51,7 @@ def test_resume_without_set_keeps_the_runs_settings_and_set_epochs_extends_it(tm
     assert rows(run_dir) == rows(tmp_path / "straight4")
 
     # a finished run is extended by asking for more epochs explicitly; the change is recorded
-    code, _, err = run(capsys, "train", "adding", "--out", str(tmp_path / "out"), "--resume", "--quiet",
+    code, _, err = cli("train", "adding", "--out", str(tmp_path / "out"), "--resume", "--quiet",
                        "--set", "epochs=6")  # fmt: skip
     assert code == 0, err
     assert "epochs 4 -> 6 as asked" in err
@@ -74,7 +67,7 @@ def test_resume_without_set_keeps_the_runs_settings_and_set_epochs_extends_it(tm
     assert same_weights(weights(run_dir / "checkpoint.pt"), weights(tmp_path / "straight6" / "checkpoint.pt"))
 
     # resuming again without --set: finished at its own (recorded) 6 epochs, nothing to do
-    code, _, err = run(capsys, "train", "adding", "--out", str(tmp_path / "out"), "--resume", "--quiet")
+    code, _, err = cli("train", "adding", "--out", str(tmp_path / "out"), "--resume", "--quiet")
     assert code == 0 and "already finished (6 epochs" in err
 
 
@@ -87,23 +80,23 @@ def test_resume_without_set_keeps_the_runs_settings_and_set_epochs_extends_it(tm
         (["--set", "epochs=1"], "the run has already done 2 epochs"),
     ],
 )
-def test_resume_refuses_changes_that_would_change_the_run(tmp_path, capsys, quiet_run, extra, message):
+def test_resume_refuses_changes_that_would_change_the_run(tmp_path, cli, quiet_run, extra, message):
     run_dir = tmp_path / "adding" / "seed-0"
     quiet_run(get_task("adding"), CFG, OPTS, run_dir, stop_after_epoch=2, preset="small")
     before = run_files(run_dir)
-    code, _, err = run(capsys, "train", "adding", "--out", str(tmp_path), "--resume", *extra)
+    code, _, err = cli("train", "adding", "--out", str(tmp_path), "--resume", *extra)
     assert code == 2 and message in err and "Traceback" not in err
     assert run_files(run_dir) == before
     # repeating a setting with the run's own value is no change
-    code, _, err = run(capsys, "train", "adding", "--out", str(tmp_path), "--resume", "--set", "lr=0.01")
+    code, _, err = cli("train", "adding", "--out", str(tmp_path), "--resume", "--set", "lr=0.01")
     assert code == 0, err
 
 
-def test_resume_of_a_run_that_never_finished_an_epoch_uses_its_settings(tmp_path, capsys, quiet_run):
+def test_resume_of_a_run_that_never_finished_an_epoch_uses_its_settings(tmp_path, cli, quiet_run):
     run_dir = tmp_path / "adding" / "seed-0"
     quiet_run(get_task("adding"), CFG, OPTS, run_dir, stop_after_epoch=0)  # config.json only
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "config.json"]
-    code, _, err = run(capsys, "train", "adding", "--out", str(tmp_path), "--resume", "--quiet")
+    code, _, err = cli("train", "adding", "--out", str(tmp_path), "--resume", "--quiet")
     assert code == 0, err
     assert "started again with its own settings" in err
     assert json.loads((run_dir / "result.json").read_text())["epochs_done"] == 3
@@ -122,14 +115,14 @@ def test_a_second_writer_is_refused_and_the_lock_is_released(tmp_path, quiet_run
     assert quiet_run(task, dict(CFG, epochs=1), OPTS, run_dir)["status"] == "finished"
 
 
-def test_out_under_a_regular_file_is_a_one_line_error(tmp_path, capsys):
+def test_out_under_a_regular_file_is_a_one_line_error(tmp_path, cli):
     (tmp_path / "file").write_text("not a directory")
-    code, _, err = run(capsys, *tiny_train_argv(tmp_path / "file" / "runs"))
+    code, _, err = cli(*tiny_train_argv(tmp_path / "file" / "runs"))
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "cannot create the run directory" in err and "Not a directory" in err
 
 
-def test_read_only_file_system_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+def test_read_only_file_system_is_a_one_line_error(tmp_path, cli, monkeypatch):
     import unicornn.training.run as run_mod
 
     real_open = os.open
@@ -140,21 +133,21 @@ def test_read_only_file_system_is_a_one_line_error(tmp_path, capsys, monkeypatch
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(run_mod.os, "open", read_only)
-    code, _, err = run(capsys, *tiny_train_argv(tmp_path / "runs"))
+    code, _, err = cli(*tiny_train_argv(tmp_path / "runs"))
     assert code == 2 and "Read-only file system" in err and "Traceback" not in err
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
-def test_read_only_directory_is_a_one_line_error(tmp_path, capsys):
+def test_read_only_directory_is_a_one_line_error(tmp_path, cli):
     tmp_path.chmod(0o555)
     try:
-        code, _, err = run(capsys, *tiny_train_argv(tmp_path / "runs"))
+        code, _, err = cli(*tiny_train_argv(tmp_path / "runs"))
     finally:
         tmp_path.chmod(0o755)
     assert code == 2 and "Permission denied" in err and "Traceback" not in err
 
 
-def test_a_full_disk_during_a_checkpoint_write_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+def test_a_full_disk_during_a_checkpoint_write_keeps_the_last_checkpoint(tmp_path, cli, monkeypatch):
     out = tmp_path / "runs"
     run_dir = out / "adding" / "seed-0"
     real_save, calls = torch.save, []
@@ -167,15 +160,15 @@ def test_a_full_disk_during_a_checkpoint_write_keeps_the_last_checkpoint(tmp_pat
         real_save(obj, f)
 
     monkeypatch.setattr(ckpt_mod.torch, "save", save_until_full)
-    code, _, err = run(capsys, *tiny_train_argv(out, "--quiet"))
+    code, _, err = cli(*tiny_train_argv(out, "--quiet"))
     assert code == 2 and "No space left on device" in err and "Traceback" not in err
     monkeypatch.setattr(ckpt_mod.torch, "save", real_save)
     assert not [p for p in run_dir.iterdir() if ".tmp-" in p.name]  # no half-written file
     assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] >= 1
     # space is back: the run continues and is the uninterrupted one
-    code, _, err = run(capsys, *tiny_train_argv(out, "--quiet", "--resume"))
+    code, _, err = cli(*tiny_train_argv(out, "--quiet", "--resume"))
     assert code == 0, err
-    code, _, err = run(capsys, *tiny_train_argv(tmp_path / "straight", "--quiet"))
+    code, _, err = cli(*tiny_train_argv(tmp_path / "straight", "--quiet"))
     assert rows(run_dir) == rows(tmp_path / "straight" / "adding" / "seed-0")
 
 
@@ -201,8 +194,8 @@ def test_nonfinite_in_the_first_epoch_says_no_checkpoint_exists(tmp_path, quiet_
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
-def test_progress_in_a_log_file_is_plain_lines(tmp_path, capsys):
-    code, _, err = run(capsys, *tiny_train_argv(tmp_path, "--progress-every", "0"))
+def test_progress_in_a_log_file_is_plain_lines(tmp_path, cli):
+    code, _, err = cli(*tiny_train_argv(tmp_path, "--progress-every", "0"))
     assert code == 0, err
     assert "\r" not in err and "\x1b" not in err  # no bar redraws, no terminal codes
     lines = err.strip().splitlines()
@@ -211,18 +204,18 @@ def test_progress_in_a_log_file_is_plain_lines(tmp_path, capsys):
     assert all(line[:4].isdigit() and line[4] == "-" for line in lines)  # each line starts with the date
 
 
-def test_resume_of_a_run_with_a_damaged_config_and_no_checkpoint_starts_afresh(tmp_path, capsys, quiet_run):
+def test_resume_of_a_run_with_a_damaged_config_and_no_checkpoint_starts_afresh(tmp_path, cli, quiet_run):
     run_dir = tmp_path / "adding" / "seed-0"
     quiet_run(get_task("adding"), CFG, OPTS, run_dir, stop_after_epoch=0)
     (run_dir / "config.json").write_text('{"task": "add')
-    code, _, err = run(capsys, *tiny_train_argv(tmp_path, "--quiet", "--resume", "--set", "epochs=1"))
+    code, _, err = cli(*tiny_train_argv(tmp_path, "--quiet", "--resume", "--set", "epochs=1"))
     assert code == 0 and "config.json is damaged" in err and "starting afresh" in err
     assert json.loads((run_dir / "config.json").read_text())["settings"]["epochs"] == 1
 
 
-def test_report_of_a_damaged_config_is_a_one_line_error(tmp_path, capsys, quiet_run):
+def test_report_of_a_damaged_config_is_a_one_line_error(tmp_path, cli, quiet_run):
     run_dir = tmp_path / "adding" / "seed-0"
     quiet_run(get_task("adding"), dict(CFG, epochs=1), OPTS, run_dir)
     (run_dir / "config.json").write_bytes(b"\x00\xff garbage")
-    code, _, err = run(capsys, "report", str(tmp_path), "--no-plot")
+    code, _, err = cli("report", str(tmp_path), "--no-plot")
     assert code == 2 and "config.json is damaged" in err and len(err.strip().splitlines()) == 1

@@ -7,13 +7,15 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from unicornn.registry import ConfigError, UnknownNameError
+from unicornn.metrics import SplitMetrics, compute_loss
+from unicornn.registry import UnknownNameError
+from unicornn.task_models import build_model
 from unicornn.tasks import get_task
 from unicornn.tasks.base import Splits, TaskSpec
 from unicornn.training import checkpoint as ckpt_mod
 from unicornn.training.checkpoint import atomic_save, load_checkpoint, read_jsonl
-from unicornn.training.metrics import SplitMetrics, compute_loss
-from unicornn.training.trainer import NonFiniteError, RunExistsError, build_model, validate_config
+from unicornn.training.trainer import NonFiniteError, RunExistsError, validate_config
+from unicornn.validation import ConfigError
 
 TINY = dict(
     hidden_size=8,
@@ -297,7 +299,7 @@ class _PaddedTask:
 
 
 def test_lengths_and_task_batching_reach_the_model(tmp_path, quiet_run, monkeypatch):
-    from unicornn.models import SequenceModel
+    from unicornn.task_models import SequenceModel
 
     seen = []
     real_forward = SequenceModel.forward
@@ -316,7 +318,7 @@ def test_lengths_and_task_batching_reach_the_model(tmp_path, quiet_run, monkeypa
 
 
 def test_last_readout_with_lengths_reads_each_sequence_at_its_last_valid_step():
-    from unicornn.models import SequenceModel
+    from unicornn.task_models import SequenceModel
 
     torch.manual_seed(0)
     m = SequenceModel(1, 3, 8, 2, 0.2, 1.0, 0.0, "last", backend="reference").eval()

@@ -125,6 +125,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow  # a fresh Python process compiling for a GPU target
 @pytest.mark.skipif(DEVICE.type == "cuda", reason="on a GPU every other test compiles the kernels for real")
 def test_kernels_compile_for_a_gpu_without_one():
     """The interpreter does not type-check like the compiler: compile both kernels (the backward with and

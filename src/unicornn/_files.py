@@ -1,4 +1,4 @@
-"""Durable file writes shared by the data cache and the checkpoints."""
+"""Durable file writes shared by the data cache, the checkpoints and the result files (:mod:`unicornn.plotting`)."""
 
 from __future__ import annotations
 
@@ -38,14 +38,3 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
-
-
-def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Lay out matplotlib figure ``fig``, write it atomically as a PNG to ``path`` and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
-    plt.close(fig)
-    return path

@@ -15,13 +15,12 @@ Models:
 * :class:`IndRNN` -- independently recurrent network with ReLU (Li et al., CVPR 2018). State ``h`` (L, B, H).
 
 :class:`BaselineSequenceModel` puts a linear head on any of them (the task-model contract of
-:class:`unicornn.models.SequenceModel`), and :data:`FACTORIES` builds one from a task spec and trainer settings.
+:class:`unicornn.heads.SequenceHead`), and :data:`FACTORIES` builds one from a task spec and trainer settings.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,8 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .heads import SequenceHead
 from .modules import check_lengths, check_state_tensor, dropout_over_time
-from .registry import check_choice, check_int, check_real
+from .validation import check_choice, check_int, check_real
 
 __all__ = [
     "BASELINE_DEFAULTS",
@@ -46,32 +46,12 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------------
-# argument checks shared by the modules
+# argument checks shared by the modules (unicornn.validation)
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_real(name: str, value, lo: float, hi: float = math.inf, lo_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not (lo < value if lo_open else lo <= value) or not value <= hi or math.isnan(value):
-        bracket = "(" if lo_open else "["
-        raise ValueError(f"{name} must be in {bracket}{lo}, {hi}], got {value}")
-    return value
-
-
 def _check_dropout(dropout) -> float:
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
-    return float(dropout)
+    return check_real("dropout", dropout, low=0.0, high=1.0, high_open=True)
 
 
 def _check_input(input, input_size: int, batch_first: bool) -> tuple[int, int]:
@@ -101,8 +81,8 @@ class _TorchRNN:
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
                  batch_first: bool = False) -> None:  # fmt: skip
         super().__init__(
-            _check_int("input_size", input_size, 1), _check_int("hidden_size", hidden_size, 1),
-            num_layers=_check_int("num_layers", num_layers, 1), dropout=_check_dropout(dropout),
+            check_int("input_size", input_size, 1), check_int("hidden_size", hidden_size, 1),
+            num_layers=check_int("num_layers", num_layers, 1), dropout=_check_dropout(dropout),
             batch_first=bool(batch_first),
         )  # fmt: skip
 
@@ -152,9 +132,9 @@ class _SteppedStack(nn.Module):
 
     def __init__(self, input_size, hidden_size, num_layers, dropout, batch_first) -> None:
         super().__init__()
-        self.input_size = _check_int("input_size", input_size, 1)
-        self.hidden_size = _check_int("hidden_size", hidden_size, 1)
-        self.num_layers = _check_int("num_layers", num_layers, 1)
+        self.input_size = check_int("input_size", input_size, 1)
+        self.hidden_size = check_int("hidden_size", hidden_size, 1)
+        self.num_layers = check_int("num_layers", num_layers, 1)
         self.dropout = _check_dropout(dropout)
         self.batch_first = bool(batch_first)
 
@@ -246,11 +226,10 @@ class CoRNN(_SteppedStack):
                  gamma: float = 0.4, epsilon: float = 8.0, dropout: float = 0.0, batch_first: bool = False,
                  damping: str = "explicit") -> None:  # fmt: skip
         super().__init__(input_size, hidden_size, num_layers, dropout, batch_first)
-        self.dt = _check_real("dt", dt, 0.0, 1.0, lo_open=True)
-        self.gamma = _check_real("gamma", gamma, 0.0)
-        self.epsilon = _check_real("epsilon", epsilon, 0.0)
-        if damping not in DAMPINGS:
-            raise ValueError(f"damping must be 'explicit' or 'implicit', got {damping!r}")
+        self.dt = check_real("dt", dt, low=0.0, low_open=True, high=1.0)
+        self.gamma = check_real("gamma", gamma, low=0.0)
+        self.epsilon = check_real("epsilon", epsilon, low=0.0)
+        check_choice("damping", damping, DAMPINGS)
         self.damping = damping
         H = self.hidden_size
         for k in range(self.num_layers):
@@ -322,10 +301,10 @@ class IndRNN(_SteppedStack):
                  gamma: float = 2.0, last_min: float = 0.5, input_std: float = 0.001, dropout: float = 0.0,
                  batch_first: bool = False) -> None:  # fmt: skip
         super().__init__(input_size, hidden_size, num_layers, dropout, batch_first)
-        self.max_steps = _check_int("max_steps", max_steps, 1)
-        self.gamma = _check_real("gamma", gamma, 1.0)
-        self.last_min = _check_real("last_min", last_min, 0.0, 1.0, lo_open=True)
-        self.input_std = _check_real("input_std", input_std, 0.0, lo_open=True)
+        self.max_steps = check_int("max_steps", max_steps, 1)
+        self.gamma = check_real("gamma", gamma, low=1.0)
+        self.last_min = check_real("last_min", last_min, low=0.0, low_open=True, high=1.0)
+        self.input_std = check_real("input_std", input_std, low=0.0, low_open=True)
         self.recurrent_max = self.gamma ** (1.0 / self.max_steps)
         H = self.hidden_size
         for k in range(self.num_layers):
@@ -371,20 +350,11 @@ class IndRNN(_SteppedStack):
 # task models
 # --------------------------------------------------------------------------------------------------
 
-READOUTS = ("last", "all")
 
-
-def _top_state(state) -> Tensor:
-    """The hidden state (L, B, H) of any model's final state (the first part of a tuple state)."""
-    return state[0] if isinstance(state, (tuple, list)) else state
-
-
-class BaselineSequenceModel(nn.Module):
-    """A baseline recurrent stack + over-time dropout on the top layer's output + linear head.
-
-    The same contract as :class:`unicornn.models.SequenceModel`: ``forward(inputs (B, N, d), lengths=None)``
-    returns (B, output_size) for ``readout="last"`` (the top layer's hidden state at each sequence's last
-    step) or (B, N, output_size) for ``"all"``. The head is Kaiming-normal with a zero bias, as UnICORNN's.
+class BaselineSequenceModel(SequenceHead):
+    """A baseline recurrent stack + over-time dropout on the top layer's output + linear head: the task-model
+    contract and head of :class:`unicornn.heads.SequenceHead` (readout ``"last"`` reads the top layer's
+    hidden state at each sequence's own last step).
 
     Args:
         rnn: a time-major recurrent module of this file (``batch_first=False``).
@@ -392,39 +362,6 @@ class BaselineSequenceModel(nn.Module):
         readout: ``"last"`` or ``"all"``.
         dropout: over-time dropout on the top layer's output, in [0, 1).
     """
-
-    def __init__(self, rnn: nn.Module, output_size: int, readout: str, dropout: float = 0.0) -> None:
-        super().__init__()
-        if readout not in READOUTS:
-            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
-        if getattr(rnn, "batch_first", False):
-            raise ValueError("rnn must be time-major (batch_first=False)")
-        self.rnn = rnn
-        self.readout = readout
-        self.dropout = _check_dropout(dropout)
-        self.head = nn.Linear(rnn.hidden_size, _check_int("output_size", output_size, 1))
-        nn.init.kaiming_normal_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-
-    @torch.no_grad()
-    def constrain_(self) -> None:
-        """Bring the parameters back into their allowed set after an optimiser step (IndRNN's recurrent-weight
-        bound; nothing for the other baselines). The trainer calls it after every step."""
-        constrain = getattr(self.rnn, "constrain_", None)
-        if constrain is not None:
-            constrain()
-
-    def forward(self, inputs: Tensor, lengths=None) -> Tensor:
-        """inputs (B, N, d) -> (B, output_size) or (B, N, output_size)."""
-        if not isinstance(inputs, Tensor) or inputs.dim() != 3:
-            shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
-            raise ValueError(f"inputs must be (B, N, d), got {shape}")
-        out, state = self.rnn(inputs.transpose(0, 1), lengths=lengths)
-        if self.readout == "last":
-            top = dropout_over_time(_top_state(state)[-1:], self.dropout, self.training)  # (1, B, H)
-            return self.head(top[0])
-        top = dropout_over_time(out, self.dropout, self.training)
-        return self.head(top).transpose(0, 1)
 
 
 #: Baseline-specific trainer settings and their defaults (all other settings are shared with UnICORNN:

@@ -4,9 +4,11 @@
   decay with ``N - k``), for UnICORNN and the baselines of :mod:`unicornn.baselines`.
 * :func:`state_bound_check` -- ``max |y|`` and ``max |z|`` over time against the bound of Prop. C.1.
 * :func:`time_step_histogram` -- the learned effective time steps ``dt * sigmoid(c)`` per layer (Fig. 5).
-* :func:`weight_norms` -- ``||w^l||_inf`` per layer (Fig. 7).
+* :func:`weight_norms` -- ``||w^l||_inf`` per layer (Fig. 7; defined in :mod:`unicornn.task_models`, where
+  the trainer logs it every epoch).
 
-Each has a ``plot_*`` companion writing a PNG with matplotlib (Agg backend).
+The first three have a ``format_*`` companion (the text table the command line prints and writes) and a
+``plot_*`` companion writing a PNG (:mod:`unicornn.plotting`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +25,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import UnICORNN, unicornn_scan
-from ._files import save_figure
 from .baselines import GRU, LSTM
-from .bench.common import pyplot
+from .heads import top_state
+from .plotting import pyplot, save_figure
+from .task_models import recurrent_weight_norms, weight_norms
 
 __all__ = [
     "BOUND_FORMS",
+    "format_gradient_table",
+    "format_state_check",
+    "format_time_steps",
     "gradient_profile",
     "layer_states",
     "paper_models",
     "plot_gradient_profiles",
     "plot_state_bound",
     "plot_time_steps",
-    "plot_weight_norms",
     "prop_c1_bound",
     "recurrent_weight_norms",
     "state_bound_check",
@@ -59,7 +64,7 @@ def unicornn_of(model: nn.Module) -> UnICORNN:
 def unicornn_from_state(state: Mapping[str, Tensor], settings: Mapping[str, Any]) -> UnICORNN:
     """The UnICORNN stack of a saved task model, rebuilt from its ``state_dict`` and run settings.
 
-    Works for any model holding a stack (``rnn.`` of :class:`unicornn.models.SequenceModel`, or deeper, e.g.
+    Works for any model holding a stack (``rnn.`` of :class:`unicornn.task_models.SequenceModel`, or deeper, e.g.
     behind a word embedding): sizes come from the weights, ``dt``, ``alpha``, ``residual_skip`` from
     ``settings`` (a run's ``config.json`` settings). Raises ``ValueError`` when ``state`` holds no stack
     (a baseline's run).
@@ -102,11 +107,6 @@ def paper_models(
         "lstm": LSTM(input_size, hidden_size, num_layers),
         "gru": GRU(input_size, hidden_size, num_layers),
     }
-
-
-def _hidden(state) -> Tensor:
-    """The hidden-state part (L, B, H) of a model's state: ``y`` of UnICORNN/coRNN, ``h`` of LSTM/GRU/IndRNN."""
-    return state[0] if isinstance(state, (tuple, list)) else state
 
 
 def _input_size(model: nn.Module) -> int:
@@ -186,7 +186,7 @@ def gradient_profile(
     if wrt == "input":
         u = u.detach().requires_grad_(True)
         _, state = model(u)
-        top = _hidden(state)[-1]
+        top = top_state(state)[-1]
         (top * _unit_vector(top.shape, gen, dtype, device)).sum().backward()
         norms = torch.stack([_norm(g) for g in u.grad])
     else:
@@ -197,7 +197,7 @@ def gradient_profile(
             state = None
             for n in range(N):
                 _, state = model(u[n : n + 1], state)
-                h = _hidden(state)
+                h = top_state(state)
                 h.retain_grad()
                 hidden.append(h)
             top = hidden[-1][-1]
@@ -361,7 +361,7 @@ def state_bound_check(module: nn.Module, inputs: Tensor, state=None, form: str =
 
 
 # --------------------------------------------------------------------------------------------------
-# time steps (Fig. 5) and weight norms (Fig. 7)
+# time steps (Fig. 5)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -394,30 +394,55 @@ def time_step_histogram(model: nn.Module, bins: int = 30) -> dict[str, Any]:
     return {"edges": edges.tolist(), "layers": layers}
 
 
-_RECURRENT_WEIGHT = re.compile(r"(?:^|\.)weight_h[hyz]_l(\d+)$")
+# --------------------------------------------------------------------------------------------------
+# text tables
+# --------------------------------------------------------------------------------------------------
 
 
-def recurrent_weight_norms(state: Mapping[str, Tensor]) -> list[float]:
-    """Largest absolute recurrent weight of every layer, from a model's ``state_dict``.
+def format_gradient_table(profiles: Mapping[str, Mapping[str, Any]]) -> str:
+    """A Markdown table of :func:`gradient_profile` results by name: the norm at the last and the first
+    step, their ratio and the number of steps whose gradient underflowed to exactly 0."""
+    wrt = "dL/dh_k" if next(iter(profiles.values()))["wrt"] == "state" else "dL/du_k"
+    lines = [
+        f"norm of {wrt} of a loss on the last step (k = N), float64",
+        "",
+        "| model | N | norm at k=N | norm at k=1 | ratio k=1 / k=N | steps at exactly 0 |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, p in profiles.items():
+        zeros = sum(1 for v in p["norm"] if v == 0)
+        lines.append(
+            f"| {name.split(' ')[0]} | {p['N']} | {p['norm'][-1]:.3g} | {p['norm'][0]:.3g} | {p['decay']:.3g} | "
+            f"{zeros} |"
+        )
+    return "\n".join(lines)
 
-    Recurrent weights are the entries named ``weight_hh_l{k}`` (UnICORNN's ``w^l`` (M,), IndRNN's, and
-    LSTM/GRU's matrices) or ``weight_hy_l{k}`` / ``weight_hz_l{k}`` (coRNN), at any prefix (``rnn.``).
-    For UnICORNN this is the paper's ``||w^l||_inf`` (Fig. 7); for a matrix it is the largest entry, not
-    the operator norm. Returns one float per layer (layer k at index k; empty if there are none).
-    """
-    peaks: dict[int, float] = {}
-    for key, value in state.items():
-        match = _RECURRENT_WEIGHT.search(key)
-        if match is not None:
-            k = int(match.group(1))
-            peaks[k] = max(peaks.get(k, 0.0), float(value.detach().abs().max()))
-    return [peaks[k] for k in sorted(peaks)]
+
+def format_state_check(check: Mapping[str, Any], where: str) -> str:
+    """The text report of a :func:`state_bound_check` result on a stack described by ``where``."""
+    lines = [f"Prop. C.1 ({check['form']} form) over {check['N']} steps, {where}:"]
+    for layer in check["layers"]:
+        lines.append(
+            f"  layer {layer['layer']}: max |y| {max(layer['max_abs_y']):.4g} (bound at step N "
+            f"{layer['y_bound'][-1]:.4g}), max |z| {max(layer['max_abs_z']):.4g} (bound {layer['z_bound'][-1]:.4g})"
+        )
+    for v in check["violations"]:
+        lines.append(
+            f"  VIOLATION: layer {v['layer']} |{v['variable']}| = {v['value']:.4g} > bound {v['bound']:.4g} "
+            f"at step {v['step']}"
+        )
+    lines.append("bound violated" if check["violated"] else "bound holds at every step")
+    return "\n".join(lines)
 
 
-def weight_norms(model: nn.Module) -> list[float]:
-    """``||w^l||_inf`` (largest absolute recurrent weight) of every layer of ``model`` (a UnICORNN stack, a
-    task model or a baseline; see :func:`recurrent_weight_norms`)."""
-    return recurrent_weight_norms(model.state_dict())
+def format_time_steps(hist: Mapping[str, Any], where: str) -> str:
+    """The text summary (min, median, max per layer) of a :func:`time_step_histogram` result."""
+    lines = [f"effective time steps dt * sigmoid(c) per layer, {where}:"]
+    lines += [
+        f"  layer {e['layer']} (dt {e['dt']:g}): min {e['min']:.3g}, median {e['median']:.3g}, max {e['max']:.3g}"
+        for e in hist["layers"]
+    ]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -488,18 +513,4 @@ def plot_time_steps(hist: Mapping[str, Any], path) -> Path:
         ax.set_title(f"layer {entry['layer']} (dt={entry['dt']:g})")
         ax.set_xlabel("dt * sigmoid(c)")
     axes[0][0].set_ylabel("units")
-    return _save(fig, path)
-
-
-def plot_weight_norms(history: Sequence[Sequence[float]], path) -> Path:
-    """``||w^l||_inf`` per layer against the epoch (``history[e][l]``: epoch e, layer l), like Fig. 7."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if history:
-        for k in range(len(history[0])):
-            ax.plot(range(len(history)), [row[k] for row in history], "o-", ms=3, label=f"layer {k + 1}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("||w^l||_inf")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
     return _save(fig, path)

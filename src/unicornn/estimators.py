@@ -36,6 +36,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from .task_models import build_model
 from .tasks.base import TaskSpec
 from .tasks.ts_format import RaggedSequenceDataset, SequenceDataset, pad_collate
 from .training.distributed import DistContext
@@ -43,7 +44,7 @@ from .training.epoch import evaluate, predict_outputs, train_epoch
 from .training.progress import Progress
 from .training.settings import validate_config
 from .training.splits import RunSplits, train_loader
-from .training.trainer import build_model, make_optimizer
+from .training.trainer import make_optimizer
 
 __all__ = ["UnICORNNClassifier", "UnICORNNRegressor", "DT_HORIZON", "auto_dt", "as_cases"]
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .lean import lean_stack
 from .ops.dispatch import check_backend
 from .ops.scan import check_alpha, check_dt, scan_padded, unicornn_scan
-from .registry import check_choice, check_int, check_real
+from .validation import check_choice, check_int, check_real
 
 __all__ = ["UnICORNN", "dropout_over_time"]
 

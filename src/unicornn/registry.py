@@ -13,30 +13,14 @@ raises :class:`UnknownNameError`, whose message lists the valid names::
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-__all__ = [
-    "ConfigError",
-    "ConfigTypeError",
-    "UnknownNameError",
-    "Registry",
-    "check_int",
-    "check_real",
-    "check_choice",
-]
+from .validation import ConfigError
+
+__all__ = ["UnknownNameError", "Registry"]
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A setting, option or name given by the user is invalid (the message names it and what was expected)."""
-
-
-class ConfigTypeError(ConfigError, TypeError):
-    """A setting or option of the wrong type (also a ``TypeError``)."""
 
 
 class UnknownNameError(ConfigError):
@@ -107,63 +91,3 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self._items)})"
-
-
-def check_int(name: str, value: object, minimum: int | None = None, *, optional: bool = False) -> int | None:
-    """``value`` as an int if it is an integer (bools rejected) >= ``minimum`` (or None when ``optional``).
-
-    ``name`` is how the user knows the value ("setting 'epochs'", "option 'T'", "hidden_size").
-    """
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        none = " or none" if optional else ""
-        raise ConfigTypeError(f"{name} must be an int{none}, got {type(value).__name__} ({value!r})")
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def check_real(
-    name: str,
-    value: object,
-    *,
-    low: float | None = None,
-    low_open: bool = False,
-    high: float | None = None,
-    high_open: bool = False,
-    optional: bool = False,
-) -> float | None:
-    """``value`` as a finite float (ints and other reals accepted, bools rejected); None when ``optional``.
-
-    Bounds: ``low`` (excluded when ``low_open``) and ``high`` (excluded when ``high_open``). With both bounds
-    the message names the interval, e.g. "dt must be in (0.0, 1.0], got 2.0".
-    """
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        none = " or none" if optional else ""
-        raise ConfigTypeError(f"{name} must be a number{none}, got {type(value).__name__} ({value!r})")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ConfigError(f"{name} must be finite, got {v}")
-    below = low is not None and (v <= low if low_open else v < low)
-    above = high is not None and (v >= high if high_open else v > high)
-    if low is not None and high is not None:
-        if below or above:
-            interval = f"{'(' if low_open else '['}{float(low)}, {float(high)}{')' if high_open else ']'}"
-            raise ConfigError(f"{name} must be in {interval}, got {value}")
-    elif below:
-        raise ConfigError(f"{name} must be {'>' if low_open else '>='} {low:g}, got {v:g}")
-    elif above:
-        raise ConfigError(f"{name} must be {'<' if high_open else '<='} {high:g}, got {v:g}")
-    return v
-
-
-def check_choice(name: str, value: object, registry_or_choices) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is one of the allowed choices (a Registry or a tuple)."""
-    choices = (
-        registry_or_choices.names() if isinstance(registry_or_choices, Registry) else registry_or_choices
-    )
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")

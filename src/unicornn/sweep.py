@@ -22,15 +22,14 @@ named variant (:data:`VARIANTS`) reproducing one of the paper's ablations:
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._files import save_figure
-from .registry import ConfigError
+from .plotting import pyplot, save_figure, write_outputs
+from .validation import ConfigError
 
 __all__ = ["Point", "VARIANTS", "grid_points", "variant_points", "combine", "run_sweep", "collect_sweep",
            "format_sweep", "plot_sweep", "write_sweep"]  # fmt: skip
@@ -217,8 +216,6 @@ def plot_sweep(result: Mapping[str, Any], path: str | Path, title: str = "") -> 
 
     Numeric x values are placed on their axis (log-scaled when they span 5x or more); other values (a model
     name, true/false) are placed side by side in the order of the sweep."""
-    from .bench.common import pyplot
-
     plt = pyplot()
     rows = list(result["rows"])
     keys = list(dict.fromkeys(r["x_key"] for r in rows)) or [""]
@@ -255,16 +252,6 @@ def plot_sweep(result: Mapping[str, Any], path: str | Path, title: str = "") -> 
 
 def write_sweep(result: Mapping[str, Any], out: str | Path, stem: str = "sweep", title: str = "",
                 plot: bool = True) -> dict[str, Path]:  # fmt: skip
-    """Write ``<stem>.json``, ``<stem>.md`` and (with matplotlib) ``<stem>.png`` under ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / f"{stem}.json", "table": out / f"{stem}.md"}
-    paths["json"].write_text(json.dumps(result, indent=2) + "\n")
-    paths["table"].write_text(format_sweep(result, title))
-    if plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            return paths
-        paths["png"] = plot_sweep(result, out / f"{stem}.png", title)
-    return paths
+    """Write ``<stem>.json``, ``<stem>.md`` and (with matplotlib) ``<stem>.png`` under ``out``, each atomically."""
+    draw = (lambda r, path: plot_sweep(r, path, title)) if plot else None
+    return write_outputs(dict(result), out, stem, format_sweep(result, title), draw, table_suffix=".md")

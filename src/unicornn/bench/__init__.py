@@ -5,11 +5,11 @@
 * :mod:`unicornn.bench.memory` -- peak training memory against sequence length, UnICORNN standard and lean
   against an LSTM (the paper's Sec. 2.3).
 
-Each returns a result dict and writes a text table, JSON and a PNG (:func:`write_outputs`).
+Each returns a result dict and writes a text table, JSON and a PNG (:func:`unicornn.plotting.write_outputs`).
 """
 
-from .common import machine_info, write_outputs
+from .common import machine_info
 from .memory import run_memory
 from .speed import run_speed
 
-__all__ = ["machine_info", "run_memory", "run_speed", "write_outputs"]
+__all__ = ["machine_info", "run_memory", "run_speed"]

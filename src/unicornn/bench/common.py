@@ -1,17 +1,16 @@
-"""What every benchmark records and writes: the machine, the load, a table, JSON and a PNG."""
+"""What every benchmark records: the machine, the load, the fused backend it can run (files are written by
+:func:`unicornn.plotting.write_outputs`)."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["fused_backend", "load_average", "machine_info", "write_outputs"]
+__all__ = ["fused_backend", "load_average", "machine_info"]
 
 
 def load_average() -> list[float] | None:
@@ -66,37 +65,3 @@ def fused_backend(device: torch.device) -> str:
     if device.type == "cpu" and backend_available("cpu"):
         return "cpu"
     return "reference"
-
-
-def write_outputs(
-    result: dict[str, Any], out_dir, stem: str, table: str, plot: Callable[[dict, Path], None] | None
-) -> dict[str, Path]:
-    """Write ``<stem>.json`` (atomically), ``<stem>.txt`` (the table) and ``<stem>.png`` under ``out_dir``.
-
-    The PNG is skipped (and not returned) when matplotlib is missing. Returns the written paths by kind.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / f"{stem}.json", "table": out / f"{stem}.txt"}
-    tmp = paths["json"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, paths["json"])
-    paths["table"].write_text(table + "\n")
-    if plot is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            return paths
-        paths["png"] = out / f"{stem}.png"
-        plot(result, paths["png"])
-    return paths
-
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt

@@ -42,12 +42,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .._files import save_figure
-from .common import fused_backend, load_average, machine_info, pyplot, write_outputs
+from ..plotting import pyplot, save_figure, write_outputs
+from .common import fused_backend, load_average, machine_info
 
 __all__ = [
-    "ALL_MODELS",
-    "MODELS",
+    "ALL_MEMORY_MODELS",
+    "MEMORY_MODELS",
     "default_env",
     "format_table",
     "measure_in_fresh_process",
@@ -59,9 +59,9 @@ __all__ = [
 ]
 
 #: the default comparison
-MODELS = ("unicornn_standard", "unicornn_lean", "lstm")
+MEMORY_MODELS = ("unicornn_standard", "unicornn_lean", "lstm")
 #: every model a point can measure
-ALL_MODELS = ("unicornn_standard", "unicornn_lean", "unicornn_lean_seq", "lstm")
+ALL_MEMORY_MODELS = ("unicornn_standard", "unicornn_lean", "unicornn_lean_seq", "lstm")
 #: the EigenWorms-like setting of the lean-mode benchmark: 3 layers, hidden 128, batch 16, 6 channels
 DEFAULTS = {"batch": 16, "hidden": 128, "layers": 3, "input_size": 6, "dt": 0.0343, "alpha": 0.0}
 CLASSES = 4
@@ -100,8 +100,8 @@ def _peak_rss_bytes() -> int:
 
 
 def _check_model(model: str) -> None:
-    if model not in ALL_MODELS:
-        raise ValueError(f"model must be one of {ALL_MODELS}, got {model!r}")
+    if model not in ALL_MEMORY_MODELS:
+        raise ValueError(f"model must be one of {ALL_MEMORY_MODELS}, got {model!r}")
 
 
 def _build(model: str, input_size, hidden, layers, dt, alpha, checkpoint_every, device):
@@ -220,7 +220,7 @@ def measure_in_fresh_process(
 
 def run_memory(
     lengths: Sequence[int] = (500, 1000, 2000, 4000),
-    models: Sequence[str] = MODELS,
+    models: Sequence[str] = MEMORY_MODELS,
     device: str = "cpu",
     batch: int = DEFAULTS["batch"],
     hidden: int = DEFAULTS["hidden"],

@@ -39,14 +39,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import UnICORNN
-from .._files import save_figure
 from ..baselines import GRU, LSTM, CoRNN, IndRNN
-from .common import fused_backend, load_average, machine_info, pyplot, write_outputs
+from ..plotting import pyplot, save_figure, write_outputs
+from .common import fused_backend, load_average, machine_info
 
-__all__ = ["CPU_SETTING", "MODELS", "PAPER_SETTING", "build_model", "copy_bandwidth", "format_table",
+__all__ = ["CPU_SETTING", "SPEED_MODELS", "PAPER_SETTING", "build_timed_model", "copy_bandwidth", "format_table",
            "plot_speed", "run_speed", "step_floor", "write_speed"]  # fmt: skip
 
-MODELS = (
+SPEED_MODELS = (
     "unicornn",
     "unicornn_final",
     "unicornn_reference",
@@ -56,7 +56,7 @@ MODELS = (
     "indrnn",
     "torchrecurrent",
 )
-DEFAULT_MODELS = ("unicornn", "lstm", "gru", "cornn", "indrnn", "torchrecurrent")
+DEFAULT_SPEED_MODELS = ("unicornn", "lstm", "gru", "cornn", "indrnn", "torchrecurrent")
 #: models run by a per-step Python loop: by default timed in the first ``slow_repeats`` rounds only
 SLOW = ("unicornn_reference", "cornn", "torchrecurrent")
 
@@ -86,8 +86,8 @@ class _LastStep(nn.Module):
 
 def _parse(name: str, layers: int) -> tuple[str, int]:
     base, _, count = name.partition(":")
-    if base not in MODELS:
-        raise ValueError(f"model must be one of {MODELS} (optionally ':layers'), got {name!r}")
+    if base not in SPEED_MODELS:
+        raise ValueError(f"model must be one of {SPEED_MODELS} (optionally ':layers'), got {name!r}")
     if count:
         if not count.isdigit() or int(count) < 1:
             raise ValueError(f"the layer count after ':' must be an int >= 1, got {name!r}")
@@ -95,7 +95,7 @@ def _parse(name: str, layers: int) -> tuple[str, int]:
     return base, layers
 
 
-def build_model(name: str, input_size: int, hidden: int, layers: int, device: torch.device,
+def build_timed_model(name: str, input_size: int, hidden: int, layers: int, device: torch.device,
                 max_steps: int = 1000) -> nn.Module | str:  # fmt: skip
     """The benchmark model ``name`` (see the module docstring), or a string saying why it is skipped.
 
@@ -218,7 +218,7 @@ def _time_forward(model: nn.Module, u, device: torch.device) -> float:
 
 def run_speed(
     lengths: Sequence[int] = CPU_SETTING["lengths"],
-    models: Sequence[str] = DEFAULT_MODELS,
+    models: Sequence[str] = DEFAULT_SPEED_MODELS,
     batch: int = CPU_SETTING["batch"],
     hidden: int = CPU_SETTING["hidden"],
     layers: int = CPU_SETTING["layers"],
@@ -239,7 +239,7 @@ def run_speed(
 
     Args:
         lengths: sequence lengths N.
-        models: model names (see :data:`MODELS`), each optionally ``name:L``.
+        models: model names (see :data:`SPEED_MODELS`), each optionally ``name:L``.
         batch, hidden, layers, input_size: B, hidden size, layers and input width shared by all models.
         device: ``"cpu"`` or ``"cuda"`` (``"cuda:i"``).
         repeats: timed rounds for fast models; ``slow_repeats`` for those named in ``slow``.
@@ -252,7 +252,7 @@ def run_speed(
             readout is that of ``ratio_to`` (the final state for ``unicornn_final``, else ``output[-1]``).
         forward_only: also time inference (forward under ``torch.no_grad``) in the same rounds:
             ``forward_median_s`` in each row.
-        slow: base model names (see :data:`MODELS`) timed in the first ``slow_repeats`` rounds only.
+        slow: base model names (see :data:`SPEED_MODELS`) timed in the first ``slow_repeats`` rounds only.
         ratio_to: the model (one of ``models``) every ratio is taken against.
 
     Returns:
@@ -276,8 +276,8 @@ def run_speed(
         _parse(name, layers)
     _parse(ratio_to, layers)
     for name in slow:
-        if name not in MODELS:
-            raise ValueError(f"slow must hold names of {MODELS}, got {name!r}")
+        if name not in SPEED_MODELS:
+            raise ValueError(f"slow must hold names of {SPEED_MODELS}, got {name!r}")
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -312,7 +312,8 @@ def _run(lengths, models, batch, hidden, layers, input_size, dev, repeats, slow_
     """The measurement of :func:`run_speed`, its arguments checked and its thread count set."""
     torch.manual_seed(seed)
     built = {
-        name: build_model(name, input_size, hidden, layers, dev, max_steps=max(lengths)) for name in models
+        name: build_timed_model(name, input_size, hidden, layers, dev, max_steps=max(lengths))
+        for name in models
     }
     settings = {"lengths": list(lengths), "models": list(models), "batch": batch, "hidden": hidden,
                 "layers": layers, "input_size": input_size, "classes": CLASSES, "device": str(dev),

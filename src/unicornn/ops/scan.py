@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..registry import check_real
+from ..validation import check_real
 from .dispatch import get_kernels, resolve_backend
 from .reference import scan_reference
 

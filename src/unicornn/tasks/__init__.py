@@ -1,9 +1,6 @@
 """Experiment tasks: the registry :data:`TASKS`, name -> task object (see :mod:`unicornn.tasks.base`).
 
-Every task of the paper is registered, with its spec (metric, loss, readout) and its data pipeline. A task
-of the paper whose pipeline is not written yet would be registered as a
-:class:`~unicornn.tasks.base.PlannedTask`, whose ``build`` raises
-:class:`~unicornn.tasks.base.TaskNotImplementedError` (none is, at present).
+Every task of the paper is registered, with its spec (metric, loss, readout) and its data pipeline.
 """
 
 from __future__ import annotations
@@ -11,12 +8,9 @@ from __future__ import annotations
 from ..registry import Registry
 from .adding import AddingTask
 from .base import (
-    PlannedTask,
     Splits,
     Task,
-    TaskNotImplementedError,
     TaskSpec,
-    is_implemented,
     resolve_options,
 )
 from .bidmc import BidmcTask
@@ -48,12 +42,9 @@ def get_task(name: str) -> Task:
 
 __all__ = [
     "TASKS",
-    "PlannedTask",
     "Splits",
     "Task",
-    "TaskNotImplementedError",
     "TaskSpec",
     "get_task",
-    "is_implemented",
     "resolve_options",
 ]

@@ -24,11 +24,11 @@ files it reads) sets its ``spec`` attribute in ``build``: callers read ``task.sp
 
 A task whose model needs something built from its data (IMDB: the vocabulary's pretrained embedding
 matrix) puts it in ``Splits.model_args``: keyword arguments added to the model factory's call,
-``factory(spec, settings, **model_args)`` (see :mod:`unicornn.models`). They are rebuilt with the data
+``factory(spec, settings, **model_args)`` (see :mod:`unicornn.task_models`). They are rebuilt with the data
 (never written to a run's config); the trained values are in the checkpoint.
 
 The loss, metric and readout names are checked against their registries
-(:data:`unicornn.training.metrics.LOSSES`, :data:`~unicornn.training.metrics.METRICS`, :data:`READOUTS`).
+(:data:`unicornn.metrics.LOSSES`, :data:`~unicornn.metrics.METRICS`, :data:`~unicornn.metrics.READOUTS`).
 """
 
 from __future__ import annotations
@@ -40,11 +40,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch.utils.data import Dataset
 
-from ..registry import ConfigError, UnknownNameError, check_real
-from ..registry import check_int as _check_int
-
-#: How a model reads its output: from the top layer's last state y_N, or at every step.
-READOUTS = ("last", "all")
+from ..metrics import METRICS, READOUTS, check_pairing
+from ..registry import UnknownNameError
+from ..validation import ConfigError, check_real
+from ..validation import check_int as _check_int
 
 
 @dataclass(frozen=True)
@@ -73,8 +72,6 @@ class TaskSpec:
     default_preset: str = "paper"
 
     def __post_init__(self) -> None:
-        from ..training.metrics import METRICS, check_pairing
-
         if self.readout not in READOUTS:
             raise UnknownNameError("readout", self.readout, list(READOUTS))
         check_pairing(self.loss, self.metric)
@@ -113,27 +110,6 @@ class Task(Protocol):
     spec: TaskSpec
 
     def build(self, options: dict, data_dir: pathlib.Path, seed: int) -> Splits: ...
-
-
-class TaskNotImplementedError(ConfigError):
-    """The task is registered (its spec and presets exist) but its data pipeline is not implemented."""
-
-
-class PlannedTask:
-    """A task of the paper whose spec and presets exist but whose data pipeline does not yet."""
-
-    implemented = False
-
-    def __init__(self, spec: TaskSpec) -> None:
-        self.spec = spec
-
-    def build(self, options: dict, data_dir: pathlib.Path, seed: int) -> Splits:
-        raise TaskNotImplementedError(f"the data pipeline of task {self.spec.name!r} is not implemented yet")
-
-
-def is_implemented(task: Task) -> bool:
-    """False for a :class:`PlannedTask` (a task without data pipeline)."""
-    return getattr(task, "implemented", True)
 
 
 def resolve_options(spec: TaskSpec, options: Mapping[str, Any] | None = None) -> dict:

@@ -28,7 +28,7 @@ Pipeline:
   N(0, 1) (as the authors' ``unk_init=torch.Tensor.normal_``) with a generator seeded by the run seed;
   ``<unk>`` and ``<pad>`` zero. It is handed to the model through :attr:`Splits.model_args` (key
   ``embedding``, with ``embedding_dropout`` and ``pad_index``): the model ``embedding-unicornn`` (see
-  :mod:`unicornn.models`) starts from it and trains it.
+  :mod:`unicornn.task_models`) starts from it and trains it.
 
 Items are ``(token ids int64 (L,), target float32 scalar 0./1. (1 = positive), length int64 scalar)``.
 Batches (:class:`BucketBatchSampler`, :func:`collate`) group reviews of nearly equal length: token ids
@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
-from ..registry import ConfigError, check_real
+from ..validation import ConfigError, check_real
 from .base import Splits, TaskSpec, check_seed, resolve_options
 from .download import DataUnavailableError, data_root, fetch, raise_collected
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..registry import ConfigError
+from ..validation import ConfigError
 from .base import Splits, TaskSpec, check_int, check_seed, resolve_options
 from .download import DataUnavailableError, data_root, fetch
 

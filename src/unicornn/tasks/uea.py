@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..registry import ConfigError
+from ..validation import ConfigError
 from .base import Splits, TaskSpec, check_float, check_int, check_seed, resolve_options
 from .download import DataUnavailableError, data_root, fetch, file_digest, verify
 from .ts_format import RaggedSequenceDataset, SequenceDataset, TsData, pad_collate, read_ts, read_ts_from_zip

@@ -1,8 +1,9 @@
 """Training: settings, presets (the paper's hyper-parameters), the trainer and its pieces, checkpoints, DDP,
 reports.
 
-The names below are imported on first use, so that importing a light submodule (``metrics``, which task
-specs use to check their loss and metric) does not import the trainer and the model.
+The names below are imported on first use, so that importing a light submodule (``presets``, ``run``) does
+not import the trainer and the models. Losses and metrics are in :mod:`unicornn.metrics`, the task models and
+:func:`~unicornn.task_models.build_model` in :mod:`unicornn.task_models`.
 """
 
 from importlib import import_module
@@ -19,7 +20,6 @@ _EXPORTS = {
     "RunFileError": "errors",
     "RunDirError": "errors",
     "Requested": "run",
-    "build_model": "trainer",
     "evaluate": "epoch",
     "train_run": "trainer",
     "train_seeds": "seeds",

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from ..registry import ConfigError
+from ..validation import ConfigError
 
 __all__ = ["DistContext", "init_distributed", "resolve_device", "ShardSampler", "all_reduce_sum", "barrier"]
 

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ..metrics import SplitMetrics, compute_loss
 from .distributed import DistContext, all_reduce_sum
 from .faults import fault_point
-from .metrics import SplitMetrics, compute_loss
 from .splits import RunSplits, eval_loader, unpack
 
 __all__ = ["NonFiniteError", "autocast", "forward", "train_epoch", "evaluate", "predict_outputs"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from .checkpoint import append_jsonl, atomic_save, atomic_write_text, read_checkpoint, rewrite_jsonl
 from .errors import RunFileError, os_error_text
-from .run import BEST, CHECKPOINT, CONFIG, METRICS, RESULT, OpenedRun, read_json
+from .run import BEST, CHECKPOINT, CONFIG, METRICS_FILE, RESULT, OpenedRun, read_json
 
 __all__ = [
     "fmt",
@@ -65,7 +65,7 @@ def write_config(run_dir: Path, record: dict[str, Any]) -> None:
     """Start a fresh run directory: config.json written, no metrics.jsonl, result.json or checkpoints."""
     with fs_errors(f"write the run directory {run_dir}"):
         run_dir.mkdir(parents=True, exist_ok=True)
-        for name in (METRICS, RESULT, CHECKPOINT, BEST):
+        for name in (METRICS_FILE, RESULT, CHECKPOINT, BEST):
             (run_dir / name).unlink(missing_ok=True)
         _remove_temporaries(run_dir)
         atomic_write_text(json.dumps(record, indent=2) + "\n", run_dir / CONFIG)
@@ -81,7 +81,7 @@ def metrics_rows(run_dir: Path, epoch: int) -> tuple[list[dict[str, Any]], bool]
     """The rows of epochs 1..``epoch`` from metrics.jsonl, and whether the file is sound: those rows in order,
     then at most one more line (an epoch written just before the process stopped, possibly torn)."""
     try:
-        lines = (run_dir / METRICS).read_text(encoding="utf-8").splitlines()
+        lines = (run_dir / METRICS_FILE).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
         return [], False
     rows: list[dict[str, Any]] = []
@@ -120,8 +120,8 @@ def restore_run_files(run_dir: Path, opened: OpenedRun, rows: list[dict[str, Any
         (run_dir / RESULT).unlink(missing_ok=True)
         on_disk, sound = metrics_rows(run_dir, ckpt["epoch"])
         if not sound or on_disk != rows:
-            say(f"{run_dir / METRICS} was damaged or incomplete; written again from {CHECKPOINT}")
-        rewrite_jsonl(rows, run_dir / METRICS)
+            say(f"{run_dir / METRICS_FILE} was damaged or incomplete; written again from {CHECKPOINT}")
+        rewrite_jsonl(rows, run_dir / METRICS_FILE)
         best = ckpt["best"]
         if best["epoch"] is not None:
             try:
@@ -164,7 +164,7 @@ class EpochWriter:
         with fs_errors(f"write epoch {row['epoch']}'s results into {self.run_dir}"):
             if improved:
                 atomic_save(_best_state(checkpoint), self.run_dir / BEST)
-            append_jsonl(row, self.run_dir / METRICS)
+            append_jsonl(row, self.run_dir / METRICS_FILE)
             atomic_save(checkpoint, self.run_dir / CHECKPOINT)
         if self.writer is not None:
             for k, v in row.items():

@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .._files import save_figure
-from ..registry import ConfigError
+from ..plotting import pyplot, save_figure
+from ..validation import ConfigError
 from .checkpoint import atomic_write_text, read_jsonl
 
 __all__ = ["find_runs", "summarize", "format_report", "plot_curves", "plot_weight_norms", "write_report"]
@@ -162,10 +162,7 @@ def _weight_norm_lines(rows_by_run: dict[str, list[dict[str, Any]]]) -> list[str
 def plot_curves(summary: dict[str, Any], path: Path, title: str) -> Path | None:
     """Training loss and validation metric per epoch for every run, as a PNG; None without matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
     except ImportError:
         return None
     m = summary["metric"]
@@ -198,10 +195,7 @@ def plot_weight_norms(summary: dict[str, Any], path: Path, title: str) -> Path |
     if not logged:
         return None
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..registry import ConfigError
+from ..validation import ConfigError
 from .checkpoint import read_checkpoint
 from .errors import RunExistsError, RunFileError, RunLockedError, os_error_text
 from .settings import RESUME_MUTABLE_KEYS, validate_config
@@ -34,7 +34,7 @@ from .settings import RESUME_MUTABLE_KEYS, validate_config
 __all__ = [
     "CHECKPOINT",
     "BEST",
-    "METRICS",
+    "METRICS_FILE",
     "CONFIG",
     "RESULT",
     "LOCK",
@@ -48,7 +48,7 @@ __all__ = [
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
-METRICS = "metrics.jsonl"
+METRICS_FILE = "metrics.jsonl"  # (the metric registry is unicornn.metrics.METRICS)
 CONFIG = "config.json"
 RESULT = "result.json"
 LOCK = ".lock"

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..baselines import BASELINE_DEFAULTS
-from ..registry import ConfigError, check_choice, check_int, check_real
+from ..validation import ConfigError, check_choice, check_int, check_real
 
 __all__ = ["TRAIN_DEFAULTS", "TRAIN_KEY_HELP", "MODEL_KEYS", "RESUME_MUTABLE_KEYS", "AMP", "validate_config"]
 
@@ -104,7 +104,7 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Check the trainer's own settings; return a copy completed from :data:`TRAIN_DEFAULTS`.
 
     Model settings (:data:`MODEL_KEYS`) are passed on unchecked: the model validates them. Raises
-    :class:`~unicornn.registry.ConfigError` naming the setting and what was expected.
+    :class:`~unicornn.validation.ConfigError` naming the setting and what was expected.
     """
     unknown = sorted(set(cfg) - set(TRAIN_DEFAULTS))
     if unknown:
@@ -117,7 +117,7 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     def name(k: str) -> str:
         return f"setting {k!r}"
 
-    from ..models import MODELS
+    from ..task_models import MODELS
 
     check_choice(name("model"), out["model"], MODELS)
     for k in ("batch_size", "eval_batch_size", "epochs"):

@@ -4,7 +4,7 @@ One call of :func:`train_run` trains one seed into one run directory (files: :mo
 :func:`~.settings.validate_config` (the trainer's settings), :func:`~.run.run_lock` (one writer per
 directory), :func:`~.run.open_run` (fresh, resume with the run's own settings, or finished),
 :func:`~.records.restore_run_files` (the directory made whole on resume), :func:`~.splits.build_splits`
-(datasets and subsets), ``_setup`` (model from :data:`MODELS`, optimiser, schedule), :func:`~.epoch.train_epoch`
+(datasets and subsets), ``_setup`` (model from :func:`~unicornn.task_models.build_model`, optimiser, schedule), :func:`~.epoch.train_epoch`
 (one epoch, NaN/Inf guard), :func:`~.epoch.evaluate`, :class:`~.records.EpochWriter` (an epoch's results),
 :mod:`.progress` (bars or log lines). Several seeds: :mod:`.seeds`. Test hook: :mod:`.faults`.
 
@@ -30,15 +30,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..diagnose import recurrent_weight_norms
-from ..models import MODELS, count_parameters
-from ..registry import ConfigError
+from ..metrics import is_better
+from ..task_models import build_model, count_parameters, recurrent_weight_norms
 from ..tasks.base import RECORD_FIELDS
+from ..validation import ConfigError
 from .checkpoint import capture_rng_state, restore_rng_state
 from .distributed import DistContext
 from .epoch import NonFiniteError, evaluate, train_epoch
 from .errors import RunDirError, RunExistsError, RunFileError, RunLockedError
-from .metrics import is_better
 from .progress import Progress
 from .records import EpochWriter, epoch_row, fmt, metrics_rows, restore_run_files, write_config, write_result
 from .run import CHECKPOINT, Requested, open_run, run_lock
@@ -52,24 +51,11 @@ __all__ = [
     "RunFileError",
     "Requested",
     "train_run",
-    "build_model",
     "make_optimizer",
     "evaluate",
     "validate_config",
     "RESUME_MUTABLE_KEYS",
 ]
-
-
-def build_model(spec, cfg: Mapping[str, Any], model_args: Mapping[str, Any] | None = None) -> nn.Module:
-    """The model ``cfg["model"]`` for task ``spec``; its own errors about its arguments become ConfigError.
-
-    ``model_args``: the task's extra keyword arguments for the factory (``Splits.model_args``).
-    """
-    factory = MODELS.get(cfg.get("model", "unicornn"))
-    try:
-        return factory(spec, cfg, **(model_args or {}))
-    except (ValueError, TypeError) as err:  # the model validates its arguments (dt, alpha, ...)
-        raise ConfigError(f"model {cfg.get('model', 'unicornn')!r}: {err}") from err
 
 
 def make_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> tuple[torch.optim.Optimizer, Any]:

@@ -1,5 +1,8 @@
-"""Task models and their registry :data:`MODELS`: a UnICORNN stack with a linear read-out (``unicornn``),
-and the baselines of :mod:`unicornn.baselines` (``lstm``, ``gru``, ``cornn``, ``indrnn``).
+"""Task models (a recurrent stack with a read-out, trained on a task) and their registry :data:`MODELS`: a
+UnICORNN stack with a linear read-out (``unicornn``), the same behind a word embedding
+(``embedding-unicornn``), and the baselines of :mod:`unicornn.baselines` (``lstm``, ``gru``, ``cornn``,
+``indrnn``). :func:`build_model` builds one from a task spec and run settings. (The recurrent layer itself,
+:class:`unicornn.UnICORNN`, is in :mod:`unicornn.modules`.)
 
 A model factory is registered by name and called as ``factory(spec, cfg, **model_args)`` with the task's
 :class:`~unicornn.tasks.base.TaskSpec`, the run's (flat) settings and the keyword arguments the task built
@@ -11,6 +14,7 @@ model validates its own arguments.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,23 +23,30 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .baselines import FACTORIES
-from .modules import UnICORNN, dropout_over_time
-from .registry import Registry, check_choice
-from .tasks.base import READOUTS
+from .heads import SequenceHead
+from .modules import UnICORNN
+from .registry import Registry
+from .validation import ConfigError
 
-__all__ = ["SequenceModel", "EmbeddingSequenceModel", "MODELS", "READOUTS", "count_parameters"]
+__all__ = [
+    "MODELS",
+    "EmbeddingSequenceModel",
+    "SequenceModel",
+    "build_model",
+    "count_parameters",
+    "recurrent_weight_norms",
+    "weight_norms",
+]
 
 #: Model factories: ``factory(spec, cfg) -> nn.Module`` (see the module docstring).
 MODELS: Registry[Callable[[Any, Mapping[str, Any]], nn.Module]] = Registry("model")
 
 
-class SequenceModel(nn.Module):
-    """UnICORNN stack + over-time dropout on the top layer's output + linear head.
+class SequenceModel(SequenceHead):
+    """UnICORNN stack + over-time dropout on the top layer's output + linear head (:class:`SequenceHead`).
 
-    The stack applies its over-time dropout between layers; this model applies it once more to the top
-    layer's output, so that (as in the authors' code) dropout follows every layer. The head is
-    Kaiming-normal initialised with a zero bias: that comes from the authors' published code (the paper's
-    Appendix A gives no initialisation for the read-out).
+    The stack applies its over-time dropout between layers; the head applies it once more to the top
+    layer's output, so that (as in the authors' code) dropout follows every layer.
 
     Args:
         input_size: features per step ``d``.
@@ -44,10 +55,7 @@ class SequenceModel(nn.Module):
             :class:`UnICORNN`, which validates them.
         readout: ``"last"`` reads the top layer's ``y_N``; ``"all"`` reads every step.
 
-    Shapes:
-        input (B, N, d), batch first (as a DataLoader yields it); lengths (B,) int64 or None (then every
-        sequence has N valid steps; otherwise ``"last"`` reads the state at step ``lengths - 1``). Output
-        (B, output_size) for ``"last"``, (B, N, output_size) for ``"all"``.
+    Shapes: as :class:`SequenceHead` (input (B, N, d), lengths (B,) or None).
     """
 
     def __init__(
@@ -65,10 +73,7 @@ class SequenceModel(nn.Module):
         input_gain: float = 1.0,
         memory: str = "standard",
     ) -> None:
-        super().__init__()
-        check_choice("readout", readout, READOUTS)
-        self.readout = readout
-        self.rnn = UnICORNN(
+        rnn = UnICORNN(
             input_size,
             hidden_size,
             num_layers=num_layers,
@@ -81,29 +86,17 @@ class SequenceModel(nn.Module):
             memory=memory,
             input_gain=input_gain,
         )
-        self.dropout = self.rnn.dropout
-        self.head = nn.Linear(hidden_size, output_size)
-        # Kaiming-normal weight, zero bias: the authors' code (not stated in the paper)
-        nn.init.kaiming_normal_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        super().__init__(rnn, output_size, readout, rnn.dropout)
 
-    def forward(self, input: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """input (B, N, d), lengths (B,) or None -> (B, output_size) or (B, N, output_size)."""
-        if input.dim() != 3:
-            raise ValueError(f"input must be (B, N, d), got shape {tuple(input.shape)}")
-        B, N = input.shape[:2]
-        if lengths is not None and (lengths.shape != (B,) or not ((lengths >= 1) & (lengths <= N)).all()):
-            raise ValueError(f"lengths must be (B,) = ({B},) with values in [1, {N}], got {lengths!r}")
+    def features(self, seq: Tensor, lengths: Tensor | None) -> Tensor:
+        """(N, B, d) -> the top layer's ``y`` at each sequence's last valid step (B, M), or every step (N, B, M)."""
         if self.readout == "last" and lengths is None:
-            _, (y_n, _) = self.rnn(input.transpose(0, 1), return_sequence=False)
-            top = dropout_over_time(y_n[-1:], self.dropout, self.training)  # (1, B, M)
-            return self.head(top[0])
-        out, _ = self.rnn(input.transpose(0, 1))  # (N, B, M)
+            _, (y_n, _) = self.rnn(seq, return_sequence=False)
+            return y_n[-1]
+        out, _ = self.rnn(seq)  # (N, B, M)
         if self.readout == "last":  # the state at each sequence's last valid step
-            last = out[lengths.to(out.device) - 1, torch.arange(B, device=out.device)]  # (B, M)
-            return self.head(dropout_over_time(last[None], self.dropout, self.training)[0])
-        top = dropout_over_time(out, self.dropout, self.training)
-        return self.head(top).transpose(0, 1)
+            return out[lengths.to(out.device) - 1, torch.arange(out.shape[1], device=out.device)]
+        return out
 
 
 def _stack_arguments(spec, cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -217,6 +210,44 @@ def build_embedding_unicornn(
     return model
 
 
+_RECURRENT_WEIGHT = re.compile(r"(?:^|\.)weight_h[hyz]_l(\d+)$")
+
+
+def recurrent_weight_norms(state: Mapping[str, Tensor]) -> list[float]:
+    """Largest absolute recurrent weight of every layer, from a model's ``state_dict``.
+
+    Recurrent weights are the entries named ``weight_hh_l{k}`` (UnICORNN's ``w^l`` (M,), IndRNN's, and
+    LSTM/GRU's matrices) or ``weight_hy_l{k}`` / ``weight_hz_l{k}`` (coRNN), at any prefix (``rnn.``).
+    For UnICORNN this is the paper's ``||w^l||_inf`` (Fig. 7); for a matrix it is the largest entry, not
+    the operator norm. Returns one float per layer (layer k at index k; empty if there are none).
+    """
+    peaks: dict[int, float] = {}
+    for key, value in state.items():
+        match = _RECURRENT_WEIGHT.search(key)
+        if match is not None:
+            k = int(match.group(1))
+            peaks[k] = max(peaks.get(k, 0.0), float(value.detach().abs().max()))
+    return [peaks[k] for k in sorted(peaks)]
+
+
+def weight_norms(model: nn.Module) -> list[float]:
+    """``||w^l||_inf`` (largest absolute recurrent weight) of every layer of ``model`` (a UnICORNN stack, a
+    task model or a baseline; see :func:`recurrent_weight_norms`)."""
+    return recurrent_weight_norms(model.state_dict())
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def build_model(spec, cfg: Mapping[str, Any], model_args: Mapping[str, Any] | None = None) -> nn.Module:
+    """The model ``cfg["model"]`` for task ``spec``; its own errors about its arguments become ConfigError.
+
+    ``model_args``: the task's extra keyword arguments for the factory (``Splits.model_args``).
+    """
+    factory = MODELS.get(cfg.get("model", "unicornn"))
+    try:
+        return factory(spec, cfg, **(model_args or {}))
+    except (ValueError, TypeError) as err:  # the model validates its arguments (dt, alpha, ...)
+        raise ConfigError(f"model {cfg.get('model', 'unicornn')!r}: {err}") from err

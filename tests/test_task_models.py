@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from unicornn.models import SequenceModel
+from unicornn.task_models import SequenceModel
 
 
 def make(readout="last", dropout=0.0, **kw):
@@ -84,8 +84,8 @@ def test_input_gain_scales_the_first_input_projection_at_initialisation():
 
 
 def test_model_registry_builds_the_task_model():
-    from unicornn.models import MODELS
     from unicornn.registry import UnknownNameError
+    from unicornn.task_models import MODELS
     from unicornn.tasks import get_task
 
     spec = get_task("lorenz96").spec

@@ -1,4 +1,7 @@
-"""Losses and split metrics: the registries :data:`LOSSES` and :data:`METRICS`, accumulated in float64.
+"""Readouts, losses and split metrics: how a task model's output is read (:data:`READOUTS`) and scored (the
+registries :data:`LOSSES` and :data:`METRICS`, accumulated in float64).
+
+Readouts: ``"last"`` predicts from the top layer's state at each sequence's last step, ``"all"`` at every step.
 
 Losses (``output`` is what the model returns, ``target`` what the dataset yields, batched):
 
@@ -23,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..registry import ConfigError, Registry
+from .registry import Registry
+from .validation import ConfigError
 
-__all__ = ["Loss", "Metric", "LOSSES", "METRICS", "compute_loss", "SplitMetrics", "is_better"]
+__all__ = ["READOUTS", "Loss", "Metric", "LOSSES", "METRICS", "compute_loss", "SplitMetrics", "is_better"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,9 @@ class Metric:
     needs_classes: bool
     from_sums: Callable[[dict[str, float]], float]
 
+
+#: How a model reads its output: from the top layer's last state, or at every step.
+READOUTS = ("last", "all")
 
 LOSSES: Registry[Loss] = Registry("loss")
 METRICS: Registry[Metric] = Registry("metric")
@@ -115,7 +122,7 @@ METRICS.register("nrmse", Metric("nrmse", False, False, _nrmse))
 
 
 def check_pairing(loss: str, metric: str) -> None:
-    """Raise :class:`~unicornn.registry.ConfigError` unless ``loss`` and ``metric`` are known and fit."""
+    """Raise :class:`~unicornn.validation.ConfigError` unless ``loss`` and ``metric`` are known and fit."""
     lo, me = LOSSES.get(loss), METRICS.get(metric)
     if me.needs_classes and lo.predict is None:
         raise ConfigError(f"metric {metric!r} needs a classification loss, got loss {loss!r}")

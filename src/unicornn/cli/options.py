@@ -1,0 +1,166 @@
+"""Options and checks shared by the commands: argparse types, ``--out``, ``--device``, ``--threads``,
+``--data-dir``, and ``--set key=value`` parsing."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = [
+    "CLIError",
+    "add_data_dir",
+    "add_device",
+    "add_out",
+    "add_threads",
+    "comma_ints",
+    "comma_names",
+    "nonnegative_float",
+    "nonnegative_int",
+    "parse_sets",
+    "parse_value",
+    "positive_int",
+    "set_threads",
+]
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit code 2, no traceback."""
+
+
+# --------------------------------------------------------------------------------------------------
+# argparse types: a bad value is argparse's usage error (exit code 2) naming the option
+# --------------------------------------------------------------------------------------------------
+
+
+def _number(cast: Callable[[str], Any], what: str, minimum: float) -> Callable[[str], Any]:
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} >= {minimum}, got {text!r}") from None
+        if not value >= minimum:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be {what} >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+#: argparse type: an int >= 1.
+positive_int = _number(int, "an int", 1)
+#: argparse type: an int >= 0.
+nonnegative_int = _number(int, "an int", 0)
+#: argparse type: a float >= 0.
+nonnegative_float = _number(float, "a number", 0)
+
+
+def comma_ints(text: str) -> list[int]:
+    """argparse type: ``"1000,2000"`` -> [1000, 2000] (positive ints)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints >= 1, got {text!r}")
+    return values
+
+
+def comma_names(text: str) -> list[str]:
+    """argparse type: ``"a,b"`` -> ["a", "b"]."""
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+# --------------------------------------------------------------------------------------------------
+# options several commands take
+# --------------------------------------------------------------------------------------------------
+
+
+def add_out(parser: argparse.ArgumentParser, default: str | None, help: str | None = None) -> None:
+    """``--out DIR`` (``help`` defaults to "output directory (default ./DEFAULT)")."""
+    parser.add_argument("--out", default=default, metavar="DIR",
+                        help=help or f"output directory (default ./{default})")  # fmt: skip
+
+
+def add_device(parser: argparse.ArgumentParser, default: str = "auto", help: str | None = None) -> None:
+    """``--device`` (``auto``: CUDA if available, else CPU)."""
+    parser.add_argument("--device", default=default,
+                        help=help or f"auto, cpu, cuda or cuda:N (default {default})")  # fmt: skip
+
+
+def add_threads(parser: argparse.ArgumentParser, help: str = "CPU threads for PyTorch") -> None:
+    """``--threads N`` (an int >= 1; default: PyTorch's choice); apply it with :func:`set_threads`."""
+    parser.add_argument("--threads", type=positive_int, metavar="N", help=help)
+
+
+def add_data_dir(parser: argparse.ArgumentParser, help: str = "dataset cache (default as for train)") -> None:
+    """``--data-dir DIR``: where datasets are cached."""
+    parser.add_argument("--data-dir", metavar="DIR", help=help)
+
+
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` unless None."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------------------------------
+# --set key=value
+# --------------------------------------------------------------------------------------------------
+
+
+def scalar(text: str) -> Any:
+    """``"none"`` -> None, ``"true"``/``"false"`` -> bool, an int, a float, else the stripped string."""
+    low = text.strip().lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def parse_value(text: str) -> Any:
+    """``"none"`` -> None, ``"true"``/``"false"`` -> bool, ints, floats, ``"a,b"`` -> list, else the string."""
+    if "," in text:
+        return [scalar(p) for p in text.split(",") if p.strip()]
+    return scalar(text)
+
+
+def coerce(value: Any, default: Any) -> Any:
+    """Match the type of a default where that is lossless (an int given for a float setting)."""
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def parse_sets(items: Sequence[str], train_keys: dict, option_keys: dict) -> tuple[dict, dict]:
+    """Split ``--set key=value`` items into trainer settings and task options; unknown keys are errors."""
+    settings: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise CLIError(f"--set expects key=value, got {item!r}")
+        key, text = (s.strip() for s in item.split("=", 1))
+        if key.startswith("task."):  # explicit task option (needed when it shares a setting's name)
+            opt = key[len("task.") :]
+            if opt not in option_keys:
+                raise CLIError(
+                    f"unknown task option {opt!r}; valid task options: {', '.join(option_keys) or '(none)'}"
+                )
+            options[opt] = coerce(parse_value(text), option_keys[opt])
+        elif key in train_keys:
+            settings[key] = coerce(parse_value(text), train_keys[key])
+        elif key in option_keys:
+            options[key] = coerce(parse_value(text), option_keys[key])
+        else:
+            raise CLIError(
+                f"unknown --set key {key!r}; valid keys: settings {', '.join(train_keys)}; "
+                f"task options {', '.join(option_keys) or '(none)'}"
+            )
+    return settings, options

@@ -1,0 +1,82 @@
+"""Figures and result files: matplotlib's pyplot on a non-interactive backend, and atomic writers of PNGs,
+tables and JSON, used by ``report``, ``sweep``, ``bench`` and ``diagnose``.
+
+Every writer goes through :func:`unicornn._files.atomic_write`: a reader sees the old file or the new one,
+never a partial one. matplotlib is optional: :func:`have_matplotlib` tells whether figures can be drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ._files import atomic_write
+
+__all__ = ["have_matplotlib", "pyplot", "save_figure", "write_text", "write_json", "write_outputs"]
+
+
+def have_matplotlib() -> bool:
+    """True when matplotlib can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (figures are only written to files)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Lay out matplotlib figure ``fig``, write it atomically as a PNG to ``path`` and close it."""
+    plt = pyplot()
+    path = Path(path)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    plt.close(fig)
+    return path
+
+
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write ``text`` (UTF-8) atomically to ``path``; returns the path."""
+    path = Path(path)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    return path
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    """Write ``obj`` as indented JSON atomically to ``path``; returns the path."""
+    return write_text(json.dumps(obj, indent=2) + "\n", path)
+
+
+def write_outputs(
+    result: dict[str, Any],
+    out_dir: str | os.PathLike,
+    stem: str,
+    table: str,
+    plot: Callable[[dict, Path], Any] | None,
+    table_suffix: str = ".txt",
+) -> dict[str, Path]:
+    """Write ``<stem>.json``, the table ``<stem><table_suffix>`` and ``<stem>.png`` (``plot(result, path)``)
+    under ``out_dir``, each atomically.
+
+    The PNG is skipped (and not returned) when ``plot`` is None or matplotlib is missing. Returns the written
+    paths by kind (``json``, ``table``, ``png``).
+    """
+    out = Path(out_dir)
+    paths = {"json": write_json(result, out / f"{stem}.json"),
+             "table": write_text(table if table.endswith("\n") else table + "\n", out / f"{stem}{table_suffix}")}  # fmt: skip
+    if plot is not None and have_matplotlib():
+        paths["png"] = out / f"{stem}.png"
+        plot(result, paths["png"])
+    return paths
