@@ -207,6 +207,12 @@ def test_bad_inputs(gunpoint):
         clf.fit([np.zeros(5), np.zeros(5)], ytr[:2])
     with pytest.raises(ValueError, match="validation_fraction"):
         unicornn.UnICORNNClassifier(validation_fraction=1.5, **TINY).fit(Xtr, ytr)
+    with pytest.raises(ValueError, match="patience must be >= 1"):
+        unicornn.UnICORNNClassifier(patience=0, **TINY).fit(Xtr, ytr)
+    with pytest.raises(ValueError, match="dt must be 'auto'"):
+        unicornn.UnICORNNClassifier(dt="fast", **TINY).fit(Xtr, ytr)
+    with pytest.raises(ValueError, match="device must be"):
+        unicornn.UnICORNNClassifier(**dict(TINY, device="tpu")).fit(Xtr, ytr)
     with pytest.raises(ValueError, match="memory='lean' needs model='unicornn'"):
         unicornn.UnICORNNClassifier(model="lstm", memory="lean", **TINY).fit(Xtr, ytr)
     fitted = clf.fit(Xtr, ytr)

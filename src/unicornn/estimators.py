@@ -45,6 +45,7 @@ from .training.progress import Progress
 from .training.settings import validate_config
 from .training.splits import RunSplits, train_loader
 from .training.trainer import make_optimizer
+from .validation import check_int, check_real
 
 __all__ = ["UnICORNNClassifier", "UnICORNNRegressor", "DT_HORIZON", "auto_dt", "as_cases"]
 
@@ -188,8 +189,7 @@ class _SequenceEstimator(BaseEstimator):
         """The trainer's settings for this estimator (validated there and by the model)."""
         if self.memory != "standard" and self.model != "unicornn":
             raise ValueError(f"memory={self.memory!r} needs model='unicornn', got model={self.model!r}")
-        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, numbers.Integral) or self.patience < 1):  # fmt: skip
-            raise ValueError(f"patience must be an int >= 1 or None, got {self.patience!r}")
+        check_int("patience", self.patience, 1, optional=True)
         return validate_config(
             dict(
                 model=self.model, hidden_size=self.hidden_size, num_layers=self.num_layers,
@@ -205,16 +205,12 @@ class _SequenceEstimator(BaseEstimator):
             return SequenceDataset((cases - self.channel_mean_) / self.channel_std_, targets)
         return RaggedSequenceDataset([(c - self.channel_mean_) / self.channel_std_ for c in cases], targets)
 
-    def _check_fraction(self) -> float:
-        f = self.validation_fraction
-        if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0.0 <= f < 1.0:
-            raise ValueError(f"validation_fraction must be a float in [0, 1), got {f!r}")
-        return float(f)
-
     def _split(self, n: int, y_codes, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Training and validation indices (validation stratified by class when the classes allow it)."""
         idx = np.arange(n)
-        fraction = self._check_fraction()
+        fraction = check_real(
+            "validation_fraction", self.validation_fraction, low=0.0, high=1.0, high_open=True
+        )
         n_valid = math.ceil(fraction * n)
         if fraction == 0.0:
             return idx, idx[:0]
