@@ -15,6 +15,7 @@ cell with fewer than 5 seeds says so (n=...). Classification: test accuracy in %
 regression: test RMSE in the target's units.
 
     PYTHONPATH=src python benchmarks/accuracy_uea.py             # runs what is missing, writes the results
+    PYTHONPATH=src python benchmarks/accuracy_uea.py --jobs 2    # two cells at a time (fit times then share the CPU)
     PYTHONPATH=src python benchmarks/accuracy_uea.py --report    # only rewrites the table and the plot
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -135,6 +137,11 @@ def cell_order() -> list[str]:
     keys = [(n, m, s) for s in SEEDS for n in CLASSIFICATION + REGRESSION for m in MODELS]
     keys.sort(key=lambda k: (k[:2] in SLOW, k[2]))
     return [f"{n}|{m}|{s}" for n, m, s in keys]
+
+
+def _run_key(key: str) -> tuple[str, dict]:
+    name, model, seed = key.split("|")
+    return key, run_cell(name, model, int(seed))
 
 
 def _stats(cells: dict, name: str, model: str) -> dict | None:
@@ -269,6 +276,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(RESULTS / "accuracy_uea.json"))
     parser.add_argument("--report", action="store_true", help="only rewrite the table and the plot")
+    parser.add_argument("--jobs", type=int, default=1, help="cells fitted at the same time (processes)")
     args = parser.parse_args(argv)
     import aeon
     import sklearn
@@ -282,11 +290,11 @@ def main(argv=None) -> int:
     doc["estimator_defaults"] = UnICORNNClassifier().get_params()
     doc["published"] = PUBLISHED
     if not args.report:
-        for key in cell_order():
-            if key not in doc["cells"]:
-                name, model, seed = key.split("|")
-                doc["cells"][key] = run_cell(name, model, int(seed))
-                print(key, doc["cells"][key], flush=True)
+        todo = [k for k in cell_order() if k not in doc["cells"]]
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            for key, cell in pool.imap_unordered(_run_key, todo) if args.jobs > 1 else map(_run_key, todo):
+                doc["cells"][key] = cell
+                print(key, cell, flush=True)
                 doc["summary"] = summarise(doc)
                 write(doc, out)
     doc["summary"] = summarise(doc)
