@@ -308,7 +308,6 @@ class _SequenceEstimator(BaseEstimator):
         model.load_state_dict(best[2])
         self.best_epoch_, self.n_epochs_ = best[1], len(self.history_)
         self.model_ = model.cpu().eval()
-        self._spec = spec
         return self
 
     def _outputs(self, X) -> np.ndarray:
