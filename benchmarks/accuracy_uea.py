@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import sys
 import time
 from pathlib import Path
@@ -176,8 +175,11 @@ def summarise(doc: dict) -> dict:
 
 
 def _fmt(s: dict | None, digits: int) -> str:
+    """``mean ± std``; with fewer seeds than planned, their number (one seed: no std)."""
     if s is None:
-        return "-"
+        return "not run"
+    if s["n"] == 1:
+        return f"{s['mean']:.{digits}f} (n=1)"
     n = f" (n={s['n']})" if s["n"] != len(SEEDS) else ""
     return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}{n}"
 
@@ -188,7 +190,8 @@ def markdown(doc: dict) -> str:
         "# Accuracy on UEA/UCR and Monash data bundled with aeon",
         "",
         f"aeon {doc['versions']['aeon']}, scikit-learn {doc['versions']['sklearn']}, torch {doc['versions']['torch']}; "
-        f"archive train/test split; {len(SEEDS)} seeds (mean ± std); one CPU thread. Command: "
+        f"archive train/test split; seeds 0-{len(SEEDS) - 1} (mean ± std; n=k where fewer seeds finished); one CPU "
+        "thread per fit. Command: "
         "`PYTHONPATH=src python benchmarks/accuracy_uea.py`.",
         "",
         "Classification: test accuracy (%). UnICORNN, LSTM, GRU: `UnICORNNClassifier(model=...)` with the "
@@ -237,13 +240,9 @@ def markdown(doc: dict) -> str:
 
 
 def plot(doc: dict, path: Path) -> None:
-    import matplotlib
+    from unicornn.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from unicornn._files import save_figure
-
+    plt = pyplot()
     table = doc["summary"]["table"]
     fig, axes = plt.subplots(
         1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [len(CLASSIFICATION), 2.2]}
@@ -262,14 +261,10 @@ def plot(doc: dict, path: Path) -> None:
         ax.set_ylabel(ylabel)
     axes[0].set_ylim(0, 105)
     axes[0].legend(fontsize=8, loc="lower left")
-    fig.suptitle(f"archive train/test split, {len(SEEDS)} seeds (mean ± std)")
+    fig.suptitle(
+        f"archive train/test split, seeds 0-{len(SEEDS) - 1} (mean ± std over the seeds that finished)"
+    )
     save_figure(fig, path)
-
-
-def write(doc: dict, out: Path) -> None:
-    tmp = out.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, out)
 
 
 def main(argv=None) -> int:
@@ -283,6 +278,7 @@ def main(argv=None) -> int:
     import torch
 
     from unicornn import UnICORNNClassifier
+    from unicornn.plotting import write_json, write_text
 
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.exists() else {"cells": {}}
@@ -296,11 +292,11 @@ def main(argv=None) -> int:
                 doc["cells"][key] = cell
                 print(key, cell, flush=True)
                 doc["summary"] = summarise(doc)
-                write(doc, out)
+                write_json(doc, out)
     doc["summary"] = summarise(doc)
-    write(doc, out)
+    write_json(doc, out)
     md = markdown(doc)
-    out.with_suffix(".md").write_text(md)
+    write_text(md, out.with_suffix(".md"))
     plot(doc, out.with_suffix(".png"))
     print(md)
     return 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from unicornn.estimators import DT_MIN, UnICORNNClassifier, UnICORNNRegressor
+from unicornn.plotting import write_json
 from unicornn.tasks.uea import load_uea, stratified_split, to_collection
 
 DATASETS = ["BasicMotions", "JapaneseVowels", "ACSF1", "ArrowHead", "GunPoint", "ItalyPowerDemand", "OSULeaf",
@@ -124,9 +124,7 @@ def main(argv=None) -> int:
                 doc["cells"][key] = score_cell(name, cand, s)
                 print(key, doc["cells"][key], flush=True)
                 doc["candidates"], doc["ranking"] = CANDIDATES, rank(doc["cells"])
-                tmp = out.with_suffix(f".tmp-{os.getpid()}")
-                tmp.write_text(json.dumps(doc, indent=1))
-                os.replace(tmp, out)
+                write_json(doc, out)
     for c, r in rank(doc["cells"]):
         print(f"{c:14s} mean rank {r:.2f}")
     return 0
