@@ -238,3 +238,12 @@ def test_import_without_sklearn():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "ERR" in out and "unicornn[sklearn]" in out
+
+
+def test_pipeline_with_an_aeon_transformer():
+    """The docs' advice for data whose cases differ in scale: aeon's per-case Normalizer in front."""
+    normalizer = pytest.importorskip("aeon.transformations.collection").Normalizer
+    Xtr, ytr, Xte, _ = _bundled("Covid3Month")
+    pipe = make_pipeline(normalizer(), unicornn.UnICORNNRegressor(random_state=0, **TINY))
+    pred = pipe.fit(Xtr[:30], ytr[:30].astype(float)).predict(Xte[:5])
+    assert pred.shape == (5,) and np.isfinite(pred).all()
