@@ -8,6 +8,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 
 from unicornn.tasks.ts_format import (
     TsFormatError,
@@ -138,7 +139,7 @@ def test_small_classification_file_label_order():
         ("@problemName x\n@classLabel true a\n@data\n", "no cases"),
         ("@problemName x\n@data\n1:a\n", "before a @classLabel"),
         ("@timeStamps true\n@classLabel true a\n@data\n(0,1):a\n", "timeStamps"),
-        ("@classLabel true a\n@data\n1,2:3:a\n", "channel lengths"),
+        ("@classLabel true a\n@data\n1,2:3:a\n", "ragged channels"),
         ("@classLabel true a\n@data\n1,2:3,4:a\n1,2:a\n", "channels, the first case"),
         ("@classLabel true a\n@data\n1,x:a\n", "not a number"),
         ("@classLabel true a\n@data\n1,2:c\n", "not one of the declared classes"),
@@ -204,3 +205,36 @@ def test_split_procedure_matches_sklearn(n):
 def test_split_script_check_mode(capsys):
     assert make_splits.main(["--check"]) == 0
     assert capsys.readouterr().out.count("up to date") == 2
+
+
+def test_unequal_length_cases():
+    text = "@equalLength false\n@classLabel true a b\n@data\n1,2,3:4,5,6:a\n7,8:9,10:b\n"
+    ts = parse_ts(text.splitlines(), "u.ts")
+    assert not ts.equal_length and ts.lengths.tolist() == [3, 2]
+    np.testing.assert_array_equal(ts.values[1], [[7, 9], [8, 10]])  # (length_i, channels)
+    with pytest.raises(TsFormatError, match="cannot be merged"):
+        merge_train_test(ts, ts)
+    equal = parse_ts(CLASSIFICATION.splitlines())
+    assert equal.equal_length and equal.lengths.tolist() == [equal.values.shape[1]] * len(equal.values)
+
+
+def test_unequal_length_against_the_header():
+    text = "@equalLength true\n@classLabel true a\n@data\n1,2,3:a\n7,8:a\n"
+    with pytest.raises(
+        TsFormatError, match="line 5: 2 time points, the first case had 3, but the header says"
+    ):
+        parse_ts(text.splitlines(), "u.ts")
+    text = "@seriesLength 3\n@classLabel true a\n@data\n1,2,3:a\n7,8:a\n"
+    with pytest.raises(TsFormatError, match="serieslength says 3 but the cases have unequal lengths"):
+        parse_ts(text.splitlines(), "u.ts")
+
+
+def test_ragged_dataset_and_pad_collate():
+    from unicornn.tasks.ts_format import RaggedSequenceDataset, pad_collate
+
+    ds = RaggedSequenceDataset([np.ones((3, 2)), 2 * np.ones((1, 2))], np.array([0, 1]))
+    x, y, lengths = pad_collate([ds[0], ds[1]])
+    assert x.shape == (2, 3, 2) and lengths.tolist() == [3, 1] and y.tolist() == [0, 1]
+    assert torch.all(x[1, 1:] == 0) and torch.all(x[1, 0] == 2)
+    with pytest.raises(ValueError, match="one channel count"):
+        RaggedSequenceDataset([np.ones((3, 2)), np.ones((3, 1))], np.array([0, 1]))

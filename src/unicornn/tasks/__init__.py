@@ -19,6 +19,7 @@ from .eigenworms import EigenWormsTask
 from .imdb import ImdbTask
 from .lorenz96 import Lorenz96Task
 from .mnist import MnistTask
+from .uea import UeaTask
 
 TASKS: Registry[Task] = Registry("task")
 
@@ -31,6 +32,7 @@ TASKS.register("bidmc-rr", BidmcTask("rr"))
 TASKS.register("bidmc-hr", BidmcTask("hr"))
 TASKS.register("imdb", ImdbTask())
 TASKS.register("lorenz96", Lorenz96Task())
+TASKS.register("uea", UeaTask())
 
 
 def get_task(name: str) -> Task:

@@ -19,6 +19,9 @@ iterable of index lists for process ``rank`` (``dataset`` may be a ``Subset`` of
 per process; a ``set_epoch(epoch)`` method, if present, is called before each training epoch), and/or a
 ``collate_fn``; both are handed to the DataLoader.
 
+A task whose spec follows its data (``uea``: channels, classes, classification or regression come from the
+files it reads) sets its ``spec`` attribute in ``build``: callers read ``task.spec`` after ``build``.
+
 A task whose model needs something built from its data (IMDB: the vocabulary's pretrained embedding
 matrix) puts it in ``Splits.model_args``: keyword arguments added to the model factory's call,
 ``factory(spec, settings, **model_args)`` (see :mod:`unicornn.task_models`). They are rebuilt with the data

@@ -10,8 +10,9 @@ No network; numpy only for the parsing (the helpers at the end build torch datas
 * after ``@data``, one case per line: the channels separated by ``:``, each a comma-separated list of
   values (``?`` = missing, read as NaN), then ``:`` and the case's class label or numeric target.
 
-Supported: equal-length series without timestamps (what EigenWorms and the BIDMC32 files are); anything else
-raises :class:`TsFormatError` naming the file and line.
+Supported: series without timestamps, of equal length (what EigenWorms and the BIDMC32 files are) or of
+unequal length across cases (``@equalLength false``, e.g. JapaneseVowels; the channels of one case must still
+have one length); anything else raises :class:`TsFormatError` naming the file and line.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class TsFormatError(DataUnavailableError, ValueError):
 class TsData:
     """One parsed ``.ts`` file.
 
-    ``values``: float64 ``(n_cases, length, n_channels)`` (time first, like the task inputs);
+    ``values``: float64 ``(n_cases, length, n_channels)`` (time first, like the task inputs) when every case
+    has the same length, else a list of ``(length_i, n_channels)`` arrays (see :attr:`equal_length`);
     ``labels``: ``(n_cases,)``, str for classification, float64 for regression;
     ``class_labels``: the declared class labels in header order (classification) or None (regression).
     """
@@ -51,6 +53,18 @@ class TsData:
     problem_name: str
     class_labels: list[str] | None
     header: dict = field(default_factory=dict)
+
+    @property
+    def equal_length(self) -> bool:
+        """True when ``values`` is one array (every case has the same length)."""
+        return isinstance(self.values, np.ndarray)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """The number of time points of every case, int64 ``(n_cases,)``."""
+        if self.equal_length:
+            return np.full(len(self.values), self.values.shape[1], dtype=np.int64)
+        return np.array([len(v) for v in self.values], dtype=np.int64)
 
     @property
     def is_classification(self) -> bool:
@@ -155,10 +169,13 @@ def parse_ts(lines: Iterable[str], name: str = "<ts>") -> TsData:
             n_channels, length = len(channels), len(channels[0])
         if len(channels) != n_channels:
             raise TsFormatError(f"{where}: {len(channels)} channels, the first case had {n_channels}")
-        if any(len(c) != length for c in channels):
-            got = sorted({len(c) for c in channels})
+        if any(len(c) != len(channels[0]) for c in channels):
+            got = [len(c) for c in channels]
+            raise TsFormatError(f"{where}: ragged channels: the channel lengths {got} of this case differ")
+        if len(channels[0]) != length and header.get("equallength", False):
             raise TsFormatError(
-                f"{where}: channel lengths {got} differ from {length}; unequal-length series are not supported"
+                f"{where}: {len(channels[0])} time points, the first case had {length}, but the header says "
+                "@equalLength true"
             )
         rows.append(np.stack(channels, axis=-1))
         if regression:
@@ -172,10 +189,12 @@ def parse_ts(lines: Iterable[str], name: str = "<ts>") -> TsData:
         raise TsFormatError(f"{name}: no @data line")
     if not rows:
         raise TsFormatError(f"{name}: no cases after @data")
-    for tag, expected in (("dimensions", n_channels), ("serieslength", length)):
+    equal = all(len(r) == length for r in rows)
+    for tag, expected in (("dimensions", n_channels), ("serieslength", length if equal else None)):
         if tag in header and header[tag] != expected:
-            raise TsFormatError(f"{name}: @{tag} says {header[tag]} but the cases have {expected}")
-    values = np.stack(rows)
+            got = expected if expected is not None else "unequal lengths"
+            raise TsFormatError(f"{name}: @{tag} says {header[tag]} but the cases have {got}")
+    values = np.stack(rows) if equal else rows
     if class_labels is not None:
         label_array = np.array(labels, dtype=str)
         encode_labels(label_array, class_labels)  # every label must be declared
@@ -222,6 +241,10 @@ def merge_train_test(train: TsData, test: TsData) -> tuple[np.ndarray, np.ndarra
     if train.class_labels != test.class_labels:
         raise TsFormatError(
             f"train and test files disagree on the classes: {train.class_labels} vs {test.class_labels}"
+        )
+    if not (train.equal_length and test.equal_length):
+        raise TsFormatError(
+            "train and test files hold unequal-length series, which cannot be merged into one array"
         )
     if train.values.shape[1:] != test.values.shape[1:]:
         raise TsFormatError(
@@ -287,3 +310,40 @@ class SequenceDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.inputs[index], self.targets[index]
+
+
+class RaggedSequenceDataset(Dataset):
+    """Sequences of unequal length, one target each: ``inputs`` a list of float ``(length_i, channels)`` arrays.
+
+    Item ``i`` is ``(inputs[i] (length_i, channels) float32, targets[i], length_i int64)``; batch them with
+    :func:`pad_collate`, which pads to the batch's longest sequence and keeps the lengths, so that a model
+    reading each sequence at its own last step never sees the padding.
+    """
+
+    def __init__(self, inputs, targets) -> None:
+        self.inputs = [torch.as_tensor(np.asarray(x), dtype=torch.float32) for x in inputs]
+        self.targets = torch.as_tensor(targets)
+        channels = {x.shape[1] if x.ndim == 2 else None for x in self.inputs}
+        if len(channels) != 1 or None in channels or self.targets.shape[:1] != (len(self.inputs),):
+            raise ValueError(
+                "inputs must be a list of (length_i, channels) arrays with one channel count and targets "
+                f"(n, ...) with n = {len(self.inputs)}, got channel counts {sorted(map(str, channels))} and "
+                f"targets {tuple(self.targets.shape)}"
+            )
+        if any(len(x) == 0 for x in self.inputs):
+            raise ValueError("every sequence needs at least one time point")
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.inputs[index]
+        return x, self.targets[index], torch.tensor(len(x), dtype=torch.int64)
+
+
+def pad_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Items of :class:`RaggedSequenceDataset` -> ``(inputs (B, N_max, channels) zero-padded after each
+    sequence's end, targets (B, ...), lengths (B,) int64)``."""
+    inputs, targets, lengths = zip(*batch)
+    padded = torch.nn.utils.rnn.pad_sequence(list(inputs), batch_first=True)
+    return padded, torch.stack(list(targets)), torch.stack(list(lengths))

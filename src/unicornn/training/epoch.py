@@ -16,7 +16,7 @@ from .distributed import DistContext, all_reduce_sum
 from .faults import fault_point
 from .splits import RunSplits, eval_loader, unpack
 
-__all__ = ["NonFiniteError", "autocast", "forward", "train_epoch", "evaluate"]
+__all__ = ["NonFiniteError", "autocast", "forward", "train_epoch", "evaluate", "predict_outputs"]
 
 
 class NonFiniteError(RuntimeError):
@@ -125,3 +125,25 @@ def evaluate(
     acc.load_sums(all_reduce_sum(acc.sums(), ctx))
     model.train(was_training)
     return acc.compute()
+
+
+@torch.no_grad()
+def predict_outputs(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    device: torch.device,
+    amp: str = "off",
+    splits: RunSplits | None = None,
+) -> Tensor:
+    """The outputs of ``model`` (in eval mode) for every item of ``dataset`` in order, float32 on the CPU:
+    (n, output_size) for readout "last". ``splits``: as in :func:`evaluate` (the task's collate_fn)."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    for batch in eval_loader(dataset, batch_size, DistContext(device=device), 0, splits):
+        x, _, lengths = unpack(batch, device)
+        outs.append(forward(model, x, lengths, device, amp).cpu())
+    model.train(was_training)
+    return torch.cat(outs)

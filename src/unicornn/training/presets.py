@@ -107,6 +107,9 @@ _LORENZ_SMALL = dict(hidden_size=32, num_layers=2, lr=5e-3, dropout=0.0, batch_s
                      eval_batch_size=128, epochs=100, lr_reduce_epoch=70)  # fmt: skip
 _LORENZ_PAPER = dict(hidden_size=90, num_layers=2, lr=3e-3, dropout=0.0, batch_size=16, dt=0.1, alpha=1.0,
                      eval_batch_size=128, epochs=500, lr_reduce_epoch=250)  # fmt: skip
+# uea: the estimators' defaults (unicornn.estimators) as trainer settings; see the presets' basis.
+_UEA = dict(hidden_size=128, num_layers=2, lr=3e-3, dropout=0.0, batch_size=16, dt=0.1, alpha=0.0,
+            eval_batch_size=256, epochs=100, lr_reduce_epoch=None)  # fmt: skip
 
 
 def _p(task, name, basis, settings, task_options=None, paper_result=None, note="", schedule="Appendix A"):
@@ -416,6 +419,25 @@ _p(
     "validation/test reviews (about 5 s per epoch on a CPU thread); accuracy not measured",
     dict(_IMDB_PAPER, hidden_size=32, lr=1e-3, epochs=2, train_subset=2000, eval_subset=1000),
     task_options={"embedding_dropout": 0.65},
+    schedule=None,
+)
+# ---------------------------------------------------------------- any UEA/UCR or Monash data set (not in the paper)
+_p(
+    "uea",
+    "default",
+    "not a paper experiment: the scikit-learn estimators' defaults (chosen on validation splits of the "
+    "training files of nine bundled UEA/UCR and Monash data sets, benchmarks/choose_defaults.py), except "
+    f"dt: the trainer takes one fixed dt ({_UEA['dt']}, which ranked below the estimators' length-aware "
+    "dt = min(1, 25 / N) in that selection: for series of N steps pass --set dt=25/N); the trainer keeps "
+    "the epoch with the best validation metric (no early stopping)",
+    dict(_UEA),
+    schedule=None,
+)
+_p(
+    "uea",
+    "small",
+    "this package: preset default with 2 x 32 units for 20 epochs, a first look in seconds to minutes",
+    dict(_UEA, hidden_size=32, epochs=20),
     schedule=None,
 )
 

@@ -53,10 +53,20 @@ __all__ = [
     "RunFileError",
     "Requested",
     "train_run",
+    "make_optimizer",
     "evaluate",
     "validate_config",
     "RESUME_MUTABLE_KEYS",
 ]
+
+
+def make_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> tuple[torch.optim.Optimizer, Any]:
+    """Adam with ``cfg["lr"]`` and the step schedule (``lr_reduce_epoch``, ``lr_reduce_factor``; step the
+    scheduler once per epoch)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    milestones = [cfg["lr_reduce_epoch"]] if cfg["lr_reduce_epoch"] is not None else []
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg["lr_reduce_factor"])
+    return optimizer, scheduler
 
 
 def _seed_all(seed: int) -> None:
@@ -187,6 +197,10 @@ def train_run(
         cfg, options = record["settings"], record["task_options"]
         _check_placement(cfg, ctx)
         t = _setup(task, cfg, options, data_dir, ctx)
+        if task.spec is not spec:  # a task whose spec follows its data (uea) sets it in build
+            spec = task.spec
+            if opened.checkpoint is None:
+                record["spec"] = {k: v for k, v in asdict(spec).items() if k in RECORD_FIELDS}
         if opened.checkpoint is not None:
             _restore(t, opened.checkpoint, ctx, run_dir)
             if ctx.is_main:
@@ -298,9 +312,7 @@ def _setup(task, cfg: dict[str, Any], options: dict, data_dir: Path | None, ctx:
         )
     loader_gen = torch.Generator().manual_seed(seed)
     loader, sampler = train_loader(splits, cfg, ctx, loader_gen)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    milestones = [cfg["lr_reduce_epoch"]] if cfg["lr_reduce_epoch"] is not None else []
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg["lr_reduce_factor"])
+    optimizer, scheduler = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg["amp"] == "fp16" and device.type == "cuda")
     return _Training(model, net, splits, loader, sampler, loader_gen, optimizer, scheduler, scaler)
 
