@@ -7,6 +7,7 @@ never a partial one. matplotlib is optional: :func:`have_matplotlib` tells wheth
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable
@@ -71,9 +72,12 @@ def write_outputs(
     under ``out_dir``, each atomically.
 
     The PNG is skipped (and not returned) when ``plot`` is None or matplotlib is missing. Returns the written
-    paths by kind (``json``, ``table``, ``png``).
+    paths by kind (``json``, ``table``, ``png``). Raises ``OSError`` naming ``out_dir`` when it is not a
+    directory and cannot be made one (a regular file, a read-only or full file system, ...).
     """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "the output directory is a file (give a directory)", str(out))
     paths = {"json": write_json(result, out / f"{stem}.json"),
              "table": write_text(table if table.endswith("\n") else table + "\n", out / f"{stem}{table_suffix}")}  # fmt: skip
     if plot is not None and have_matplotlib():

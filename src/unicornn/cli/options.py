@@ -15,6 +15,7 @@ __all__ = [
     "add_threads",
     "comma_ints",
     "comma_names",
+    "device_name",
     "nonnegative_float",
     "nonnegative_int",
     "parse_sets",
@@ -65,6 +66,29 @@ def comma_ints(text: str) -> list[int]:
     return values
 
 
+def device_name(text: str) -> str:
+    """argparse type: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` on a machine that has it (returned as given;
+    ``auto`` resolves later, per process under torchrun)."""
+    if text in ("auto", "cpu"):
+        return text
+    from ..training.distributed import resolve_device
+    from ..validation import ConfigError
+
+    try:
+        device = resolve_device(text)
+        if device.type == "cuda" and device.index is not None:
+            import torch
+
+            if device.index >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+                )
+    except ConfigError as err:
+        msg = str(err).removeprefix(f"--device {text}: ").removeprefix("--device: ")
+        raise argparse.ArgumentTypeError(msg) from None
+    return text
+
+
 def comma_names(text: str) -> list[str]:
     """argparse type: ``"a,b"`` -> ["a", "b"]."""
     return [v.strip() for v in text.split(",") if v.strip()]
@@ -83,7 +107,7 @@ def add_out(parser: argparse.ArgumentParser, default: str | None, help: str | No
 
 def add_device(parser: argparse.ArgumentParser, default: str = "auto", help: str | None = None) -> None:
     """``--device`` (``auto``: CUDA if available, else CPU)."""
-    parser.add_argument("--device", default=default,
+    parser.add_argument("--device", default=default, type=device_name,
                         help=help or f"auto, cpu, cuda or cuda:N (default {default})")  # fmt: skip
 
 

@@ -38,9 +38,10 @@ from .checkpoint import capture_rng_state, restore_rng_state
 from .distributed import DistContext
 from .epoch import NonFiniteError, evaluate, train_epoch
 from .errors import RunDirError, RunExistsError, RunFileError, RunLockedError
+from .memory import check_memory
 from .progress import Progress
 from .records import EpochWriter, epoch_row, fmt, metrics_rows, restore_run_files, write_config, write_result
-from .run import CHECKPOINT, Requested, open_run, run_lock
+from .run import CHECKPOINT, CONFIG, Requested, open_run, run_lock
 from .settings import RESUME_MUTABLE_KEYS, validate_config
 from .splits import RunSplits, build_splits, train_loader
 
@@ -109,6 +110,7 @@ def train_run(
     log=None,
     tensorboard: bool = True,
     progress_every: float | None = 60.0,
+    memory_check: bool = True,
 ) -> dict[str, Any]:
     """Train one seed of ``task`` into ``run_dir`` and return the result (see module docstring).
 
@@ -131,6 +133,8 @@ def train_run(
         log: callable taking one line of text (default: stderr on rank 0, see :mod:`.progress`).
         tensorboard: also write TensorBoard events (when ``tensorboard`` is installed).
         progress_every: seconds between progress lines within an epoch when stderr is not a terminal.
+        memory_check: refuse a run whose estimated memory exceeds what the machine (or device) has, before the
+            run directory is created (see :mod:`.memory`); False skips the check.
 
     Returns:
         A dict with ``status`` ("finished" or "stopped"), ``epochs_done``, ``best`` (epoch, valid, test
@@ -143,6 +147,7 @@ def train_run(
         RunFileError: a file of ``run_dir`` is damaged, or the file system refuses a write.
         ConfigError: a bad setting, task option or model argument (the message names it), or a resume asking
             for settings that cannot change.
+        MemoryLimitError: (a ConfigError) the run's estimated memory exceeds the machine's (``memory_check``).
     """
     spec, ctx, run_dir = task.spec, ctx or DistContext(), Path(run_dir)
     cfg = validate_config(config)
@@ -158,6 +163,9 @@ def train_run(
         "spec": {k: v for k, v in asdict(spec).items() if k in RECORD_FIELDS},
         "world_size": ctx.world_size,
     }
+    existing = resume and any((run_dir / name).exists() for name in (CHECKPOINT, CONFIG))
+    if memory_check and not existing:  # before the run directory is created; a resumed run: its own settings
+        check_memory(task, cfg, options, ctx.device)
     with _locked(run_dir, ctx):
         opened = open_run(run_dir, record, resume, requested)
         for note in opened.notes:
@@ -171,6 +179,8 @@ def train_run(
             return r
         record = opened.record
         cfg, options = record["settings"], record["task_options"]
+        if memory_check and existing:
+            check_memory(task, cfg, options, ctx.device)
         _check_placement(cfg, ctx)
         t = _setup(task, cfg, options, data_dir, ctx)
         if opened.checkpoint is not None:
