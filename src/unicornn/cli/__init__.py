@@ -55,8 +55,9 @@ COMMANDS = ("train", "eval", "tasks", "report", "bench", "diagnose", "plot", "sw
 
 
 def error(msg: str, code: int = EXIT_USAGE) -> int:
-    """Print ``unicornn: error: MSG`` on stderr and return ``code``."""
-    print(f"unicornn: error: {msg}", file=sys.stderr)
+    """Print ``unicornn: error: MSG`` on stderr, on one line (line breaks of MSG become spaces), and return
+    ``code``."""
+    print(f"unicornn: error: {' '.join(msg.split())}", file=sys.stderr)
     return code
 
 

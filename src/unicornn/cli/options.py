@@ -21,6 +21,7 @@ __all__ = [
     "parse_sets",
     "parse_value",
     "positive_int",
+    "seed_int",
     "set_threads",
 ]
 
@@ -34,14 +35,15 @@ class CLIError(Exception):
 # --------------------------------------------------------------------------------------------------
 
 
-def _number(cast: Callable[[str], Any], what: str, minimum: float) -> Callable[[str], Any]:
+def _number(cast: Callable[[str], Any], what: str, minimum: float, maximum: float | None = None):
     def parse(text: str):
+        within = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
         try:
             value = cast(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what} >= {minimum}, got {text!r}") from None
-        if not value >= minimum:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"must be {what} >= {minimum}, got {text}")
+            raise argparse.ArgumentTypeError(f"expected {what} {within}, got {text!r}") from None
+        if not value >= minimum or (maximum is not None and value > maximum):  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be {what} {within}, got {text}")
         return value
 
     return parse
@@ -51,6 +53,8 @@ def _number(cast: Callable[[str], Any], what: str, minimum: float) -> Callable[[
 positive_int = _number(int, "an int", 1)
 #: argparse type: an int >= 0.
 nonnegative_int = _number(int, "an int", 0)
+#: argparse type: a random seed, an int in [0, 2**63 - 1] (what torch's generators take).
+seed_int = _number(int, "an int", 0, 2**63 - 1)
 #: argparse type: a float >= 0.
 nonnegative_float = _number(float, "a number", 0)
 
