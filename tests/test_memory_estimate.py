@@ -165,3 +165,20 @@ def test_resume_checks_the_runs_own_settings(cli, tmp_path, monkeypatch):
     code, _, err = cli(*tiny_train_argv(tmp_path, "--resume", "--set", "epochs=2"))
     assert code == 2 and "this run needs about" in err
     assert (tmp_path / "adding" / "seed-0" / "checkpoint.pt").exists()  # the run is left as it was
+
+
+def test_every_task_and_preset_has_an_estimate_that_fits_a_workstation():
+    """Each registered task with each of its presets: a finite estimate, the data set counted for the tasks that
+    hold theirs, and well under 64 GiB (the paper's experiments run on one GPU)."""
+    from unicornn.training.memory import TASK_DATA
+    from unicornn.training.presets import presets_for
+
+    for name in TASKS.names():
+        task = TASKS.get(name)
+        assert name in TASK_DATA, f"task {name!r}: add its sequence length and data set to TASK_DATA"
+        for p in presets_for(name):
+            est = estimate_memory(
+                task, validate_config(p.config()), task.spec.resolve_options(p.task_options)
+            )
+            assert 0 < est.host < 64 * 1024**3, (name, p.name, est)
+            assert (est.data > 0) == (name != "adding"), (name, est)

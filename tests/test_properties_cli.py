@@ -265,7 +265,7 @@ def test_every_command_has_a_tiny_base():
 
 
 _FAST = settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-_SLOW = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+_SLOW = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 
 
 @pytest.mark.parametrize("leaf", sorted(LEAVES), ids=" ".join)

@@ -117,6 +117,23 @@ def _cifar(o: Mapping[str, Any]) -> tuple[int, float]:
     return 1000, 60_000 * 3072 * (1 + FLOAT)
 
 
+def _eigenworms(o: Mapping[str, Any]) -> tuple[int, float]:
+    from ..tasks.eigenworms import CHANNELS, LENGTH, N_CASES
+
+    steps = o.get("last_k") or o.get("random_k") or LENGTH
+    return steps, 3.0 * N_CASES * LENGTH * CHANNELS * 8  # float64, parsed, merged and scaled
+
+
+def _bidmc(o: Mapping[str, Any]) -> tuple[int, float]:
+    import json
+    from importlib import resources
+
+    from ..tasks.bidmc import CHANNELS, LENGTH, SPLIT_FILE
+
+    cases = json.loads(resources.files("unicornn.tasks").joinpath("data", SPLIT_FILE).read_text())["n_cases"]
+    return LENGTH, 3.0 * cases * LENGTH * CHANNELS * 8
+
+
 #: Sequence length N and host bytes of the data set, per built-in task, from its (resolved) options. Tasks not
 #: listed: N from an option ``T`` or ``length`` (else 1), no data counted.
 TASK_DATA: dict[str, Callable[[Mapping[str, Any]], tuple[int, float]]] = {
@@ -125,9 +142,9 @@ TASK_DATA: dict[str, Callable[[Mapping[str, Any]], tuple[int, float]]] = {
     "psmnist": _mnist,
     "smnist": _mnist,
     "noisy-cifar10": _cifar,
-    "eigenworms": lambda o: (17_984, 3.0 * 259 * 17_984 * 6 * 8),  # float64, parsed then merged
-    "bidmc-rr": lambda o: (4000, 3.0 * 7949 * 4000 * 3 * 8),
-    "bidmc-hr": lambda o: (4000, 3.0 * 7949 * 4000 * 3 * 8),
+    "eigenworms": _eigenworms,
+    "bidmc-rr": _bidmc,
+    "bidmc-hr": _bidmc,
     "imdb": lambda o: (2500, 1.0 * _GIB),  # the longest reviews; the archive's text and GloVe while building
 }
 
