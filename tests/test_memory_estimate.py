@@ -182,3 +182,20 @@ def test_every_task_and_preset_has_an_estimate_that_fits_a_workstation():
             )
             assert 0 < est.host < 64 * 1024**3, (name, p.name, est)
             assert (est.data > 0) == (name != "adding"), (name, est)
+
+
+def test_on_cuda_the_model_and_activations_are_compared_with_the_devices_free_memory(monkeypatch):
+    task = TASKS.get("lorenz96")
+    cfg = validate_config({"hidden_size": 16, "num_layers": 1})
+    opts = task.spec.resolve_options({"n_train": 8, "n_valid": 4, "n_test": 4, "length": 50})
+    est = estimate_memory(task, cfg, opts, on_cpu=False)
+    assert est.host == est.data and est.device == est.model + est.activations
+    with pytest.raises(MemoryLimitError, match=r"on cuda:0 .* but cuda:0 has 1 KiB free"):
+        check_memory(task, cfg, opts, "cuda:0", available={"host": 1e12, "device": 1024})
+    with pytest.raises(
+        MemoryLimitError, match="the machine has 1 KiB available"
+    ):  # the data stay on the host
+        check_memory(task, cfg, opts, "cuda:0", available={"host": 1024, "device": 1e12})
+    check_memory(task, cfg, opts, "cuda:0", available={"host": 1e12, "device": 1e12})
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (123.0, 456.0))
+    assert available_memory("cuda:0")["device"] == 123.0
