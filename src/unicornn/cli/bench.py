@@ -27,7 +27,6 @@ def run_speed(args) -> int:
         run_speed,
         write_speed,
     )
-
     from ..training.distributed import resolve_device
 
     device = str(resolve_device(args.device))  # auto -> cuda:0 or cpu
