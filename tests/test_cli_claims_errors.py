@@ -115,3 +115,9 @@ def test_a_real_read_only_file_system_is_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "unicornn", *TINY_CLAIMS["diagnose states"], "--out", target],
                           capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     _one_line_error(done.returncode, done.stderr, "file system:")
+
+
+def test_bench_device_auto_is_resolved(cli, tmp_path):
+    code, _, err = cli(*TINY_CLAIMS["bench speed"], "--device", "auto", "--out", tmp_path)
+    assert code == 0, err
+    assert (tmp_path / "speed.json").exists()
