@@ -44,6 +44,7 @@ import pathlib
 import re
 import tarfile
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -199,8 +200,19 @@ def glove_from_zip(path: str | pathlib.Path, words: dict[str, int], member: str 
             return read_glove(io.TextIOWrapper(raw, encoding="utf-8"), words, name=f"{path}:{member}")
     except KeyError:
         raise ImdbFormatError(f"{path}: no member {member}") from None
-    except zipfile.BadZipFile as err:
-        raise ImdbFormatError(f"{path}: not a valid zip archive ({err})") from err
+    except ImdbFormatError:
+        raise
+    # a damaged archive fails in zipfile (bad header, truncated or corrupt deflate data, flag bits it does not
+    # support) or in decoding the text
+    except (
+        zipfile.BadZipFile,
+        EOFError,
+        zlib.error,
+        NotImplementedError,
+        RuntimeError,
+        UnicodeDecodeError,
+    ) as err:
+        raise ImdbFormatError(f"{path}: not a valid zip archive ({err!r:.200})") from err
 
 
 def embedding_matrix(
