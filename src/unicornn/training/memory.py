@@ -5,7 +5,8 @@ run that cannot fit.
 
 * the model: its parameters counted on PyTorch's ``meta`` device (no memory is allocated; a deep stack is
   built with four layers and extrapolated layer by layer), times four copies (weights, gradients and Adam's
-  two moments), plus one more for the checkpoint written every epoch;
+  two moments), plus one more for the checkpoint written every epoch, plus about 20 KiB per layer of Python
+  objects (which is what a stack of a million small layers runs out of);
 * one training batch's activations in the chosen memory mode: ``standard`` keeps about ``2 L + 3`` arrays of
   ``(N, B, H)`` for the backward pass (``N`` steps, ``B`` batch, ``H`` units, ``L`` layers), ``lean`` only
   the input, two states per layer every ``K`` steps and one chunk of ``K`` steps; LSTM and GRU keep their
@@ -46,6 +47,9 @@ __all__ = [
 FLOAT = 4  # bytes of a float32
 ADAM_COPIES = 4  # weights, gradients, Adam's exp_avg and exp_avg_sq
 CHECKPOINT_COPIES = 1  # the state written every epoch (best.pt / checkpoint.pt)
+#: Host bytes per layer besides its numbers: the module, its parameter tensors, their gradients and Adam's
+#: states as Python objects (measured: about 17 KiB per UnICORNN layer).
+LAYER_OVERHEAD = 20 * 1024
 _BUILT_LAYERS = 4  # a deeper stack is built with this many layers and extrapolated
 
 
@@ -261,7 +265,8 @@ def estimate_memory(
         _activation_bytes(cfg, spec, steps, train_batch, train=True),
         _activation_bytes(cfg, spec, steps, cfg["eval_batch_size"], train=False),
     )
-    model = params * FLOAT * (ADAM_COPIES + CHECKPOINT_COPIES)
+    layers = cfg["num_layers"] if isinstance(cfg["num_layers"], int) else 0
+    model = params * FLOAT * (ADAM_COPIES + CHECKPOINT_COPIES) + layers * LAYER_OVERHEAD
     return MemoryEstimate(params, model, acts, data, on_cpu)
 
 

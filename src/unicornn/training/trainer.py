@@ -182,6 +182,9 @@ def train_run(
         if memory_check and existing:
             check_memory(task, cfg, options, ctx.device)
         _check_placement(cfg, ctx)
+        layers = cfg.get("num_layers")
+        if isinstance(layers, int) and layers >= 1000:  # building the stack alone takes seconds per thousand
+            say(f"{spec.name}: building a model of {layers:,} layers (this takes a while)")
         t = _setup(task, cfg, options, data_dir, ctx)
         if opened.checkpoint is not None:
             _restore(t, opened.checkpoint, ctx, run_dir)
