@@ -156,3 +156,34 @@ def assert_missing_data_message(msg: str, files, directory) -> None:
         assert name in line and url in line and checksum in line, line
     assert "DIR" in lines[-1] and "--data-dir" in lines[-1] and "UNICORNN_DATA" in lines[-1], msg
     assert all(len(line) <= 160 for line in lines), msg
+
+
+#: Exit codes the command line documents (cli/__init__.py): done, a bench point failed, usage/data/run-directory
+#: /file-system error, non-finite loss, a bound exceeded; 130/143 (signals) are not produced in-process.
+DOCUMENTED_EXIT_CODES = (0, 1, 2, 3, 4)
+
+
+def assert_cli_contract(
+    code, err: str, root: Path | None = None, codes=DOCUMENTED_EXIT_CODES, given=None
+) -> None:
+    """What every ``unicornn`` invocation promises: a documented exit code; on failure exactly one error line
+    (``unicornn...: error: ...``), the last on stderr (progress lines of a run may precede it); never a
+    traceback. Under ``root``: no temporary file left behind, every ``*.json`` and ``*.jsonl`` parses except the
+    files ``given`` ({path: bytes}) still holding the (damaged) bytes the test gave the command."""
+    import json
+
+    assert code in codes, f"exit code {code!r}; stderr:\n{err[-3000:]}"
+    assert "Traceback" not in err, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("unicornn") and ": error: " in line]
+    if code not in (0, 4):
+        assert len(errors) == 1 and err.strip().splitlines()[-1].strip() == errors[0].strip(), err[-3000:]
+    if root is not None:
+        for p in Path(root).rglob("*"):
+            assert ".tmp" not in p.name, f"temporary file left behind: {p}"
+            if given and p in given and p.is_file() and p.read_bytes() == given[p]:
+                continue
+            if p.is_file() and p.suffix == ".json":
+                json.loads(p.read_text(encoding="utf-8"))
+            elif p.is_file() and p.suffix == ".jsonl":
+                for line in p.read_text(encoding="utf-8").splitlines():
+                    json.loads(line)

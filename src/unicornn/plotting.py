@@ -7,6 +7,7 @@ never a partial one. matplotlib is optional: :func:`have_matplotlib` tells wheth
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable
@@ -89,9 +90,12 @@ def write_outputs(
     when all are written do they replace the targets. A failure on the way (a full disk, a plotting error)
     leaves the previous files as they were, consistent with each other, and raises. The PNG is skipped (and
     not returned) when ``plot`` is None or matplotlib is missing. Returns the written paths by kind
-    (``json``, ``table``, ``png``).
+    (``json``, ``table``, ``png``). Raises ``OSError`` naming ``out_dir`` when it is not a directory and
+    cannot be made one (a regular file, a read-only or full file system, ...).
     """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "the output directory is a file (give a directory)", str(out))
     paths = {"json": out / f"{stem}.json", "table": out / f"{stem}{table_suffix}"}
     if plot is not None and have_matplotlib():
         paths["png"] = out / f"{stem}.png"

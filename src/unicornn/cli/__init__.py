@@ -13,7 +13,8 @@ new module plus one name there. Options several commands share (``--out``, ``--d
 
 :func:`main` maps the project's own exceptions to exit codes (:data:`EXIT_CODES`, first match wins); any
 other exception is a bug and shows its traceback. Exit codes: 0 done, 1 a benchmark point failed
-(``bench memory``), 2 usage, data, run-directory or file-system error (also argparse's own), 3 non-finite
+(``bench memory``), 2 usage, data, run-directory or file-system error (also argparse's own; an ``OSError``
+from any command, e.g. ``--out`` naming a file or a read-only file system, is one line too), 3 non-finite
 loss, 4 a bound exceeded (``diagnose states``), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
@@ -46,6 +47,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (RunDirError, EXIT_USAGE),  # run exists, is locked, a damaged file, a file-system error
     (DataUnavailableError, EXIT_USAGE),
     (NonFiniteError, EXIT_NONFINITE),
+    (OSError, EXIT_USAGE),  # the file system refused a read or write (--out a file, read-only, full, ...)
 )
 
 #: The command modules of this package, in the order ``--help`` lists them.
@@ -53,16 +55,24 @@ COMMANDS = ("train", "eval", "tasks", "report", "export", "bench", "diagnose", "
 
 
 def error(msg: str, code: int = EXIT_USAGE) -> int:
-    """Print ``unicornn: error: MSG`` on stderr and return ``code``."""
-    print(f"unicornn: error: {msg}", file=sys.stderr)
+    """Print ``unicornn: error: MSG`` on stderr, on one line (line breaks of MSG become spaces), and return
+    ``code``."""
+    print(f"unicornn: error: {' '.join(msg.split())}", file=sys.stderr)
     return code
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with its usage errors on one line (``PROG: error: MSG (see PROG --help)``), exit 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``unicornn`` command."""
+    """The argument parser of the ``unicornn`` command (its subcommands' parsers are of the same class)."""
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="unicornn",
         description="UnICORNN (Rusch & Mishra, ICML 2021): train and evaluate the paper's experiments.",
     )
@@ -85,8 +95,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         for kind, code in EXIT_CODES:
             if isinstance(err, kind):
-                return error(str(err), code)
+                return error(_message(err), code)
         raise
+
+
+def _message(err: Exception) -> str:
+    """The one line of an exception: an ``OSError`` as ``file system: reason: path``, else its text."""
+    if isinstance(err, OSError):
+        from ..training.errors import os_error_text
+
+        return f"file system: {os_error_text(err)}"
+    return str(err)
 
 
 if __name__ == "__main__":

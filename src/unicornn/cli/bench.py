@@ -28,8 +28,10 @@ def run_speed(args) -> int:
         run_speed,
         write_speed,
     )
+    from ..training.distributed import resolve_device
     from ..training.progress import line_logger
 
+    device = str(resolve_device(args.device))  # auto -> cuda:0 or cpu
     size = dict(PAPER_SETTING if args.paper else CPU_SETTING)
     for key in ("lengths", "batch", "hidden", "layers"):
         if getattr(args, key) is not None:
@@ -37,7 +39,7 @@ def run_speed(args) -> int:
     try:
         result = run_speed(
             size["lengths"], args.models or DEFAULT_SPEED_MODELS, size["batch"], size["hidden"], size["layers"],
-            size["input_size"], args.device, args.repeats, args.slow_repeats, args.warmup,
+            size["input_size"], device, args.repeats, args.slow_repeats, args.warmup,
             threads=args.threads, flush_denormal=args.flush_denormal, floor=args.floor, log=line_logger(),
         )  # fmt: skip
     except ValueError as err:
@@ -50,11 +52,13 @@ def run_speed(args) -> int:
 
 def run_memory(args) -> int:
     from ..bench.memory import DEFAULTS, MEMORY_MODELS, format_table, run_memory, write_memory
+    from ..training.distributed import resolve_device
     from ..training.progress import line_logger
 
+    device = str(resolve_device(args.device))  # auto -> cuda:0 or cpu
     try:
         result = run_memory(
-            args.lengths, args.models or MEMORY_MODELS, args.device, args.batch or DEFAULTS["batch"],
+            args.lengths, args.models or MEMORY_MODELS, device, args.batch or DEFAULTS["batch"],
             args.hidden or DEFAULTS["hidden"], args.layers or DEFAULTS["layers"],
             checkpoint_every=args.checkpoint_every, repeats=args.repeats, threads=args.threads, log=line_logger(),
         )  # fmt: skip
@@ -126,7 +130,7 @@ def add_parser(sub) -> None:
     )
     sp.add_argument("--paper", action="store_true", help="the paper's sizes: B=128, hidden 256, 2 layers")
     _add_sizes(sp)
-    add_device(sp, "cpu", help="cpu or cuda[:i] (default cpu)")
+    add_device(sp, "cpu", help="cpu, cuda[:i] or auto (default cpu)")
     sp.add_argument("--repeats", type=positive_int, default=5, help="timed rounds (default 5)")
     sp.add_argument("--slow-repeats", type=positive_int, default=2,
                     help="timed rounds of per-step models (default 2)")  # fmt: skip
@@ -160,7 +164,7 @@ def add_parser(sub) -> None:
     _add_sizes(me)
     me.add_argument("--checkpoint-every", type=positive_int, default=2048, metavar="K",
                     help="lean mode's anchor spacing")  # fmt: skip
-    add_device(me, "cpu", help="cpu or cuda[:i] (default cpu)")
+    add_device(me, "cpu", help="cpu, cuda[:i] or auto (default cpu)")
     me.add_argument("--repeats", type=positive_int, default=1, help="timed steps per point (default 1)")
     add_threads(me, help="torch threads per measurement")
     add_out(me, "claims")

@@ -34,7 +34,7 @@ def task_settings(args):
 
 def load_run_checkpoint(path_text: str):
     """``(path, checkpoint)`` of a run directory (best.pt, else checkpoint.pt) or a .pt file."""
-    from ..training.checkpoint import load_checkpoint
+    from ..training.checkpoint import read_checkpoint
     from ..training.run import check_beside_its_run
 
     path = Path(path_text)
@@ -42,12 +42,10 @@ def load_run_checkpoint(path_text: str):
         path = path / "best.pt" if (path / "best.pt").exists() else path / "checkpoint.pt"
     if not path.exists():
         raise CLIError(f"checkpoint {path} does not exist (give a run directory, best.pt or checkpoint.pt)")
-    try:
-        ckpt = load_checkpoint(path)
-        ckpt["record"]["settings"]
-    except Exception as err:  # a file that is not a unicornn checkpoint: the user's mistake
-        raise CLIError(f"{path} is not a unicornn checkpoint: {err}") from None
-    check_beside_its_run(path, ckpt)
+    ckpt = read_checkpoint(path, "model")  # RunFileError (one line, naming the file) when damaged or foreign
+    if not isinstance(ckpt.get("record"), dict) or not isinstance(ckpt["record"].get("settings"), dict):
+        raise CLIError(f"{path} is not a unicornn checkpoint (it has no run record)")
+    check_beside_its_run(path, ckpt)  # a best.pt copied from another run would stand for that run
     return path, ckpt
 
 

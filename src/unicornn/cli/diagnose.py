@@ -5,7 +5,16 @@ from __future__ import annotations
 from ..diagnose import BOUND_FORMS
 from . import EXIT_VIOLATED
 from .common import run_stack, written
-from .options import CLIError, add_out, add_threads, comma_ints, comma_names, positive_int, set_threads
+from .options import (
+    CLIError,
+    add_out,
+    add_threads,
+    comma_ints,
+    comma_names,
+    positive_int,
+    seed_int,
+    set_threads,
+)
 
 
 def run_gradients(args) -> int:
@@ -118,7 +127,7 @@ def add_parser(sub) -> None:
     gr.add_argument("--alpha", type=float, default=30.65, help="UnICORNN's alpha (default 30.65, psMNIST)")
     gr.add_argument("--wrt", choices=("state", "input"), default="state",
                     help="state: exact, one step at a time (default); input: one pass, cheap at large N")  # fmt: skip
-    gr.add_argument("--seed", type=int, default=0)
+    gr.add_argument("--seed", type=seed_int, default=0)
     add_threads(gr, help="torch threads")
     add_out(gr, "claims")
     gr.set_defaults(func=run_gradients)
@@ -145,6 +154,6 @@ def add_parser(sub) -> None:
     _add_model_sizes(st, 128, 2, "fresh weights: ")
     st.add_argument("--dt", type=float, default=0.19, help="fresh weights: dt (default 0.19)")
     st.add_argument("--alpha", type=float, default=30.65, help="fresh weights: alpha (default 30.65)")
-    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--seed", type=seed_int, default=0)
     add_out(st, "claims")
     st.set_defaults(func=run_states)

@@ -18,12 +18,14 @@ __all__ = [
     "add_threads",
     "comma_ints",
     "comma_names",
+    "device_name",
     "nonnegative_float",
     "nonnegative_int",
     "out_dir",
     "parse_sets",
     "parse_value",
     "positive_int",
+    "seed_int",
     "set_threads",
 ]
 
@@ -37,14 +39,15 @@ class CLIError(Exception):
 # --------------------------------------------------------------------------------------------------
 
 
-def _number(cast: Callable[[str], Any], what: str, minimum: float) -> Callable[[str], Any]:
+def _number(cast: Callable[[str], Any], what: str, minimum: float, maximum: float | None = None):
     def parse(text: str):
+        within = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
         try:
             value = cast(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what} >= {minimum}, got {text!r}") from None
-        if not value >= minimum:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"must be {what} >= {minimum}, got {text}")
+            raise argparse.ArgumentTypeError(f"expected {what} {within}, got {text!r}") from None
+        if not value >= minimum or (maximum is not None and value > maximum):  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be {what} {within}, got {text}")
         return value
 
     return parse
@@ -54,6 +57,8 @@ def _number(cast: Callable[[str], Any], what: str, minimum: float) -> Callable[[
 positive_int = _number(int, "an int", 1)
 #: argparse type: an int >= 0.
 nonnegative_int = _number(int, "an int", 0)
+#: argparse type: a random seed, an int in [0, 2**63 - 1] (what torch's generators take).
+seed_int = _number(int, "an int", 0, 2**63 - 1)
 #: argparse type: a float >= 0.
 nonnegative_float = _number(float, "a number", 0)
 
@@ -67,6 +72,29 @@ def comma_ints(text: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected comma-separated ints >= 1, got {text!r}")
     return values
+
+
+def device_name(text: str) -> str:
+    """argparse type: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` on a machine that has it (returned as given;
+    ``auto`` resolves later, per process under torchrun)."""
+    if text in ("auto", "cpu"):
+        return text
+    from ..training.distributed import resolve_device
+    from ..validation import ConfigError
+
+    try:
+        device = resolve_device(text)
+        if device.type == "cuda" and device.index is not None:
+            import torch
+
+            if device.index >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+                )
+    except ConfigError as err:
+        msg = str(err).removeprefix(f"--device {text}: ").removeprefix("--device: ")
+        raise argparse.ArgumentTypeError(msg) from None
+    return text
 
 
 def comma_names(text: str) -> list[str]:
@@ -112,7 +140,7 @@ def add_out(parser: argparse.ArgumentParser, default: str | None, help: str | No
 
 def add_device(parser: argparse.ArgumentParser, default: str = "auto", help: str | None = None) -> None:
     """``--device`` (``auto``: CUDA if available, else CPU)."""
-    parser.add_argument("--device", default=default,
+    parser.add_argument("--device", default=default, type=device_name,
                         help=help or f"auto, cpu, cuda or cuda:N (default {default})")  # fmt: skip
 
 

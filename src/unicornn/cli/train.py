@@ -56,6 +56,7 @@ def run(args) -> int:
             quiet=args.quiet,
             tensorboard=not args.no_tensorboard,
             progress_every=args.progress_every,
+            memory_check=not args.no_memory_check,
         )
     except KeyboardInterrupt as stop:
         what, code = ("terminated (SIGTERM)", EXIT_TERMINATED) if isinstance(stop, _Terminated) else (
@@ -157,4 +158,10 @@ def add_parser(sub) -> None:
                 "fastest for small models or on a busy machine")  # fmt: skip
     tr.add_argument("--no-tensorboard", action="store_true",
                     help="do not write TensorBoard events (metrics.jsonl is always written)")  # fmt: skip
+    tr.add_argument(
+        "--no-memory-check",
+        action="store_true",
+        help="train even when the estimated memory (model, one batch's activations, data set) exceeds what "
+        "the machine or device has; by default such a run is refused before its directory is created",
+    )
     tr.set_defaults(func=run)

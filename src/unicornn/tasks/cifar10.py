@@ -44,7 +44,7 @@ from torch.utils.data import Dataset
 
 from ..validation import ConfigError, check_choice
 from .base import Splits, TaskSpec, check_int, check_seed, resolve_options
-from .download import data_root, fetch
+from .download import DataUnavailableError, data_root, fetch
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,9 @@ NOISE_KINDS = ("fixed", "fresh", "uniform")
 _SPLIT_STREAM = {"train": 0, "valid": 1, "test": 2}
 
 
-class CifarFormatError(ValueError):
-    """The archive does not hold CIFAR-10 python batches of the expected layout."""
+class CifarFormatError(DataUnavailableError, ValueError):
+    """The archive does not hold CIFAR-10 python batches of the expected layout (a data error: one line on
+    the command line, like the other data files' format errors)."""
 
 
 class _BatchUnpickler(pickle.Unpickler):
@@ -111,8 +112,8 @@ def _read_batch(archive: tarfile.TarFile, member: str, where: str) -> tuple[np.n
         raise CifarFormatError(f"{where}: {BATCH_DIR}/{member} is not a regular file")
     try:
         batch = _BatchUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise CifarFormatError(f"{where}: {member} is not a CIFAR-10 batch ({err})") from err
+    except Exception as err:  # a damaged pickle can fail in any of the calls it makes
+        raise CifarFormatError(f"{where}: {member} is not a CIFAR-10 batch ({err!r:.200})") from err
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise CifarFormatError(f"{where}: {member} lacks the b'data' / b'labels' entries")
     data = np.asarray(batch[b"data"])

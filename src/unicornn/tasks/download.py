@@ -17,6 +17,8 @@ import pathlib
 import secrets
 import urllib.error
 import urllib.request
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,6 +59,12 @@ def missing_text(missing: Sequence[MissingFile]) -> str:
         *(m.line() for m in missing),
         f"put {them} in {folders}, or point --data-dir (data_dir=) or {ENV_VAR} at a data folder that holds {them}",
     ])  # fmt: skip
+
+
+#: What reading a damaged zip archive raises: a bad header, truncated or corrupt deflate data, flag bits zipfile
+#: does not support (encryption, patched data), or text that does not decode.
+DAMAGED_ZIP_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError,
+                      UnicodeDecodeError)  # fmt: skip
 
 
 class DataUnavailableError(RuntimeError):

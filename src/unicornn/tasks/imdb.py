@@ -55,7 +55,7 @@ from torch.utils.data import Dataset, Subset
 
 from ..validation import ConfigError, check_real
 from .base import Splits, TaskSpec, check_seed, resolve_options
-from .download import DataUnavailableError, data_root, fetch, raise_collected
+from .download import DAMAGED_ZIP_ERRORS, DataUnavailableError, data_root, fetch, raise_collected
 
 
 @dataclass(frozen=True)
@@ -199,8 +199,12 @@ def glove_from_zip(path: str | pathlib.Path, words: dict[str, int], member: str 
             return read_glove(io.TextIOWrapper(raw, encoding="utf-8"), words, name=f"{path}:{member}")
     except KeyError:
         raise ImdbFormatError(f"{path}: no member {member}") from None
-    except zipfile.BadZipFile as err:
-        raise ImdbFormatError(f"{path}: not a valid zip archive ({err})") from err
+    except ImdbFormatError:
+        raise
+    # a damaged archive fails in zipfile (bad header, truncated or corrupt deflate data, flag bits it does not
+    # support) or in decoding the text
+    except DAMAGED_ZIP_ERRORS as err:
+        raise ImdbFormatError(f"{path}: not a valid zip archive ({err!r:.200})") from err
 
 
 def embedding_matrix(

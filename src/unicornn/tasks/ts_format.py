@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .download import DataUnavailableError
+from .download import DAMAGED_ZIP_ERRORS, DataUnavailableError
 
 
 class TsFormatError(DataUnavailableError, ValueError):
@@ -220,8 +220,8 @@ def read_ts_from_zip(zip_path: str | pathlib.Path, member: str) -> TsData:
                 raise TsFormatError(f"{zip_path}: expected one member named {member}, found {len(matches)}")
             with archive.open(matches[0]) as f:
                 text = _decode(f.read())
-    except zipfile.BadZipFile as err:
-        raise TsFormatError(f"{zip_path}: not a valid zip archive ({err})") from err
+    except DAMAGED_ZIP_ERRORS as err:
+        raise TsFormatError(f"{zip_path}: not a valid zip archive ({err!r:.200})") from err
     return parse_ts(io.StringIO(text), f"{zip_path}:{matches[0]}")
 
 

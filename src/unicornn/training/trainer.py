@@ -40,9 +40,10 @@ from .checkpoint import capture_rng_state, restore_rng_state
 from .distributed import DistContext
 from .epoch import NonFiniteError, evaluate, train_epoch
 from .errors import RunDirError, RunExistsError, RunFileError, RunLockedError
+from .memory import check_memory
 from .progress import Progress
 from .records import EpochWriter, epoch_row, fmt, metrics_rows, restore_run_files, write_config, write_result
-from .run import CHECKPOINT, RUN_ID, Requested, new_run_id, open_run, run_lock
+from .run import CHECKPOINT, CONFIG, RUN_ID, Requested, new_run_id, open_run, run_lock
 from .settings import RESUME_MUTABLE_KEYS, epochs_text, validate_config
 from .splits import RunSplits, build_splits, train_loader
 
@@ -124,6 +125,7 @@ def train_run(
     tensorboard: bool = True,
     progress_every: float | None = 60.0,
     on_epoch_end: Callable[[int, dict[str, Any]], bool] | None = None,
+    memory_check: bool = True,
 ) -> dict[str, Any]:
     """Train one seed of ``task`` into ``run_dir`` and return the result (see module docstring).
 
@@ -150,6 +152,8 @@ def train_run(
             ``row`` its metrics.jsonl row, e.g. ``row["valid_<metric>"]``); a true return value stops the run
             there (status "stopped", resumable), e.g. a tuner's pruning. Called in every process under
             torchrun: it must return the same answer in each.
+        memory_check: refuse a run whose estimated memory exceeds what the machine (or device) has, before the
+            run directory is created (see :mod:`.memory`); False skips the check.
 
     Returns:
         A dict with ``status`` ("finished" or "stopped"), ``epochs_done``, ``best`` (epoch, valid, test
@@ -162,6 +166,7 @@ def train_run(
         RunFileError: a file of ``run_dir`` is damaged, or the file system refuses a write.
         ConfigError: a bad setting, task option or model argument (the message names it), or a resume asking
             for settings that cannot change.
+        MemoryLimitError: (a ConfigError) the run's estimated memory exceeds the machine's (``memory_check``).
     """
     spec, ctx, run_dir = task.spec, ctx or DistContext(), Path(run_dir)
     cfg = validate_config(config)
@@ -182,6 +187,9 @@ def train_run(
         box = [record[RUN_ID]]
         torch.distributed.broadcast_object_list(box, src=0)
         record[RUN_ID] = box[0]
+    existing = resume and any((run_dir / name).exists() for name in (CHECKPOINT, CONFIG))
+    if memory_check and not existing:  # before the run directory is created; a resumed run: its own settings
+        check_memory(task, cfg, options, ctx.device)
     with _locked(run_dir, ctx):
         opened = open_run(run_dir, record, resume, requested)
         for note in opened.notes:
@@ -195,7 +203,12 @@ def train_run(
             return r
         record = opened.record
         cfg, options = record["settings"], record["task_options"]
+        if memory_check and existing:
+            check_memory(task, cfg, options, ctx.device)
         _check_placement(cfg, ctx)
+        layers = cfg.get("num_layers")
+        if isinstance(layers, int) and layers >= 1000:  # building the stack alone takes seconds per thousand
+            say(f"{spec.name}: building a model of {layers:,} layers (this takes a while)")
         t = _setup(task, cfg, options, data_dir, ctx)
         if task.spec is not spec:  # a task whose spec follows its data (uea) sets it in build
             spec = task.spec
