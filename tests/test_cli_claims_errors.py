@@ -45,9 +45,13 @@ def _argv(name: str, run_dir: Path) -> list:
 def _one_line_error(code, err, *expected):
     assert code == 2, err
     assert "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1, err
+    lines = (
+        err.strip().splitlines()
+    )  # progress lines (timestamped) may come first; the error is one line, last
+    errors = [line for line in lines if ": error: " in line]
+    assert errors == lines[-1:], err
     for text in expected:
-        assert text in err, err
+        assert text in lines[-1], err
 
 
 def _no_partial_files(root: Path):

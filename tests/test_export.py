@@ -66,6 +66,17 @@ def test_torch_export_runs_at_lengths_it_was_not_traced_at(tmp_path, bidirection
                 torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_an_example_of_one_sequence_or_one_step_still_exports_dynamic_shapes(tmp_path, with_lengths):
+    """A batch of one and a single step would be fixed by tracing: the exporters trace a widened copy."""
+    model = Stack().eval()
+    for B, N in ((1, 7), (2, 1)):
+        program = export_pt2(model, _inputs(B, N, with_lengths), tmp_path / f"m{B}{N}.pt2")
+        for args in (_inputs(4, 9, with_lengths, seed=2), _inputs(1, 3, with_lengths, seed=3)):
+            got, want = program.module()(*args), model(*args)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_torch_export_of_a_task_model_with_the_reference_backend(tmp_path):
     """backend='reference' exports too: the readable loop kernels run behind the custom op."""
     model = SequenceModel(3, 2, 6, 2, 0.2, 1.0, 0.0, "last", backend="reference").eval()

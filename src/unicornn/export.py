@@ -91,12 +91,28 @@ def _example(example) -> tuple:
     return tuple(example)
 
 
+def _traceable(example: tuple) -> tuple:
+    """``example`` widened where a size would be fixed by tracing (torch.export specialises sizes 0 and 1):
+    a batch of one repeated to two, a single step repeated to two steps. Only the shapes matter to tracing;
+    the exported program takes any batch size and length."""
+    out = []
+    for t in example:
+        if isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] == 1:
+            t = t.repeat(2, *([1] * (t.dim() - 1)))
+        if isinstance(t, Tensor) and t.dim() >= 2 and t.shape[1] == 1:
+            t = t.repeat(1, 2, *([1] * (t.dim() - 2)))
+        out.append(t)
+    return tuple(out)
+
+
 def export_pt2(model: nn.Module, example, path=None, *, dynamic_shapes=None) -> torch.export.ExportedProgram:
     """``torch.export.export`` of ``model`` on ``example`` (a tensor or a tuple of positional arguments) with
     a dynamic batch size and sequence length (:func:`default_dynamic_shapes`); saved to ``path`` (``.pt2``)
     when given. Returns the ExportedProgram."""
     check_exportable(model)
     example = _example(example)
+    if dynamic_shapes is None:
+        example = _traceable(example)
     shapes = default_dynamic_shapes(example) if dynamic_shapes is None else dynamic_shapes
     with torch.no_grad():
         program = torch.export.export(model, example, dynamic_shapes=shapes)
@@ -114,6 +130,8 @@ def export_onnx(
     check_exportable(model)
     _require("onnx", "onnxscript")
     example = _example(example)
+    if dynamic_shapes is None:
+        example = _traceable(example)
     shapes = default_dynamic_shapes(example) if dynamic_shapes is None else dynamic_shapes
     path = Path(path)
     with torch.no_grad(), _quiet_onnx_exporter():

@@ -54,10 +54,11 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
 COMMANDS = ("train", "eval", "tasks", "report", "export", "bench", "diagnose", "plot", "sweep", "tune")
 
 
-def error(msg: str, code: int = EXIT_USAGE) -> int:
-    """Print ``unicornn: error: MSG`` on stderr, on one line (line breaks of MSG become spaces), and return
-    ``code``."""
-    print(f"unicornn: error: {' '.join(msg.split())}", file=sys.stderr)
+def error(msg: str, code: int = EXIT_USAGE, lines: bool = False) -> int:
+    """Print ``unicornn: error: MSG`` on stderr and return ``code``: on one line (line breaks of MSG become
+    spaces), or with ``lines`` as MSG's own short lines (the list of missing data files, one per line)."""
+    text = "\n".join(line.rstrip() for line in msg.strip().splitlines()) if lines else " ".join(msg.split())
+    print(f"unicornn: error: {text}", file=sys.stderr)
     return code
 
 
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unicornn`` console script; returns the exit code.
 
-    The project's own exceptions become one line and an exit code; any other exception propagates
+    The project's own exceptions become one line (a list of missing data files: one line per file) and an
+    exit code; any other exception propagates
     (with its traceback): it is a bug.
     """
     args = build_parser().parse_args(argv)
@@ -95,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         for kind, code in EXIT_CODES:
             if isinstance(err, kind):
-                return error(_message(err), code)
+                # the missing data files keep their one line each (name, URL, checksum)
+                return error(_message(err), code, lines=bool(getattr(err, "missing", ())))
         raise
 
 

@@ -138,6 +138,18 @@ def _bidmc(o: Mapping[str, Any]) -> tuple[int, float]:
     return LENGTH, 3.0 * cases * LENGTH * CHANNELS * 8
 
 
+def _uea(o: Mapping[str, Any]) -> tuple[int, float]:
+    """A user's .ts files: about 4 bytes of arrays per byte of text (float64 values, parsed); a named data set
+    (aeon's bundled ones are a few MB, the archive's downloads up to a few hundred): a nominal 256 MiB. The
+    length is known only once the files are read (the data set's arrays are counted)."""
+    import os
+
+    files = [o.get(k) for k in ("train", "test") if o.get(k)]
+    if files:
+        return 1, 4.0 * sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+    return 1, 256.0 * 1024**2
+
+
 #: Sequence length N and host bytes of the data set, per built-in task, from its (resolved) options. Tasks not
 #: listed: N from an option ``T`` or ``length`` (else 1), no data counted.
 TASK_DATA: dict[str, Callable[[Mapping[str, Any]], tuple[int, float]]] = {
@@ -149,7 +161,8 @@ TASK_DATA: dict[str, Callable[[Mapping[str, Any]], tuple[int, float]]] = {
     "eigenworms": _eigenworms,
     "bidmc-rr": _bidmc,
     "bidmc-hr": _bidmc,
-    "imdb": lambda o: (2500, 1.0 * _GIB),  # the longest reviews; the archive's text and GloVe while building
+    "imdb": lambda o: (2500, 1.0 * _GIB),
+    "uea": _uea,  # the longest reviews; the archive's text and GloVe while building
 }
 
 
