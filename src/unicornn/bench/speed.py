@@ -249,6 +249,18 @@ _PARTS = (
 _KERNEL_CALLS = ("GeneratedBackwardFor_unicornn_scan_default", "unicornn::scan_backward")
 
 
+def _cpu_problem(name: str, N: int, batch: int, hidden: int, layers: int, input_size: int, seed: int):
+    """``(model, u (N, batch, input_size), target (batch,))`` of one CPU timing problem, seeded; ValueError when
+    the model is unavailable here."""
+    torch.manual_seed(seed)
+    model = build_timed_model(name, input_size, hidden, layers, torch.device("cpu"), max_steps=N)
+    if isinstance(model, str):
+        raise ValueError(f"model {name!r} is unavailable: {model}")
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(N, batch, input_size, generator=gen)
+    return model, u, torch.randint(0, CLASSES, (batch,), generator=gen)
+
+
 def profile_step(name: str = "unicornn_final", N: int = 1000, batch: int = CPU_SETTING["batch"],
                  hidden: int = CPU_SETTING["hidden"], layers: int = CPU_SETTING["layers"],
                  input_size: int = CPU_SETTING["input_size"], steps: int = 5, threads: int | None = None,
@@ -268,14 +280,8 @@ def profile_step(name: str = "unicornn_final", N: int = 1000, batch: int = CPU_S
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        torch.manual_seed(seed)
         dev = torch.device("cpu")
-        model = build_timed_model(name, input_size, hidden, layers, dev, max_steps=N)
-        if isinstance(model, str):
-            raise ValueError(f"model {name!r} is unavailable: {model}")
-        gen = torch.Generator().manual_seed(seed)
-        u = torch.randn(N, batch, input_size, generator=gen)
-        target = torch.randint(0, CLASSES, (batch,), generator=gen)
+        model, u, target = _cpu_problem(name, N, batch, hidden, layers, input_size, seed)
         for _ in range(2):
             _time_step(model, u, target, dev)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -318,14 +324,8 @@ def thread_scaling(name: str = "unicornn_final", N: int = 1000, batch: int = CPU
     """
     previous_threads = torch.get_num_threads()
     try:
-        torch.manual_seed(seed)
         dev = torch.device("cpu")
-        model = build_timed_model(name, input_size, hidden, layers, dev, max_steps=N)
-        if isinstance(model, str):
-            raise ValueError(f"model {name!r} is unavailable: {model}")
-        gen = torch.Generator().manual_seed(seed)
-        u = torch.randn(N, batch, input_size, generator=gen)
-        target = torch.randint(0, CLASSES, (batch,), generator=gen)
+        model, u, target = _cpu_problem(name, N, batch, hidden, layers, input_size, seed)
         runs: dict[int, list[float]] = {t: [] for t in threads}
         before, during = load_average(), []
         for r in range(repeats + 1):
