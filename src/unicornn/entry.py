@@ -9,6 +9,7 @@ double Ctrl-C cannot interrupt the clean-up into a traceback.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -22,7 +23,8 @@ def _interrupt(signum, frame) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``unicornn`` command line with ``argv`` (default ``sys.argv[1:]``); return its exit code."""
+    """Run the ``unicornn`` command line with ``argv`` (default ``sys.argv[1:]``); return its exit code. A
+    Ctrl-C the command does not handle itself prints its one line and raises :class:`_Interrupted`."""
     guarded = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (not where SIGINT is ignored)
     if guarded:
         signal.signal(signal.SIGINT, _interrupt)
@@ -33,9 +35,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("unicornn: error: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        raise _Interrupted from None
+
+
+class _Interrupted(Exception):
+    """Ctrl-C ended the command outside its own handling (its one line is printed)."""
 
 
 def run() -> None:
-    """The console script: :func:`main`, then exit with its code."""
-    sys.exit(main())
+    """The console script: :func:`main`, then exit with its code. After a Ctrl-C that the command did not
+    handle itself (one that struck during imports, say), the process ends at once with 130: an import cut
+    short can leave library state whose clean-up at interpreter exit would report the interruption again."""
+    try:
+        code = main()
+    except _Interrupted:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+    sys.exit(code)
