@@ -217,3 +217,13 @@ def test_missing_onnx_packages_name_the_extra(monkeypatch, tmp_path):
     )
     with pytest.raises(ImportError, match=r"missing: onnxscript.*unicornn\[export\]"):
         export_onnx(Stack().eval(), _inputs(2, 5, False), tmp_path / "m.onnx")
+
+
+def test_the_padded_op_of_an_exported_program_refuses_a_gradient():
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    w, c, y0, z0 = torch.rand(3), torch.zeros(3), torch.zeros(2, 3), torch.zeros(2, 3)
+    y, _, _ = torch.ops.unicornn.scan_padded(
+        x, w, c, 0.1, 1.0, y0, z0, None, torch.tensor([5, 3]), "reference"
+    )
+    with pytest.raises(RuntimeError, match="inference form of a padded batch"):
+        y.sum().backward()

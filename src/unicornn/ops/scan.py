@@ -103,17 +103,21 @@ def _backward(ctx, grad_y, grad_yN, grad_zN):
 torch.library.register_autograd("unicornn::scan", _backward, setup_context=_setup_context)
 
 
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError(
-        "unicornn: double backward (differentiating a gradient computed with create_graph=True) is not "
-        "supported by the fused backends; use backend='reference' (plain autograd) for it"
-    )
+def refuse_gradient(op: str, message: str) -> None:
+    """Register for ``op`` an autograd formula that raises ``RuntimeError(message)``: asking for its gradient
+    gets that message instead of PyTorch's generic "no autograd formula was registered"."""
+
+    def refuse(ctx, *grads):
+        raise RuntimeError(message)
+
+    torch.library.register_autograd(op, refuse, setup_context=lambda ctx, inputs, output: None)
 
 
-# The backward op is differentiable only in name: asking for its gradient gets the message above instead of
-# PyTorch's generic "no autograd formula was registered".
-torch.library.register_autograd(
-    "unicornn::scan_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
+# The backward op is differentiable only in name.
+refuse_gradient(
+    "unicornn::scan_backward",
+    "unicornn: double backward (differentiating a gradient computed with create_graph=True) is not "
+    "supported by the fused backends; use backend='reference' (plain autograd) for it",
 )
 
 
@@ -156,15 +160,10 @@ def _(x, weight_hh, c, dt, alpha, y0, z0, bias, lengths, backend):
     return torch.empty_like(x), torch.empty_like(y0), torch.empty_like(z0)
 
 
-def _padded_no_backward(ctx, *grads):
-    raise RuntimeError(
-        "unicornn::scan_padded is the inference form of a padded batch in an exported program; it has no "
-        "gradient. Train the eager module (UnICORNN.forward with lengths) instead"
-    )
-
-
-torch.library.register_autograd(
-    "unicornn::scan_padded", _padded_no_backward, setup_context=lambda ctx, inputs, output: None
+refuse_gradient(
+    "unicornn::scan_padded",
+    "unicornn::scan_padded is the inference form of a padded batch in an exported program; it has no "
+    "gradient. Train the eager module (UnICORNN.forward with lengths) instead",
 )
 
 
