@@ -22,7 +22,7 @@ from torch import nn
 
 from .. import UnICORNN
 from ..plotting import write_outputs
-from .common import fused_backend, load_average, machine_info, torch_threads
+from .common import format_load, fused_backend, load_average, machine_info, torch_threads
 
 __all__ = ["run_onnx_speed", "format_onnx_table", "write_onnx_speed"]
 
@@ -107,7 +107,8 @@ def format_onnx_table(result: dict[str, Any]) -> str:
         f"inference, B={s['batch']}, N={s['N']}, hidden={s['hidden']}, layers={s['layers']}, input width "
         f"{s['input_size']}, CPU {result['machine'].get('cpu')} ({result['machine'].get('torch_threads')} torch "
         f"threads), onnxruntime {s['onnxruntime']}; outputs differ by {result['max_rel_diff']:.1e} (relative); "
-        f"load average {result.get('load_average_before')} -> {result.get('load_average_after')}",
+        f"load average (1, 5, 15 min) {format_load(result.get('load_average_before'))} -> "
+        f"{format_load(result.get('load_average_after'))}",
         "",
         "| runtime | ms per forward | x package kernel |",
         "| --- | --- | --- |",

@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import UnICORNN
 from ..plotting import write_outputs
-from .common import fused_backend, load_average, machine_info, torch_threads
+from .common import format_load, fused_backend, load_average, machine_info, torch_threads
 
 __all__ = ["run_streaming", "format_streaming_table", "write_streaming"]
 
@@ -195,7 +195,8 @@ def format_streaming_table(result: dict[str, Any]) -> str:
     lines = [
         f"streaming on {result['machine'].get('cpu')} ({result['machine'].get('torch_threads')} torch threads), "
         f"B={s['batch']}, hidden={s['hidden']}, layers={s['layers']}, input width {s['input_size']}; "
-        f"load average {result.get('load_average_before')} -> {result.get('load_average_after')}",
+        f"load average (1, 5, 15 min) {format_load(result.get('load_average_before'))} -> "
+        f"{format_load(result.get('load_average_after'))}",
         "",
         "| one step of the stack | us per step | x lstmcell |",
         "| --- | --- | --- |",
