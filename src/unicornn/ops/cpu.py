@@ -64,6 +64,7 @@ cache.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -80,7 +81,7 @@ import torch
 
 from .dispatch import register_kernels
 
-__all__ = ["scan_forward", "scan_backward", "tanh32"]
+__all__ = ["scan_forward", "scan_backward", "tanh32", "keep_freed_blocks"]
 
 #: Units per block: the state of one block stays in L1 (7 float64 arrays of 256 at most: 14 KiB).
 _BLOCK = 256
@@ -349,6 +350,63 @@ def _run(kernel, args, U: int, N: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Freed memory kept for reuse (glibc)
+# ----------------------------------------------------------------------------------------------------------
+
+#: Set to "0" to leave glibc's malloc as it is (see :func:`keep_freed_blocks`).
+KEEP_FREED_BLOCKS_ENV = "UNICORNN_KEEP_FREED_BLOCKS"
+#: The largest block size :func:`keep_freed_blocks` keeps for reuse (bytes; twice this fits a C int).
+_KEEP_MAX = 1 << 29
+#: The most free memory at the top of the heap it lets glibc keep (bytes; fits a C int).
+_TRIM_MAX = 1 << 30
+# mallopt parameters of glibc's malloc.h.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_kept_bytes = 0
+_kept_lock = threading.Lock()
+
+
+@functools.cache
+def _mallopt():
+    """glibc's ``mallopt``, or None elsewhere (musl, macOS, Windows)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only
+        return libc.mallopt
+    except (AttributeError, OSError):
+        return None
+
+
+def keep_freed_blocks(nbytes: int) -> int:
+    """Let glibc keep freed blocks of up to ``2 * nbytes`` (at most 512 MiB) for reuse; returns the size kept.
+
+    A training step allocates and frees a few tensors of (N, B, M) per layer. glibc's malloc serves every
+    block above a threshold (dynamic, at most 32 MiB by default) with a fresh ``mmap`` and returns it on
+    ``free``, and also returns the top of its heap once more than twice that is free; every step then
+    touches that memory for the first time again: one page fault per 4 KiB (psMNIST shape: 259,000 faults,
+    a third of the step). The CPU kernels call this with the size of their (N, B, M) tensors, which raises
+    the ``mmap`` threshold above it and the trim threshold to 8 times that (at most 1 GiB), so these blocks
+    stay in the process and are reused. It only ever raises the thresholds; the price is memory held by the process
+    after a step (measured in ``docs/performance.md``). Nothing happens outside glibc, or when the
+    environment variable ``UNICORNN_KEEP_FREED_BLOCKS`` is ``"0"``.
+    """
+    global _kept_bytes
+    want = min(2 * int(nbytes), _KEEP_MAX)
+    if want <= _kept_bytes or os.environ.get(KEEP_FREED_BLOCKS_ENV, "1") == "0":
+        return _kept_bytes
+    with _kept_lock:
+        mallopt = _mallopt()
+        if want > _kept_bytes and mallopt is not None:
+            if (
+                mallopt(_M_MMAP_THRESHOLD, want) == 1
+                and mallopt(_M_TRIM_THRESHOLD, min(8 * want, _TRIM_MAX)) == 1
+            ):
+                _kept_bytes = want
+        return _kept_bytes
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Kernel pair
 # ----------------------------------------------------------------------------------------------------------
 
@@ -374,6 +432,7 @@ def scan_forward(x, weight_hh, c, dt, alpha, y0, z0, bias=None):
     cd = _compute_dtype(y0)
     N, B, M = x.shape
     U = B * M
+    keep_freed_blocks(x.numel() * x.element_size())
     y = torch.empty((N, B, M), dtype=cd)
     yN = torch.empty((B, M), dtype=cd)
     zN = torch.empty((B, M), dtype=cd)
