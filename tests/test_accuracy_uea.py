@@ -39,6 +39,7 @@ def test_summary_targets_and_table():
     doc["summary"] = bench.summarise(doc)
     t = doc["summary"]["targets"]
     assert t["n_ahead"] == t["n_compared"] == 9
+    assert doc["summary"]["targets_full"]["n_compared"] == 0  # no "_full" cells here
     assert t["mean_gap_to_rocket_points"] == pytest.approx(3.0)
     row = doc["summary"]["table"]["OSULeaf"]
     assert row["gru"]["n"] == 1 and row["unicornn"]["std"] == pytest.approx(np.std(range(5), ddof=1))
@@ -54,6 +55,9 @@ def test_one_real_cell():
     bench = _load("accuracy_uea")
     cell = bench.run_cell("ItalyPowerDemand", "rocket", 0)
     assert 50.0 <= cell["score"] <= 100.0 and cell["fit_s"] > 0
+    # the estimator defaults on the archive's own test file (1,029 cases): a fit of seconds, a useful model
+    cell = bench.run_cell("ItalyPowerDemand", "unicornn", 0)
+    assert 85.0 <= cell["score"] <= 100.0 and cell["epochs"] == 0
 
 
 def test_selection_ranking():

@@ -1,7 +1,8 @@
 """Readouts, losses and split metrics: how a task model's output is read (:data:`READOUTS`) and scored (the
 registries :data:`LOSSES` and :data:`METRICS`, accumulated in float64).
 
-Readouts: ``"last"`` predicts from the top layer's state at each sequence's last step, ``"all"`` at every step.
+Readouts: ``"last"`` predicts from the top layer's state at each sequence's last step, ``"all"`` at every step,
+``"pool"`` from the mean and the maximum of the top layer's states over each sequence's valid steps.
 
 Losses (``output`` is what the model returns, ``target`` what the dataset yields, batched):
 
@@ -54,7 +55,7 @@ class Metric:
 
 
 #: How a model reads its output: from the top layer's last state, or at every step.
-READOUTS = ("last", "all")
+READOUTS = ("last", "all", "pool")
 
 LOSSES: Registry[Loss] = Registry("loss")
 METRICS: Registry[Metric] = Registry("metric")

@@ -8,7 +8,7 @@ A model factory is registered by name and called as ``factory(spec, cfg, **model
 :class:`~unicornn.tasks.base.TaskSpec`, the run's (flat) settings and the keyword arguments the task built
 from its data (``Splits.model_args``, usually none); it returns an ``nn.Module`` whose
 ``forward(inputs, lengths=None)`` maps inputs (B, N, d) (or whatever the task yields) and optional
-lengths (B,) int64 to (B, output_size) for readout ``"last"`` or (B, N, output_size) for ``"all"``. The
+lengths (B,) int64 to (B, output_size) for readout ``"last"`` or ``"pool"``, or (B, N, output_size) for ``"all"``. The
 model validates its own arguments.
 """
 
@@ -53,7 +53,8 @@ class SequenceModel(SequenceHead):
         output_size: classes (classification) or regression outputs.
         hidden_size, num_layers, dt, alpha, dropout, residual_skip, backend, input_gain, memory: as in
             :class:`UnICORNN`, which validates them.
-        readout: ``"last"`` reads the top layer's ``y_N``; ``"all"`` reads every step.
+        readout: ``"last"`` reads the top layer's ``y_N``; ``"all"`` reads every step; ``"pool"`` the mean and
+            the maximum of the top layer's ``y`` over each sequence's valid steps.
         bidirectional: a bidirectional stack (see :class:`UnICORNN`); the head then reads both directions:
             for ``"last"`` the top layer's final state of each (the backward one after reading step 1).
 
@@ -101,7 +102,9 @@ class SequenceModel(SequenceHead):
         if self.readout == "last" and lengths is None:
             _, (y_n, _) = self.rnn(seq, return_sequence=False)
             return y_n[-1]
-        out, _ = self.rnn(seq)  # (N, B, M)
+        if self.readout == "pool" and self.rnn.bidirectional:  # each sequence reversed within its length
+            return self.rnn(seq, lengths=lengths)[0]
+        out, _ = self.rnn(seq)  # (N, B, M); steps past a sequence's length are not read
         if self.readout == "last":  # the state at each sequence's last valid step
             return out[lengths.to(out.device) - 1, torch.arange(out.shape[1], device=out.device)]
         return out
