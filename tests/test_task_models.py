@@ -95,3 +95,32 @@ def test_model_registry_builds_the_task_model():
     assert m(torch.randn(2, 5, spec.input_size)).shape == (2, 5, spec.output_size)
     with pytest.raises(UnknownNameError, match="unknown model 'transformer'; valid models: unicornn, lstm"):
         MODELS.get("transformer")
+
+
+def test_pool_over_time_is_the_mean_and_max_of_each_sequences_valid_steps():
+    from unicornn.heads import pool_over_time
+
+    torch.manual_seed(0)
+    states = torch.randn(9, 4, 5, dtype=torch.float64)
+    lengths = torch.tensor([9, 1, 4, 7])
+    got = pool_over_time(states, lengths)
+    for b, n in enumerate(lengths.tolist()):
+        expected = torch.cat([states[:n, b].mean(0), states[:n, b].amax(0)])
+        torch.testing.assert_close(got[b], expected)
+    torch.testing.assert_close(pool_over_time(states, None), torch.cat([states.mean(0), states.amax(0)], -1))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_pool_readout_reads_each_sequence_within_its_length(bidirectional):
+    """readout="pool": the head reads (B, 2 * width); a padded batch gives each sequence's own result, and the
+    gradient reaches the stack."""
+    torch.manual_seed(0)
+    m = make("pool", bidirectional=bidirectional).double().eval()
+    assert m.head.in_features == 2 * 16 * (2 if bidirectional else 1)
+    x = torch.randn(3, 8, 3, dtype=torch.float64)
+    lengths = torch.tensor([8, 3, 5])
+    together = m(x, lengths)
+    for b, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(together[b], m(x[b : b + 1, :n])[0])
+    together.sum().backward()
+    assert m.rnn.weight_hh_l0.grad is not None and m.rnn.weight_hh_l0.grad.abs().sum() > 0
