@@ -128,6 +128,26 @@ def rank(cells: dict) -> list[tuple[str, float]]:
     )
 
 
+#: Column labels of :func:`markdown_table`.
+SHORT = {"BasicMotions": "BM", "JapaneseVowels": "JV", "ACSF1": "ACSF1", "ArrowHead": "AH", "GunPoint": "GP",
+         "ItalyPowerDemand": "IPD", "OSULeaf": "OSU", "Covid3Month": "Covid (nRMSE)",
+         "CardanoSentiment": "Cardano (nRMSE)"}  # fmt: skip
+
+
+def markdown_table(cells: dict) -> str:
+    """Candidates by mean rank, with each data set's mean selection score (accuracy in %, or normalised RMSE)."""
+    lines = ["| candidate | mean rank | " + " | ".join(SHORT[n] for n in DATASETS) + " |",
+             "|---|---|" + "---|" * len(DATASETS)]  # fmt: skip
+    for c, r in rank(cells):
+        scores = []
+        for n in DATASETS:
+            got = [cells[f"{c}|{n}|{s}"] for s in SPLITS]
+            mean = float(np.mean([g["score"] for g in got]))
+            scores.append(f"{100 * mean:.0f}" if got[0]["higher_is_better"] else f"{mean:.2f}")
+        lines.append(f"| {c} | {r:.2f} | " + " | ".join(scores) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "defaults_selection.json"))
@@ -145,8 +165,7 @@ def main(argv=None) -> int:
                 print(key, doc["cells"][key], flush=True)
                 doc["candidates"], doc["ranking"] = CANDIDATES, rank(doc["cells"])
                 write_json(doc, out)
-    for c, r in rank(doc["cells"]):
-        print(f"{c:14s} mean rank {r:.2f}")
+    print(markdown_table(doc["cells"]))
     return 0
 
 
