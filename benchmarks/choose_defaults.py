@@ -6,10 +6,11 @@ held out as a selection set, with two different draws (split seeds 0 and 1); eac
 rest (the estimator itself then holds out its own validation fraction for the best epoch) and scored on the
 selection set: accuracy for classification, and for regression the RMSE divided by the selection targets'
 standard deviation. Candidates are ranked per data set (mean score over the two draws) and the candidate with
-the best mean rank over the nine data sets wins. Four rounds (see :data:`CANDIDATES`): end-to-end training
+the best mean rank over the nine data sets wins. Six rounds (see :data:`CANDIDATES`): end-to-end training
 (``training="full"``) in the first three -- nine candidates, then four around the first round's best, then a
 read-out pooled over time -- and random oscillators with a ridge read-out (``training="readout"``) in the
-fourth and, around the fourth round's best, the fifth; the ranking covers all of them. For ``training="full"``, epochs, patience and batch size are fixed by
+fourth, around the fourth round's best in the fifth, and with units spread over input scales too in the sixth;
+the ranking covers all of them. For ``training="full"``, epochs, patience and batch size are fixed by
 the time budget of the accuracy table (they are shared with the LSTM and GRU columns), not tuned.
 
 Usage (resumable: each (candidate, data set, split) cell is cached in the JSON as it finishes)::
@@ -61,15 +62,32 @@ CANDIDATES = {
     "H5-h128-pool": dict(_FULL, horizon=5.0, hidden_size=128, readout="pool"),
     "H25-h128-pool-lr1e-3": dict(_FULL, horizon=25.0, hidden_size=128, readout="pool", lr=1e-3),
     # fourth round: training="readout" (random multi-scale oscillators, ridge read-out of pooled states)
-    "readout-h1024": dict(training="readout", hidden_size=1024, num_layers=1, alpha=0.0),
-    "readout-h1024-alpha1": dict(training="readout", hidden_size=1024, num_layers=1, alpha=1.0),
-    "readout-h2048": dict(training="readout", hidden_size=2048, num_layers=1, alpha=0.0),
-    "readout-h1024-2layers": dict(training="readout", hidden_size=1024, num_layers=2, alpha=0.0),
-    "readout-h256": dict(training="readout", hidden_size=256, num_layers=1, alpha=0.0),
+    "readout-h1024": dict(training="readout", hidden_size=1024, num_layers=1, alpha=0.0, input_spread=1.0),
+    "readout-h1024-alpha1": dict(
+        training="readout", hidden_size=1024, num_layers=1, alpha=1.0, input_spread=1.0
+    ),
+    "readout-h2048": dict(training="readout", hidden_size=2048, num_layers=1, alpha=0.0, input_spread=1.0),
+    "readout-h1024-2layers": dict(
+        training="readout", hidden_size=1024, num_layers=2, alpha=0.0, input_spread=1.0
+    ),
+    "readout-h256": dict(training="readout", hidden_size=256, num_layers=1, alpha=0.0, input_spread=1.0),
     # fifth round, around the fourth round's best (readout-h1024-alpha1)
-    "readout-h1024-alpha0.3": dict(training="readout", hidden_size=1024, num_layers=1, alpha=0.3),
-    "readout-h1024-alpha3": dict(training="readout", hidden_size=1024, num_layers=1, alpha=3.0),
-    "readout-h2048-alpha1": dict(training="readout", hidden_size=2048, num_layers=1, alpha=1.0),
+    "readout-h1024-alpha0.3": dict(
+        training="readout", hidden_size=1024, num_layers=1, alpha=0.3, input_spread=1.0
+    ),
+    "readout-h1024-alpha3": dict(
+        training="readout", hidden_size=1024, num_layers=1, alpha=3.0, input_spread=1.0
+    ),
+    "readout-h2048-alpha1": dict(
+        training="readout", hidden_size=2048, num_layers=1, alpha=1.0, input_spread=1.0
+    ),
+    # sixth round: the fifth round's best with units spread over input scales too (gains 0.1-10, random biases)
+    "readout-h1024-alpha3-spread10": dict(
+        training="readout", hidden_size=1024, num_layers=1, alpha=3.0, input_spread=10.0
+    ),  # fmt: skip
+    "readout-h1024-alpha3-spread3": dict(
+        training="readout", hidden_size=1024, num_layers=1, alpha=3.0, input_spread=3.0
+    ),  # fmt: skip
 }
 
 

@@ -11,7 +11,8 @@ time points; a regressor's target too), then trains in one of two ways (``traini
 
 * ``"readout"`` (default): the recurrent layers keep a random initialisation -- for UnICORNN the paper's,
   with every unit's time step ``dt * sigmoid(c)`` drawn log-uniformly between one time point and the whole
-  series (:func:`spread_time_steps`), so that the oscillators cover every time scale of the data; the LSTM
+  series, and every unit's input gain log-uniformly from [1/3, 3] with a bias drawn from U(-1, 1)
+  (:func:`spread_scales`), so that the oscillators cover every time scale of the data; the LSTM
   and GRU baselines keep PyTorch's -- and only the linear read-out of the top layer's states pooled over
   time (mean and maximum per unit, ``readout="pool"``) is fitted, in closed form by ridge regression on the
   standardised features (scikit-learn's ``RidgeClassifierCV`` / ``RidgeCV``, the penalty chosen by
@@ -27,8 +28,7 @@ The model comes from the package's model registry (``model="unicornn"``, or a ba
 ``"gru"``, ...) in both. Defaults were chosen once on validation splits of the training files of nine
 UEA/UCR and Monash data sets (never their test files); the procedure and the numbers are in
 ``benchmarks/choose_defaults.py`` and the "Your own data" docs page: the chosen ``training="readout"``
-settings rank first over the nine sets, and score better than the best of 17 end-to-end candidates on 5 of
-them (equal on 1). ``hidden_size``, ``num_layers``, ``alpha`` and
+settings rank first over the nine sets. ``hidden_size``, ``num_layers``, ``alpha`` and
 ``readout`` left None take the defaults of the training mode (:data:`MODE_DEFAULTS`). ``dt="auto"`` is 1 for
 ``"readout"`` (time steps spread over (1/n_timepoints, 0.9)) and length-aware for ``"full"``:
 ``dt = min(1, DT_HORIZON / n_timepoints)`` for the longest training case, so that the nominal time covered by
@@ -76,22 +76,34 @@ RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 10))
 FEATURE_BATCH_ELEMENTS = 1 << 25
 #: Defaults of the parameters left None, per ``training`` mode (chosen on validation data, see the module docstring).
 MODE_DEFAULTS = {
-    "full": {"hidden_size": 128, "num_layers": 2, "alpha": 0.0, "readout": "last"},
-    "readout": {"hidden_size": 1024, "num_layers": 1, "alpha": 3.0, "readout": "pool"},
+    "full": {"hidden_size": 128, "num_layers": 2, "alpha": 0.0, "readout": "last", "input_spread": 1.0},
+    "readout": {"hidden_size": 1024, "num_layers": 1, "alpha": 3.0, "readout": "pool", "input_spread": 3.0},
 }
 
 
-def spread_time_steps(rnn, n_timepoints: int, generator: torch.Generator) -> None:
-    """Draw every UnICORNN unit's time step ``dt * sigmoid(c)`` log-uniformly from
-    ``[dt / n_timepoints, 0.9 dt]`` (setting ``c``), so that the units' time scales span one time point to the
-    whole series."""
+def spread_scales(rnn, n_timepoints: int, input_spread: float, generator: torch.Generator) -> None:
+    """Spread a UnICORNN's units over time scales and input scales (``training="readout"``).
+
+    Every unit's time step ``dt * sigmoid(c)`` is drawn log-uniformly from ``[dt / n_timepoints, 0.9 dt]`` (by
+    setting ``c``), so that the time scales span one time point to the whole series. With ``input_spread`` > 1,
+    every unit's input weights are also multiplied by a gain drawn log-uniformly from ``[1 / input_spread,
+    input_spread]`` and its bias drawn uniformly from ``[-1, 1]``, so that some units respond almost linearly
+    to their input and others saturate; ``input_spread`` 1 keeps the initial input weights and biases.
+    """
     low, high = math.log(1.0 / max(int(n_timepoints), 2)), math.log(0.9)
+    spread = math.log(check_real("input_spread", input_spread, low=1.0))
     with torch.no_grad():
         for p in rnn.all_layer_parameters():
             c = p["c"]
             u = torch.rand(c.shape, generator=generator, dtype=torch.float64)
             frac = torch.exp(low + (high - low) * u)  # sigmoid(c)
             c.copy_(torch.log(frac / (1.0 - frac)).to(c.dtype))
+            if spread > 0:
+                weight, bias = p["weight_ih"], p["bias_ih"]
+                gain = torch.exp(spread * (2 * torch.rand(weight.shape[0], 1, generator=generator) - 1))
+                weight.mul_(gain.to(weight.dtype))
+                if bias is not None:
+                    bias.copy_((2 * torch.rand(bias.shape, generator=generator) - 1).to(bias.dtype))
 
 
 def auto_dt(n_timepoints: int) -> float:
@@ -187,6 +199,7 @@ class _SequenceEstimator(BaseEstimator):
         bidirectional: bool = False,
         readout: str | None = None,
         training: str = "readout",
+        input_spread: float | None = None,
         backend: str = "auto",
         random_state: int | np.random.RandomState | None = None,
         verbose: bool | int = False,
@@ -207,6 +220,7 @@ class _SequenceEstimator(BaseEstimator):
         self.bidirectional = bidirectional
         self.readout = readout
         self.training = training
+        self.input_spread = input_spread
         self.backend = backend
         self.random_state = random_state
         self.verbose = verbose
@@ -330,13 +344,14 @@ class _SequenceEstimator(BaseEstimator):
 
     def _fit_readout(self, model, data, collate, targets: np.ndarray, spec: TaskSpec, seed: int) -> None:
         """``training="readout"``: the recurrent layers keep their random initialisation (UnICORNN: time steps
-        spread over every time scale, :func:`spread_time_steps`); the linear read-out of the pooled states is
+        spread over every time scale and input scale, :func:`spread_scales`); the linear read-out of the pooled states is
         fitted in closed form by ridge regression, its penalty chosen by leave-one-out cross-validation."""
         from sklearn.linear_model import RidgeClassifierCV, RidgeCV
 
         rnn = model.rnn
         if hasattr(rnn, "all_layer_parameters"):  # UnICORNN
-            spread_time_steps(rnn, self.n_timepoints_, torch.Generator().manual_seed(seed))
+            generator = torch.Generator().manual_seed(seed)
+            spread_scales(rnn, self.n_timepoints_, self._mode("input_spread"), generator)
         features = self._features(model, data, collate)
         if not np.isfinite(features).all():
             raise ValueError(
@@ -484,6 +499,9 @@ class UnICORNNClassifier(ClassifierMixin, _SequenceEstimator):
             ``"lean"`` (training memory independent of the series length; UnICORNN only).
         bidirectional: UnICORNN layers that also run backward in time (nn.LSTM's ``bidirectional``; each
             case reversed within its own length; not with ``memory="lean"``).
+        input_spread: ``"readout"`` with UnICORNN: each unit's input weights scaled by a gain drawn
+            log-uniformly from ``[1 / input_spread, input_spread]`` and its bias drawn from ``U(-1, 1)``; 1
+            keeps the paper's input weights and zero biases (None: 3 for ``"readout"``; ``"full"`` ignores it).
         readout: what the linear read-out sees: ``"last"``, the top layer's state at each case's last time
             point; ``"pool"``, the mean and the maximum of the top layer's states over the case's time points
             (None: ``"pool"`` for ``"readout"``, which needs it, ``"last"`` for ``"full"``).
