@@ -62,7 +62,16 @@ from .training.splits import RunSplits, train_loader
 from .training.trainer import make_optimizer
 from .validation import check_choice, check_int, check_real
 
-__all__ = ["UnICORNNClassifier", "UnICORNNRegressor", "DT_HORIZON", "auto_dt", "as_cases"]
+__all__ = [
+    "UnICORNNClassifier",
+    "UnICORNNRegressor",
+    "DT_HORIZON",
+    "MODE_DEFAULTS",
+    "RIDGE_ALPHAS",
+    "auto_dt",
+    "as_cases",
+    "spread_scales",
+]
 
 #: ``dt="auto"``: the nominal time ``dt * n_timepoints`` a sequence covers (chosen on validation data).
 DT_HORIZON = 25.0
