@@ -258,6 +258,10 @@ def test_bad_inputs(gunpoint):
         unicornn.UnICORNNClassifier(**dict(TINY_READOUT, training="ridge")).fit(Xtr, ytr)
     with pytest.raises(ValueError, match="readout must be 'pool' or None, got 'last'"):
         unicornn.UnICORNNClassifier(readout="last", **TINY_READOUT).fit(Xtr, ytr)
+    with pytest.raises(ValueError, match="validation_fraction"):  # checked in both modes
+        unicornn.UnICORNNClassifier(validation_fraction=1.5, **TINY_READOUT).fit(Xtr, ytr)
+    with pytest.raises(ValueError, match="input_spread"):
+        unicornn.UnICORNNClassifier(input_spread=0.5, **TINY_READOUT).fit(Xtr, ytr)
     with pytest.raises(ValueError, match="non-finite on the training data: use a smaller dt or alpha"):
         unicornn.UnICORNNClassifier(alpha=1e6, **TINY_READOUT).fit(Xtr, ytr)
 

@@ -264,6 +264,8 @@ class _SequenceEstimator(BaseEstimator):
         if self.memory != "standard" and self.model != "unicornn":
             raise ValueError(f"memory={self.memory!r} needs model='unicornn', got model={self.model!r}")
         check_int("patience", self.patience, 1, optional=True)
+        check_real("validation_fraction", self.validation_fraction, low=0.0, high=1.0, high_open=True)
+        check_real("input_spread", self._mode("input_spread"), low=1.0)
         return validate_config(
             dict(
                 model=self.model, hidden_size=self._mode("hidden_size"), num_layers=self._mode("num_layers"),
