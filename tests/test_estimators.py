@@ -212,9 +212,10 @@ def test_verbose_prints_epochs(gunpoint, capsys):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_device(gunpoint):
+@both_modes
+def test_cuda_device(gunpoint, tiny):
     Xtr, ytr, Xte, _ = gunpoint
-    clf = unicornn.UnICORNNClassifier(random_state=0, **dict(TINY, device="cuda", backend="auto")).fit(
+    clf = unicornn.UnICORNNClassifier(random_state=0, **dict(tiny, device="cuda", backend="auto")).fit(
         Xtr, ytr
     )
     assert clf.predict(Xte).shape == (20,) and next(clf.model_.parameters()).device.type == "cpu"

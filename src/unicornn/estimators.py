@@ -110,7 +110,7 @@ def spread_scales(rnn, n_timepoints: int, input_spread: float, generator: torch.
             if spread > 0:
                 weight, bias = p["weight_ih"], p["bias_ih"]
                 gain = torch.exp(spread * (2 * torch.rand(weight.shape[0], 1, generator=generator) - 1))
-                weight.mul_(gain.to(weight.dtype))
+                weight.mul_(gain.to(weight))  # dtype and device
                 if bias is not None:
                     bias.copy_((2 * torch.rand(bias.shape, generator=generator) - 1).to(bias.dtype))
 
