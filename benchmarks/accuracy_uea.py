@@ -308,12 +308,14 @@ def main(argv=None) -> int:
     import torch
 
     from unicornn import UnICORNNClassifier
+    from unicornn.estimators import MODE_DEFAULTS
     from unicornn.plotting import write_json, write_text
 
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.exists() else {"cells": {}}
     doc["versions"] = {"aeon": aeon.__version__, "sklearn": sklearn.__version__, "torch": torch.__version__}
     doc["estimator_defaults"] = UnICORNNClassifier().get_params()
+    doc["mode_defaults"] = MODE_DEFAULTS  # what the None entries above stand for, per training mode
     doc["published"] = PUBLISHED
     if not args.report:
         todo = [k for k in cell_order() if k not in doc["cells"]]
