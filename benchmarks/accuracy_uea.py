@@ -289,8 +289,9 @@ def plot(doc: dict, path: Path) -> None:
                    label=LABELS[m], capsize=2)  # fmt: skip
         ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
         ax.set_ylabel(ylabel)
-    axes[0].set_ylim(0, 105)
-    axes[0].legend(fontsize=8, loc="lower left")
+    axes[0].set_ylim(0, 128)  # room above the bars for the legend
+    axes[0].set_yticks(range(0, 101, 20))
+    axes[0].legend(fontsize=8, loc="upper center", ncol=4)
     fig.suptitle(
         f"archive train/test split, seeds 0-{len(SEEDS) - 1} (mean ± std over the seeds that finished)"
     )
