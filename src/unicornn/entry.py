@@ -43,12 +43,15 @@ class _Interrupted(Exception):
 
 
 def run() -> None:
-    """The console script: :func:`main`, then exit with its code. After a Ctrl-C that the command did not
-    handle itself (one that struck during imports, say), the process ends at once with 130: an import cut
-    short can leave library state whose clean-up at interpreter exit would report the interruption again."""
+    """The console script: :func:`main`, then exit with its code. After a Ctrl-C the process ends at once
+    with 130, whether the command handled it (it has stopped and closed its files) or not (one that struck
+    during imports, say): an import or a worker thread cut short can leave library state whose clean-up at
+    interpreter exit would report the interruption again, or end the process by the signal instead of 130."""
     try:
         code = main()
     except _Interrupted:
+        code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_INTERRUPTED)
