@@ -335,9 +335,9 @@ def test_freed_blocks_are_kept_so_later_steps_do_not_fault_again():
     """The kernels' (N, B, M) outputs come from memory malloc kept after the previous call: a 64 MiB output
     costs 16,384 first-touch faults per call by default and next to none once the blocks are kept."""
 
-    def run(env_value):
+    def run(env_value, **allocator):
         env = dict(os.environ, **{cpu_ops.KEEP_FREED_BLOCKS_ENV: env_value})
-        env = {k: v for k, v in env.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+        env = {k: v for k, v in env.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))} | allocator
         out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], env=env, capture_output=True, text=True,
                              timeout=300, check=True)  # fmt: skip
         kept, faults, *per_call = map(int, out.stdout.split())
@@ -349,3 +349,6 @@ def test_freed_blocks_are_kept_so_later_steps_do_not_fault_again():
     kept_off, faults_off, per_call = run("0")
     assert kept_off == 0
     assert faults_off > 10_000, per_call  # one per 4 KiB page of the 64 MiB output, every call
+    # the user's own glibc setting wins: nothing is changed
+    assert run("1", MALLOC_MMAP_THRESHOLD_="65536")[0] == 0
+    assert run("1", GLIBC_TUNABLES="glibc.malloc.trim_threshold=0")[0] == 0

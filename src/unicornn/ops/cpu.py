@@ -378,6 +378,15 @@ def _mallopt():
         return None
 
 
+def _allocator_is_ours() -> bool:
+    """False when the user opted out, or set glibc's malloc thresholds or tunables themselves (their choice wins)."""
+    env = os.environ
+    if env.get(KEEP_FREED_BLOCKS_ENV, "1") == "0":
+        return False
+    own = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+    return not any(k in env for k in own) and "glibc.malloc" not in env.get("GLIBC_TUNABLES", "")
+
+
 def keep_freed_blocks(nbytes: int) -> int:
     """Let glibc keep freed blocks of up to ``2 * nbytes`` (at most 512 MiB) for reuse; returns the size kept.
 
@@ -388,12 +397,14 @@ def keep_freed_blocks(nbytes: int) -> int:
     a third of the step). The CPU kernels call this with the size of their (N, B, M) tensors, which raises
     the ``mmap`` threshold above it and the trim threshold to 8 times that (at most 1 GiB), so these blocks
     stay in the process and are reused. It only ever raises the thresholds; the price is memory held by the process
-    after a step (measured in ``docs/performance.md``). Nothing happens outside glibc, or when the
-    environment variable ``UNICORNN_KEEP_FREED_BLOCKS`` is ``"0"``.
+    after a step (measured in ``docs/performance.md``). Nothing happens outside glibc, when the
+    environment variable ``UNICORNN_KEEP_FREED_BLOCKS`` is ``"0"``, or when the user set glibc's malloc
+    thresholds themselves (``MALLOC_*_THRESHOLD_``, ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_MAX_`` or
+    ``glibc.malloc`` tunables in ``GLIBC_TUNABLES``).
     """
     global _kept_bytes
     want = min(2 * int(nbytes), _KEEP_MAX)
-    if want <= _kept_bytes or os.environ.get(KEEP_FREED_BLOCKS_ENV, "1") == "0":
+    if want <= _kept_bytes or not _allocator_is_ours():
         return _kept_bytes
     with _kept_lock:
         mallopt = _mallopt()
