@@ -204,13 +204,19 @@ def _scan_in_child(queue):
     queue.put(bool(torch.allclose(y, ref, rtol=1e-5, atol=1e-6)))
 
 
-def test_threads_work_in_a_forked_process(monkeypatch):
+@pytest.mark.parametrize("parent_threads", ["openmp", "pool"])
+def test_threads_work_in_a_forked_process(monkeypatch, parent_threads):
+    """A child forked after the parent ran the kernels on several threads (torch's OpenMP team or this
+    module's pool, whose threads the child does not inherit) runs them on a pool of its own."""
     import multiprocessing
 
     monkeypatch.setattr(cpu_ops, "_MIN_PARALLEL_WORK", 0)
+    if parent_threads == "pool":
+        monkeypatch.setattr(cpu_ops, "_openmp_parallel", lambda: None)
     with torch_threads(2):
         unicornn_scan(torch.randn(5, 4, 16), torch.rand(16), torch.zeros(16), 0.3, 1.0, backend="cpu")
-    assert cpu_ops._POOL is not None  # the parent's pool exists and is inherited without its threads
+    if parent_threads == "pool":
+        assert cpu_ops._POOL is not None and cpu_ops._POOL_PID == os.getpid()
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     proc = ctx.Process(target=_scan_in_child, args=(queue,))
@@ -284,8 +290,11 @@ def test_every_range_runs_once(monkeypatch):
     assert all(b1 == a2 for (_, b1), (a2, _) in zip(done, done[1:], strict=False))
 
 
-def test_kernel_errors_surface_from_the_parallel_region(monkeypatch):
+@pytest.mark.parametrize("team", ["openmp", "pool"])
+def test_kernel_errors_surface_from_the_parallel_region(monkeypatch, team):
     monkeypatch.setattr(cpu_ops, "_MIN_PARALLEL_WORK", 0)
+    if team == "pool":
+        monkeypatch.setattr(cpu_ops, "_openmp_parallel", lambda: None)
 
     def kernel(u0, u1):
         if u0 > 0:
@@ -295,12 +304,43 @@ def test_kernel_errors_surface_from_the_parallel_region(monkeypatch):
         cpu_ops._run(kernel, (), 8 * cpu_ops._BLOCK, 3)
 
 
+@pytest.mark.skipif(
+    "parallel backend: OpenMP" not in torch.__config__.parallel_info() or os.name != "posix",
+    reason="torch does not run on OpenMP here",
+)
+def test_ranges_run_on_torchs_openmp_threads(monkeypatch):
+    """Where torch runs on OpenMP, the kernels' ranges run on its threads (one parallel region), not on a
+    pool of this module; the opt-out ``UNICORNN_CPU_OPENMP=0`` gives the pool."""
+    import threading
+
+    monkeypatch.setattr(cpu_ops, "_MIN_PARALLEL_WORK", 0)
+    assert cpu_ops._openmp_parallel() is not None
+    seen = []
+    barrier = threading.Barrier(2, timeout=30)
+
+    def kernel(u0, u1):
+        if u0 < u1:
+            barrier.wait()  # both threads of the team are in the region at once
+            seen.append(threading.current_thread().name)
+
+    with torch_threads(2):
+        cpu_ops._run(kernel, (), 2 * cpu_ops._MIN_PIECE, 3)
+    assert len(seen) == 2 and not any(name.startswith("unicornn-cpu") for name in seen)
+    cpu_ops._openmp_parallel.cache_clear()
+    monkeypatch.setenv(cpu_ops.OPENMP_TEAM_ENV, "0")
+    try:
+        assert cpu_ops._openmp_parallel() is None
+    finally:
+        cpu_ops._openmp_parallel.cache_clear()
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 def test_float64_through_several_ranges_per_thread_matches_reference(monkeypatch, threads):
     """The threaded path with several ranges per thread, ragged ones included, on a fresh random problem of
     odd shape: float64 results as the reference loop's (``docs/accuracy.md``: 1e-12 outputs, 1e-10
     gradients)."""
     monkeypatch.setattr(cpu_ops, "_MIN_PARALLEL_WORK", 0)
+    monkeypatch.setattr(cpu_ops, "_MIN_PIECE", 256)
     seed = int(np.random.default_rng().integers(2**31))
     N, B, M = 29, 9, 181  # 1,629 units: 3 (3 threads: 2) ranges per thread, not aligned with M or a block
     inp = make_inputs(N, B, M, seed=seed, c_scale=2.0)
@@ -312,6 +352,24 @@ def test_float64_through_several_ranges_per_thread_matches_reference(monkeypatch
         assert rel_err(a, r) < 1e-12, f"seed {seed}"
     for a, r in zip(grads, grads_ref, strict=True):
         assert rel_err(a, r) < 1e-10, f"seed {seed}"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_float64_ranges_of_several_blocks_match_reference(monkeypatch, threads):
+    """Ranges longer than one block of ``_BLOCK`` units, the last block ragged: float64 results as the
+    reference loop's, with and without a bias."""
+    monkeypatch.setattr(cpu_ops, "_MIN_PARALLEL_WORK", 0)
+    seed = int(np.random.default_rng().integers(2**31))
+    N, B, M = 7, 3, 4 * cpu_ops._BLOCK + 37  # ranges of 1.5 to 12 blocks, the last ragged, not aligned with M
+    inp = make_inputs(N, B, M, seed=seed, c_scale=2.0)
+    for bias in (False, True):
+        with torch_threads(threads):
+            out, grads = run_scan(inp, "cpu", 0.19, 30.65, bias=bias)
+        out_ref, grads_ref = run_scan(inp, "reference", 0.19, 30.65, bias=bias)
+        for a, r in zip(out, out_ref, strict=True):
+            assert rel_err(a, r) < 1e-12, f"seed {seed}"
+        for a, r in zip(grads, grads_ref, strict=True):
+            assert rel_err(a, r) < 1e-10, f"seed {seed}"
 
 
 _FAULTS_SCRIPT = """

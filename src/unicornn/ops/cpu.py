@@ -64,6 +64,7 @@ cache.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 import os
@@ -83,12 +84,18 @@ from .dispatch import register_kernels
 
 __all__ = ["scan_forward", "scan_backward", "tanh32", "keep_freed_blocks"]
 
-#: Units per block: the state of one block stays in L1 (7 float64 arrays of 256 at most: 14 KiB).
-_BLOCK = 256
+#: Units per block: the state of one block stays in L2 (the backward's 9 float64 rows of 4,096: 288 KiB).
+#: Each time step of a block reads and writes contiguous rows of ``_BLOCK`` units; with fewer, the step
+#: from one row to the next (a new page of x, y every few hundred units) dominates (see the docstring).
+_BLOCK = 4096
+#: Padding of the backward's state rows (float64): rows 4 KiB apart would share cache sets.
+_PAD = 8
 #: Ranges are multiples of this many units so threads never write the same cache line.
 _ALIGN = 16
 #: Ranges per thread (see :func:`_run`).
 _PIECES = 4
+#: The fewest units of a range when a thread takes several (shorter rows cost more per unit, see _BLOCK).
+_MIN_PIECE = 2048
 #: Below this many unit-steps a call runs on the calling thread only.
 _MIN_PARALLEL_WORK = 1 << 16
 
@@ -196,11 +203,12 @@ def _forward_range(x, w, c, dt, alpha, y0, z0, bias, y, yN, zN, u0, u1):
     _wide_vectors()
     N = x.shape[0]
     M = w.shape[0]
-    yb = np.empty(_BLOCK, np.float64)
-    zb = np.empty(_BLOCK, np.float64)
-    wb = np.empty(_BLOCK, np.float64)
-    sb = np.empty(_BLOCK, np.float64)
-    bb = np.empty(_BLOCK, np.float64)
+    size = min(_BLOCK, u1 - u0)
+    yb = np.empty(size, np.float64)
+    zb = np.empty(size, np.float64)
+    wb = np.empty(size, np.float64)
+    sb = np.empty(size, np.float64)
+    bb = np.empty(size, np.float64)
     for b0 in range(u0, u1, _BLOCK):
         L = min(_BLOCK, u1 - b0)
         for k in range(L):
@@ -245,7 +253,7 @@ def _backward_range(
     _wide_vectors()
     N = x.shape[0]
     M = w.shape[0]
-    st = np.empty((9, _BLOCK), np.float64)
+    st = np.empty((9, min(_BLOCK, u1 - u0) + _PAD), np.float64)
     for b0 in range(u0, u1, _BLOCK):
         L = min(_BLOCK, u1 - b0)
         for k in range(L):
@@ -294,6 +302,11 @@ def _backward_range(
 # Threads
 # ----------------------------------------------------------------------------------------------------------
 
+#: Set to "0" to run the kernels' ranges on a thread pool of this module instead of torch's OpenMP threads.
+OPENMP_TEAM_ENV = "UNICORNN_CPU_OPENMP"
+#: The process that imported this module: torch's OpenMP runtime is used there only, never in a forked child
+#: (GNU OpenMP's threads do not survive a fork).
+_IMPORT_PID = os.getpid()
 _POOL: ThreadPoolExecutor | None = None
 _POOL_SIZE = 0
 _POOL_PID = 0
@@ -313,23 +326,71 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _POOL
 
 
+def _loaded_openmp_libraries() -> list[str]:
+    """Paths of the OpenMP runtimes mapped into this process (Linux: from ``/proc/self/maps``), then the
+    usual names, for :func:`_openmp_parallel` to look up without loading anything new."""
+    paths = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split(maxsplit=5)[-1].strip()
+                name = os.path.basename(path)
+                if name.startswith(("libgomp", "libiomp5", "libomp")) and path not in paths:
+                    paths.append(path)
+    except OSError:
+        pass
+    return paths + ["libgomp.so.1", "libiomp5.so", "libomp.so", "libomp.dylib"]
+
+
+@functools.cache
+def _openmp_parallel():
+    """``GOMP_parallel`` of the OpenMP runtime torch runs its intra-op threads on, or None.
+
+    Only a runtime already loaded into the process is taken (``RTLD_NOLOAD``): GNU libgomp, or Intel's and
+    LLVM's runtimes, which export the same entry point. None when torch's parallel backend is not OpenMP,
+    on Windows, or when the environment variable ``UNICORNN_CPU_OPENMP`` is ``"0"``.
+    """
+    if os.name != "posix" or os.environ.get(OPENMP_TEAM_ENV, "1") == "0":
+        return None
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    for name in _loaded_openmp_libraries():
+        try:
+            fn = ctypes.CDLL(name, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL).GOMP_parallel
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes = [_OPENMP_BODY, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+        fn.restype = None
+        return fn
+    return None
+
+
+#: The C type of a parallel region's body: ``void body(void *)``.
+_OPENMP_BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
 def _ranges(U: int, N: int, pieces: int = 1) -> list[tuple[int, int]]:
     """Split units [0, U) into contiguous ranges aligned to ``_ALIGN`` units: ``pieces`` per thread (fewer
-    where a piece would hold less than one block of ``_BLOCK`` units), one thread for small problems."""
+    where a piece would hold less than ``_MIN_PIECE`` units), one thread for small problems."""
     threads = max(1, torch.get_num_threads())
     if U * N < _MIN_PARALLEL_WORK:
         threads = 1
     threads = min(threads, max(1, U // _ALIGN))
-    count = threads * max(1, min(pieces, U // (threads * _BLOCK)))
+    count = threads * max(1, min(pieces, U // (threads * _MIN_PIECE)))
     per = -(-U // count)
     per = -(-per // _ALIGN) * _ALIGN
     return [(a, min(a + per, U)) for a in range(0, U, per)]
 
 
 def _run(kernel, args, U: int, N: int) -> None:
-    """Run ``kernel(*args, u0, u1)`` over all units: the calling thread and ``threads - 1`` pool threads take
-    the ranges in turn, ``_PIECES`` per thread, so that a thread slowed down (another process on its core,
-    or one of torch's OpenMP threads still spinning after a matmul) leaves more of the work to the others."""
+    """Run ``kernel(*args, u0, u1)`` over all units on ``torch.get_num_threads()`` threads (one for small
+    problems), which take the ranges of :func:`_ranges` in turn, ``_PIECES`` per thread at most.
+
+    The threads are torch's own OpenMP threads where torch runs on OpenMP (one parallel region through
+    ``GOMP_parallel``): after each parallel matmul those threads keep polling for their next region for a
+    while (GNU OpenMP: 300,000 polls, ~3 ms here), so threads of our own would share a core with them and
+    start late. Elsewhere, and in a forked child, the calling thread and a pool of this module run them.
+    """
     if U == 0:
         return
     threads = len(_ranges(U, N))
@@ -337,16 +398,32 @@ def _run(kernel, args, U: int, N: int) -> None:
         kernel(*args, 0, U)
         return
     todo = iter(_ranges(U, N, _PIECES))  # shared: next() is atomic under the GIL
+    parallel = _openmp_parallel() if os.getpid() == _IMPORT_PID else None
+    if parallel is None:
 
-    def take():
-        for a, b in todo:
-            kernel(*args, a, b)
+        def take():
+            for a, b in todo:
+                kernel(*args, a, b)
 
-    pool = _pool(threads - 1)
-    futures = [pool.submit(take) for _ in range(threads - 1)]
-    take()
-    for f in futures:
-        f.result()
+        pool = _pool(threads - 1)
+        futures = [pool.submit(take) for _ in range(threads - 1)]
+        take()
+        for f in futures:
+            f.result()
+        return
+    errors: list[BaseException] = []
+
+    def body(_):
+        # Runs on each thread of the team, holding the GIL only between kernel calls (they are nogil).
+        try:
+            for a, b in todo:
+                kernel(*args, a, b)
+        except BaseException as err:  # ctypes would only print it: re-raised below
+            errors.append(err)
+
+    parallel(_OPENMP_BODY(body), None, threads, 0)
+    if errors:
+        raise errors[0]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -368,8 +445,6 @@ _kept_lock = threading.Lock()
 @functools.cache
 def _mallopt():
     """glibc's ``mallopt``, or None elsewhere (musl, macOS, Windows)."""
-    import ctypes
-
     try:
         libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # noqa: B018 - glibc only
