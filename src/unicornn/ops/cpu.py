@@ -14,8 +14,9 @@ Precision. Tensors are read and written in the compute dtype (float32 or float64
 converted to float32 around the kernels and ``y``/``grad_x`` are returned in the input dtype), but the
 per-unit state -- y, z, the adjoints and the running sums for ``grad_w``/``grad_c`` -- is held in float64
 registers for every dtype, and the step sizes ``s = dt * sigmoid(c)`` are computed in float64 from ``c``. For
-float32 this costs little (the loop's arithmetic is mostly the tanh, which is evaluated in float64
-anyway, see below) and removes the accumulation of float32 rounding over long sequences: the float32 results
+float32 this costs little (the kernels are bound by moving their state and rows, not by arithmetic; the
+tanh is about a fifth of the forward kernel's time) and removes the accumulation of float32 rounding over
+long sequences: the float32 results
 carry essentially only the rounding of the stored values, which is well inside the accuracy contract
 (``docs/accuracy.md``: 1.5x the error of float32 autograd) even at N = 17,984.
 
@@ -28,21 +29,27 @@ accuracy, not vectorised; the float64 path is for verification and gradcheck rat
 
 Layout and vectorisation. ``x`` is (N, B, M) contiguous, i.e. (N, U) with U = B*M independent units. The units
 are cut into contiguous ranges (see Threads), and each range into blocks of at most ``_BLOCK`` units whose
-state lives in small local arrays. For every time step the innermost loop runs over the units of a block, so
+state lives in local arrays. For every time step the innermost loop runs over the units of a block, so
 each step reads and writes one contiguous slice of ``x``/``y`` and LLVM vectorises it (AVX2 / AVX-512 on x86).
+Blocks are long (4,096 units: the state, up to 288 KiB, stays in L2): with blocks of 256 units (state in
+L1) every step read rows of 1 KiB, each on another page, and stepping from one row to the next cost as much
+as the row itself (the kernels were 1.2-1.9x slower). The backward kernel does two time steps per pass over
+a block, so that the block's state is read and written once for both.
 That needs ``error_model="numpy"`` (numba's default error model puts a zero-division branch around every
 ``/``), the branch-free tanh, and few distinct arrays in the unit loop: the backward kernel keeps its block
 state in one 2-D array, since nine 1-D ones need more runtime alias checks than LLVM allows and the loop then
 stays scalar (4x slower; a test checks the machine code for packed divisions).
 
-Threads. The kernels are compiled ``nogil`` (not ``parallel=True``) and run over ranges of units on a small
-thread pool plus the calling thread, ``torch.get_num_threads()`` threads (fewer for small problems, down to
-one), 4 ranges per thread taken in turn, so that a thread slowed down by another process leaves more of the
-work to the others. The units never interact, so this scales like numba's ``prange``; it needs no numba
+Threads. The kernels are compiled ``nogil`` (not ``parallel=True``) and run over ranges of units on
+``torch.get_num_threads()`` threads (fewer for small problems, down to one), up to 4 ranges of at least
+``_MIN_PIECE`` units per thread, taken in turn, so that a thread slowed down by another process leaves more
+of the work to the others. Where torch runs on OpenMP, the threads are torch's own: one parallel region of
+its OpenMP runtime (``GOMP_parallel`` via ctypes, :func:`_run`), since torch's threads keep polling for
+work after each parallel matmul and a pool of our own would share their cores for a few milliseconds.
+Elsewhere, in a forked child, or with ``UNICORNN_CPU_OPENMP=0``, a small pool of this module plus the
+calling thread. The units never interact, so this scales like numba's ``prange``; it needs no numba
 threading layer (safe to call from several Python threads and in forked processes), follows the thread
-count users already set for PyTorch, and compiles faster. (Running the ranges on torch's own OpenMP threads
-through ``GOMP_parallel`` was tried: no faster in the training step, measured; ``docs/backends.md``.)
-The batch reductions of ``grad_w`` and ``grad_c`` run afterwards, sequentially over the batch in float64:
+count users already set for PyTorch, and compiles faster. The batch reductions of ``grad_w`` and ``grad_c`` run afterwards, sequentially over the batch in float64:
 results are bitwise independent of the number of threads.
 
 Vector width. On AVX-512 CPUs the kernels are compiled for 512-bit vectors (:func:`_wide_vectors`; LLVM
