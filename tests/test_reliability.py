@@ -402,6 +402,77 @@ def test_ctrl_c_during_start_up_is_one_line_and_130(tmp_path, delay):
     assert lines[-1].startswith("unicornn: error: interrupted"), (code, err)
 
 
+def _entry_with_command(body: str) -> subprocess.CompletedProcess:
+    """Run the console entry point in a fresh process with ``unicornn.cli.main`` replaced by ``command``,
+    whose body is ``body`` (it may use os, signal, time and entry)."""
+    code = "\n".join(
+        [
+            "import os, signal, time",
+            "import unicornn.cli",
+            "from unicornn import entry",
+            "def command(argv=None):",
+            *("    " + line for line in body.strip().splitlines()),
+            "unicornn.cli.main = command",
+            "entry.run()",
+        ]
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_ctrl_c_that_library_code_swallows_still_ends_the_command():
+    """Code that catches the KeyboardInterrupt of a Ctrl-C and goes on (C code clearing any error, an ``except
+    BaseException``) does not leave the command running with Ctrl-C disabled: it is raised again."""
+    proc = _entry_with_command(
+        """
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(60)
+except KeyboardInterrupt:
+    print("swallowed", flush=True)
+time.sleep(60)
+return 0
+"""
+    )
+    assert proc.returncode == 130 and "swallowed" in proc.stdout, proc
+    assert proc.stderr.strip().splitlines() == ["unicornn: error: interrupted"], proc.stderr
+
+
+def test_a_command_that_stops_on_ctrl_c_is_not_interrupted_again():
+    """After ``entry.stopping()`` (the command caught the Ctrl-C and cleans up), the Ctrl-C is not raised
+    again and further ones are ignored."""
+    proc = _entry_with_command(
+        """
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(60)
+except KeyboardInterrupt:
+    entry.stopping()
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(2 * entry.REPEAT_INTERRUPT_S + 0.5)
+    print("cleaned up", flush=True)
+    return 130
+return 0
+"""
+    )
+    assert proc.returncode == 130 and "cleaned up" in proc.stdout and proc.stderr == "", proc
+
+
+def test_interrupts_deferred_holds_a_ctrl_c_until_the_block_ends():
+    proc = _entry_with_command(
+        """
+with entry.interrupts_deferred():
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.3)
+    print("block finished", flush=True)
+time.sleep(60)
+return 0
+"""
+    )
+    assert proc.returncode == 130 and "block finished" in proc.stdout, proc
+    assert proc.stderr.strip().splitlines() == ["unicornn: error: interrupted"], proc.stderr
+
+
 @pytest.mark.slow  # fresh processes
 @pytest.mark.parametrize("delay", [0.6, 4.0])
 def test_a_quick_double_ctrl_c_never_prints_a_traceback(tmp_path, delay):

@@ -3,8 +3,10 @@ taken before anything heavy is imported.
 
 Ctrl-C at any moment, during the first second's imports too, ends the command with one line on stderr and exit
 code 130 (a command that handles it itself, like ``train``, says more in its one line). The first Ctrl-C
-raises ``KeyboardInterrupt`` as usual; further ones are ignored while the command stops, so that a quick
-double Ctrl-C cannot interrupt the clean-up into a traceback.
+raises ``KeyboardInterrupt`` as usual. Library code can swallow it (C code that clears any error, e.g. a
+``hasattr`` reaching a Python ``__getattr__``, or an ``except BaseException``); so until the command has
+begun to stop (:func:`stopping`), it is raised again every half second. Once the command stops, further
+Ctrl-Cs are ignored, so that a quick double Ctrl-C cannot interrupt the clean-up into a traceback.
 """
 
 from __future__ import annotations
@@ -12,28 +14,75 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 EXIT_INTERRUPTED = 130  # as unicornn.cli.EXIT_INTERRUPTED (not imported here: it imports PyTorch)
+#: Seconds between the repeats of a Ctrl-C the command has not yet acted on.
+REPEAT_INTERRUPT_S = 0.5
+
+_guarded = False  # main() installed _interrupt
+_stopping = threading.Event()  # the command acts on the Ctrl-C (stopping() was called)
+_repeating = threading.Event()  # the thread repeating an unanswered Ctrl-C runs
 
 
 def _interrupt(signum, frame) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command is stopping: one interruption is enough
+    if _stopping.is_set():
+        return  # the command is stopping: one interruption is enough
+    if not _repeating.is_set():
+        _repeating.set()
+        threading.Thread(target=_repeat_until_stopping, name="unicornn-interrupt", daemon=True).start()
     raise KeyboardInterrupt
+
+
+def _repeat_until_stopping() -> None:
+    """Raise the Ctrl-C again in the main thread until the command acts on it (see the module docstring)."""
+    import _thread
+
+    while not _stopping.wait(REPEAT_INTERRUPT_S):
+        _thread.interrupt_main(signal.SIGINT)
+
+
+def stopping() -> None:
+    """Say that the command caught the Ctrl-C and is stopping: further Ctrl-Cs are ignored, and the first one is
+    not raised again. Called where a command catches ``KeyboardInterrupt`` to stop cleanly (main thread)."""
+    _stopping.set()
+    if _guarded and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextmanager
+def interrupts_deferred():
+    """Hold a Ctrl-C back until the block ends (then it is raised as usual), where an interruption cannot be
+    handled: an import that runs Python code under a C++ extension's initialisation (Triton's), which aborts
+    the process when an exception crosses it. Main thread under :func:`main` only; elsewhere it does nothing."""
+    if not _guarded or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held and callable(previous):
+            previous(signal.SIGINT, None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``unicornn`` command line with ``argv`` (default ``sys.argv[1:]``); return its exit code. A
     Ctrl-C the command does not handle itself prints its one line and raises :class:`_Interrupted`."""
-    guarded = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (not where SIGINT is ignored)
-    if guarded:
+    global _guarded
+    _guarded = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (not where SIGINT is ignored)
+    if _guarded:
         signal.signal(signal.SIGINT, _interrupt)
     try:
         from .cli import main as cli_main
 
         return cli_main(argv)
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stopping()
         print("unicornn: error: interrupted", file=sys.stderr)
         raise _Interrupted from None
 

@@ -7,6 +7,7 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..entry import stopping
 from ..training.errors import os_error_text
 from ..training.progress import Progress
 from . import EXIT_INTERRUPTED, error
@@ -62,6 +63,7 @@ def run(args) -> int:
                            data_dir=data_root(args.data_dir), ctx=ctx, quiet=args.quiet,
                            tensorboard=not args.no_tensorboard)  # fmt: skip
     except KeyboardInterrupt:
+        stopping()
         return error(
             f"interrupted; run the same command again to continue (points in {out})", EXIT_INTERRUPTED
         )

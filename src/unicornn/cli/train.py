@@ -7,6 +7,7 @@ import signal
 import threading
 from pathlib import Path
 
+from ..entry import stopping
 from . import EXIT_INTERRUPTED, EXIT_TERMINATED, error
 from .common import data_root, task_settings
 from .options import (
@@ -59,6 +60,7 @@ def run(args) -> int:
             memory_check=not args.no_memory_check,
         )
     except KeyboardInterrupt as stop:
+        stopping()
         what, code = ("terminated (SIGTERM)", EXIT_TERMINATED) if isinstance(stop, _Terminated) else (
             "interrupted", EXIT_INTERRUPTED)  # fmt: skip
         return error(f"{what}; continue with the same command plus --resume (runs in {runs_dir})", code)

@@ -8,6 +8,7 @@ import textwrap
 import threading
 from pathlib import Path
 
+from ..entry import stopping
 from ..training.errors import os_error_text
 from . import EXIT_INTERRUPTED, EXIT_TERMINATED, error
 from .common import data_root, task_settings, written
@@ -48,6 +49,7 @@ def run(args) -> int:
                           heartbeat=args.heartbeat, log=log, preset=preset.name, data_dir=data_root(args.data_dir),
                           ctx=ctx, quiet=args.quiet, tensorboard=not args.no_tensorboard)  # fmt: skip
     except KeyboardInterrupt as stop:
+        stopping()
         what, code = ("terminated (SIGTERM)", EXIT_TERMINATED) if isinstance(stop, _Terminated) else (
             "interrupted", EXIT_INTERRUPTED)  # fmt: skip
         return error(f"{what}; the running trial is marked failed: run the same command to continue the study "
