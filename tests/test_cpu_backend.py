@@ -334,6 +334,26 @@ def test_ranges_run_on_torchs_openmp_threads(monkeypatch):
         cpu_ops._openmp_parallel.cache_clear()
 
 
+def test_calls_from_several_python_threads_at_once(monkeypatch):
+    """Python threads calling the kernels at the same time (each call its own parallel region) get the
+    results of one call at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(cpu_ops, "_MIN_PARALLEL_WORK", 0)
+    monkeypatch.setattr(cpu_ops, "_MIN_PIECE", 256)
+    seed = int(np.random.default_rng().integers(2**31))
+    problems = [make_inputs(17, 3, 600 + 16 * k, seed=seed + k) for k in range(4)]
+    with torch_threads(2):
+        alone = [run_scan(inp, "cpu", 0.19, 30.65, dtype=torch.float32) for inp in problems]
+        with ThreadPoolExecutor(4) as pool:
+            together = list(
+                pool.map(lambda inp: run_scan(inp, "cpu", 0.19, 30.65, dtype=torch.float32), problems)
+            )
+    for (out_a, grads_a), (out_t, grads_t) in zip(alone, together, strict=True):
+        for a, t in zip(out_a + grads_a, out_t + grads_t, strict=True):
+            assert (a is None and t is None) or torch.equal(a, t), f"seed {seed}"
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 def test_float64_through_several_ranges_per_thread_matches_reference(monkeypatch, threads):
     """The threaded path with several ranges per thread, ragged ones included, on a fresh random problem of

@@ -376,6 +376,8 @@ def _loaded_openmp_libraries() -> list[str]:
                     paths.append(path)
     except OSError:
         pass
+    own = os.path.dirname(torch.__file__) + os.sep  # torch's own copy first, should another be loaded too
+    paths.sort(key=lambda path: not path.startswith(own))
     return paths + ["libgomp.so.1", "libiomp5.so", "libomp.so", "libomp.dylib"]
 
 
