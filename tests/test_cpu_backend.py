@@ -366,8 +366,15 @@ def test_float64_through_several_ranges_per_thread_matches_reference(monkeypatch
     inp = make_inputs(N, B, M, seed=seed, c_scale=2.0)
     with torch_threads(threads):
         assert len(cpu_ops._ranges(B * M, N, cpu_ops._PIECES)) > threads
-        out, grads = run_scan(inp, "cpu", 0.19, 30.65, bias=True)
-    out_ref, grads_ref = run_scan(inp, "reference", 0.19, 30.65, bias=True)
+    _float64_matches_reference(inp, threads, bias=True, seed=seed)
+
+
+def _float64_matches_reference(inp, threads, bias, seed):
+    """The CPU backend on ``threads`` threads against the reference loop, float64 (``docs/accuracy.md``: 1e-12
+    outputs, 1e-10 gradients)."""
+    with torch_threads(threads):
+        out, grads = run_scan(inp, "cpu", 0.19, 30.65, bias=bias)
+    out_ref, grads_ref = run_scan(inp, "reference", 0.19, 30.65, bias=bias)
     for a, r in zip(out, out_ref, strict=True):
         assert rel_err(a, r) < 1e-12, f"seed {seed}"
     for a, r in zip(grads, grads_ref, strict=True):
@@ -383,13 +390,7 @@ def test_float64_ranges_of_several_blocks_match_reference(monkeypatch, threads):
     N, B, M = 7, 3, 4 * cpu_ops._BLOCK + 37  # ranges of 1.5 to 12 blocks, the last ragged, not aligned with M
     inp = make_inputs(N, B, M, seed=seed, c_scale=2.0)
     for bias in (False, True):
-        with torch_threads(threads):
-            out, grads = run_scan(inp, "cpu", 0.19, 30.65, bias=bias)
-        out_ref, grads_ref = run_scan(inp, "reference", 0.19, 30.65, bias=bias)
-        for a, r in zip(out, out_ref, strict=True):
-            assert rel_err(a, r) < 1e-12, f"seed {seed}"
-        for a, r in zip(grads, grads_ref, strict=True):
-            assert rel_err(a, r) < 1e-10, f"seed {seed}"
+        _float64_matches_reference(inp, threads, bias, seed)
 
 
 _FAULTS_SCRIPT = """
