@@ -378,17 +378,30 @@ def test_a_regular_file_named_tensorboard_is_reported_and_the_run_goes_on(cli, t
 # --------------------------------------------------------------------------------------------------
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the child before it starts Python: SIGINT handled by default, as a terminal's foreground job has it
+    (a test run started in the background of a shell without job control inherits it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupted(tmp_path, delays):
     """Start ``python -m unicornn train ...``, send SIGINT after each of ``delays`` (seconds, cumulative)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
     argv = tiny_train_argv(tmp_path, "--quiet", "--set", "epochs=100000")
     p = subprocess.Popen(
-        [sys.executable, "-m", "unicornn", *argv], env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "unicornn", *argv],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
-    for delay in delays:
-        time.sleep(delay)
-        p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
+    try:
+        for delay in delays:
+            time.sleep(delay)
+            p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()  # (no-op once it ended) a command that ignored the Ctrl-C must not outlive the test
     return p.returncode, err
 
 
@@ -417,7 +430,14 @@ def _entry_with_command(body: str) -> subprocess.CompletedProcess:
         ]
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
+    )
 
 
 def test_a_ctrl_c_that_library_code_swallows_still_ends_the_command():
