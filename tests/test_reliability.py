@@ -469,7 +469,7 @@ try:
 except KeyboardInterrupt:
     entry.stopping()
     os.kill(os.getpid(), signal.SIGINT)
-    time.sleep(2 * entry.REPEAT_INTERRUPT_S + 0.5)
+    time.sleep(entry.INTERRUPT_GRACE_S + 2 * entry.REPEAT_INTERRUPT_S + 0.5)
     print("cleaned up", flush=True)
     return 130
 return 0

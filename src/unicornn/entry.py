@@ -3,10 +3,12 @@ taken before anything heavy is imported.
 
 Ctrl-C at any moment, during the first second's imports too, ends the command with one line on stderr and exit
 code 130 (a command that handles it itself, like ``train``, says more in its one line). The first Ctrl-C
-raises ``KeyboardInterrupt`` as usual. Library code can swallow it (C code that clears any error, e.g. a
-``hasattr`` reaching a Python ``__getattr__``, or an ``except BaseException``); so until the command has
-begun to stop (:func:`stopping`), it is raised again every half second. Once the command stops, further
-Ctrl-Cs are ignored, so that a quick double Ctrl-C cannot interrupt the clean-up into a traceback.
+raises ``KeyboardInterrupt`` as usual, and further ones are ignored for ``INTERRUPT_GRACE_S`` seconds, so
+that a quick double Ctrl-C cannot interrupt the clean-up into a traceback. Library code can swallow the
+``KeyboardInterrupt`` (C code that clears any error, e.g. a ``hasattr`` reaching a Python ``__getattr__``, or
+an ``except BaseException``): so if the command has not begun to stop (:func:`stopping`) by the end of that
+grace period, the Ctrl-C is raised again, every ``REPEAT_INTERRUPT_S`` seconds until it does. Once the
+command stops, further Ctrl-Cs are ignored.
 """
 
 from __future__ import annotations
@@ -15,33 +17,41 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 
 EXIT_INTERRUPTED = 130  # as unicornn.cli.EXIT_INTERRUPTED (not imported here: it imports PyTorch)
-#: Seconds between the repeats of a Ctrl-C the command has not yet acted on.
+#: Seconds after a Ctrl-C during which further ones are ignored (the command stops meanwhile).
+INTERRUPT_GRACE_S = 2.0
+#: Seconds between the repeats of a Ctrl-C the command has not acted on after the grace period.
 REPEAT_INTERRUPT_S = 0.5
 
 _guarded = False  # main() installed _interrupt
 _stopping = threading.Event()  # the command acts on the Ctrl-C (stopping() was called)
-_repeating = threading.Event()  # the thread repeating an unanswered Ctrl-C runs
+_first_interrupt: list[float] = []  # time.monotonic() of the first Ctrl-C
 
 
 def _interrupt(signum, frame) -> None:
     if _stopping.is_set():
         return  # the command is stopping: one interruption is enough
-    if not _repeating.is_set():
-        _repeating.set()
+    if not _first_interrupt:
+        _first_interrupt.append(time.monotonic())
         threading.Thread(target=_repeat_until_stopping, name="unicornn-interrupt", daemon=True).start()
+    elif time.monotonic() - _first_interrupt[0] < INTERRUPT_GRACE_S:
+        return  # a quick second Ctrl-C while the first one is being handled
     raise KeyboardInterrupt
 
 
 def _repeat_until_stopping() -> None:
-    """Raise the Ctrl-C again in the main thread until the command acts on it (see the module docstring)."""
+    """Raise the Ctrl-C again in the main thread, after the grace period and until the command acts on it
+    (see the module docstring)."""
     import _thread
 
-    while not _stopping.wait(REPEAT_INTERRUPT_S):
+    wait = INTERRUPT_GRACE_S
+    while not _stopping.wait(wait):
         _thread.interrupt_main(signal.SIGINT)
+        wait = REPEAT_INTERRUPT_S
 
 
 def stopping() -> None:
