@@ -415,9 +415,9 @@ def test_ctrl_c_during_start_up_is_one_line_and_130(tmp_path, delay):
     assert lines[-1].startswith("unicornn: error: interrupted"), (code, err)
 
 
-def _entry_with_command(body: str) -> subprocess.CompletedProcess:
-    """Run the console entry point in a fresh process with ``unicornn.cli.main`` replaced by ``command``,
-    whose body is ``body`` (it may use os, signal, time and entry)."""
+def _entry_with_command(body: str, then: str = "entry.run()") -> subprocess.CompletedProcess:
+    """Run ``then`` (default: the console entry point) in a fresh process with ``unicornn.cli.main`` replaced
+    by ``command``, whose body is ``body`` (both may use os, signal, time and entry)."""
     code = "\n".join(
         [
             "import os, signal, time",
@@ -426,7 +426,7 @@ def _entry_with_command(body: str) -> subprocess.CompletedProcess:
             "def command(argv=None):",
             *("    " + line for line in body.strip().splitlines()),
             "unicornn.cli.main = command",
-            "entry.run()",
+            *then.strip().splitlines(),
         ]
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
@@ -456,6 +456,27 @@ return 0
     )
     assert proc.returncode == 130 and "swallowed" in proc.stdout, proc
     assert proc.stderr.strip().splitlines() == ["unicornn: error: interrupted"], proc.stderr
+
+
+def test_a_swallowed_ctrl_c_is_not_raised_after_the_command_returned():
+    """A command that swallowed a Ctrl-C and returned before the grace period ended: nothing is raised in
+    the process afterwards (``entry.main`` used as a library call)."""
+    proc = _entry_with_command(
+        """
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(60)
+except KeyboardInterrupt:
+    pass
+return 0
+""",
+        then="""
+assert entry.main([]) == 0
+time.sleep(entry.INTERRUPT_GRACE_S + 3 * entry.REPEAT_INTERRUPT_S)
+print("no late interrupt", flush=True)
+""",
+    )
+    assert proc.returncode == 0 and "no late interrupt" in proc.stdout, proc
 
 
 def test_a_command_that_stops_on_ctrl_c_is_not_interrupted_again():

@@ -28,7 +28,7 @@ INTERRUPT_GRACE_S = 2.0
 REPEAT_INTERRUPT_S = 0.5
 
 _guarded = False  # main() installed _interrupt
-_stopping = threading.Event()  # the command acts on the Ctrl-C (stopping() was called)
+_stopping = threading.Event()  # this command acts on the Ctrl-C (stopping() was called) or has ended
 _first_interrupt: list[float] = []  # time.monotonic() of the first Ctrl-C
 
 
@@ -37,20 +37,26 @@ def _interrupt(signum, frame) -> None:
         return  # the command is stopping: one interruption is enough
     if not _first_interrupt:
         _first_interrupt.append(time.monotonic())
-        threading.Thread(target=_repeat_until_stopping, name="unicornn-interrupt", daemon=True).start()
+        threading.Thread(
+            target=_repeat_until_stopping, args=(_stopping,), name="unicornn-interrupt", daemon=True
+        ).start()
     elif time.monotonic() - _first_interrupt[0] < INTERRUPT_GRACE_S:
         return  # a quick second Ctrl-C while the first one is being handled
     raise KeyboardInterrupt
 
 
-def _repeat_until_stopping() -> None:
-    """Raise the Ctrl-C again in the main thread, after the grace period and until the command acts on it
-    (see the module docstring)."""
+def _repeat_until_stopping(stopped: threading.Event) -> None:
+    """Raise the Ctrl-C again in the main thread, after the grace period and until the command acts on it or
+    ends (``stopped``; see the module docstring)."""
     import _thread
 
+    main_thread = threading.main_thread().ident
     wait = INTERRUPT_GRACE_S
-    while not _stopping.wait(wait):
-        _thread.interrupt_main(signal.SIGINT)
+    while not stopped.wait(wait):
+        if hasattr(signal, "pthread_kill"):
+            signal.pthread_kill(main_thread, signal.SIGINT)  # a real signal: it also ends a blocking call
+        else:  # pragma: no cover - Windows
+            _thread.interrupt_main(signal.SIGINT)
         wait = REPEAT_INTERRUPT_S
 
 
@@ -83,7 +89,9 @@ def interrupts_deferred():
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``unicornn`` command line with ``argv`` (default ``sys.argv[1:]``); return its exit code. A
     Ctrl-C the command does not handle itself prints its one line and raises :class:`_Interrupted`."""
-    global _guarded
+    global _guarded, _stopping
+    _stopping = threading.Event()  # one per command: a repeat left from an earlier one watches its own
+    _first_interrupt.clear()
     _guarded = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (not where SIGINT is ignored)
     if _guarded:
         signal.signal(signal.SIGINT, _interrupt)
@@ -95,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stopping()
         print("unicornn: error: interrupted", file=sys.stderr)
         raise _Interrupted from None
+    finally:
+        _stopping.set()  # the command is over: its Ctrl-C is not raised again
 
 
 class _Interrupted(Exception):
