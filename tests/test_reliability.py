@@ -458,6 +458,16 @@ return 0
     assert proc.stderr.strip().splitlines() == ["unicornn: error: interrupted"], proc.stderr
 
 
+def test_an_error_raised_because_of_a_ctrl_c_ends_the_command_as_the_ctrl_c():
+    """Python 3.11 wraps a KeyboardInterrupt raised in ``__set_name__`` (a dataclass created during an
+    import) in a RuntimeError: still one line and 130, no traceback."""
+    proc = _entry_with_command('raise RuntimeError("Error calling __set_name__") from KeyboardInterrupt()')
+    assert proc.returncode == 130, proc
+    assert proc.stderr.strip().splitlines() == ["unicornn: error: interrupted"], proc.stderr
+    proc = _entry_with_command('raise RuntimeError("a bug")')
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "a bug" in proc.stderr, proc
+
+
 def test_a_swallowed_ctrl_c_is_not_raised_after_the_command_returned():
     """A command that swallowed a Ctrl-C and returned before the grace period ended: nothing is raised in
     the process afterwards (``entry.main`` used as a library call)."""

@@ -99,12 +99,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .cli import main as cli_main
 
         return cli_main(argv)
-    except KeyboardInterrupt:
+    except BaseException as err:
+        if not _from_interrupt(err):
+            raise
         stopping()
         print("unicornn: error: interrupted", file=sys.stderr)
         raise _Interrupted from None
     finally:
         _stopping.set()  # the command is over: its Ctrl-C is not raised again
+
+
+def _from_interrupt(err: BaseException) -> bool:
+    """Whether ``err`` is a Ctrl-C's KeyboardInterrupt or was raised because of one (Python 3.11 wraps an
+    exception raised in ``__set_name__``, e.g. while a dataclass is created during an import, in a
+    RuntimeError)."""
+    if not isinstance(err, (KeyboardInterrupt, Exception)):
+        return False  # SystemExit and the like keep their meaning
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
 
 
 class _Interrupted(Exception):
