@@ -15,10 +15,9 @@ converted to float32 around the kernels and ``y``/``grad_x`` are returned in the
 per-unit state -- y, z, the adjoints and the running sums for ``grad_w``/``grad_c`` -- is held in float64
 registers for every dtype, and the step sizes ``s = dt * sigmoid(c)`` are computed in float64 from ``c``. For
 float32 this costs little (the kernels are bound by moving their state and rows, not by arithmetic; the
-tanh is about a fifth of the forward kernel's time) and removes the accumulation of float32 rounding over
-long sequences: the float32 results
-carry essentially only the rounding of the stored values, which is well inside the accuracy contract
-(``docs/accuracy.md``: 1.5x the error of float32 autograd) even at N = 17,984.
+tanh is 15-20% of the forward kernel's time) and removes the accumulation of float32 rounding over long
+sequences: the float32 results carry essentially only the rounding of the stored values, which is well
+inside the accuracy contract (``docs/accuracy.md``: 1.5x the error of float32 autograd) even at N = 17,984.
 
 tanh. float32 kernels use :func:`_tanh_rational`, ``t * P(t^2) / Q(t^2)`` with P, Q of degree 5, fitted for
 this project to tanh on [0, 9.5] (linearised weighted least squares of the relative error with Lawson
@@ -49,8 +48,9 @@ work after each parallel matmul and a pool of our own would share their cores fo
 Elsewhere, in a forked child, or with ``UNICORNN_CPU_OPENMP=0``, a small pool of this module plus the
 calling thread. The units never interact, so this scales like numba's ``prange``; it needs no numba
 threading layer (safe to call from several Python threads and in forked processes), follows the thread
-count users already set for PyTorch, and compiles faster. The batch reductions of ``grad_w`` and ``grad_c`` run afterwards, sequentially over the batch in float64:
-results are bitwise independent of the number of threads.
+count users already set for PyTorch, and compiles faster. The batch reductions of ``grad_w`` and ``grad_c``
+run afterwards, sequentially over the batch in float64: results are bitwise independent of the number of
+threads.
 
 Vector width. On AVX-512 CPUs the kernels are compiled for 512-bit vectors (:func:`_wide_vectors`; LLVM
 otherwise prefers 256-bit ones there).
