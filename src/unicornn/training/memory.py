@@ -194,13 +194,7 @@ def _meta_model_args(spec) -> dict[str, Any]:
 
 
 def _count_on_meta(spec, cfg: Mapping[str, Any], layers: int) -> float:
-    from ..entry import interrupts_deferred
     from ..task_models import build_model, count_parameters
-
-    # Initialisers on the meta device import torch._dynamo on first use, and with it Triton where installed,
-    # whose C++ initialisation aborts the process if a Ctrl-C strikes during it: import it first, Ctrl-C held.
-    with interrupts_deferred():
-        import torch._dynamo  # noqa: F401
 
     c = dict(cfg, num_layers=layers)
     if isinstance(cfg.get("dt"), (list, tuple)):

@@ -108,6 +108,16 @@ def _locked(run_dir: Path, ctx: DistContext):
         yield
 
 
+def _import_dynamo_holding_ctrl_c() -> None:
+    """torch imports torch._dynamo on first use (in an optimiser's constructor, in initialisers on the meta
+    device), and with it Triton where installed, whose C++ initialisation aborts the process if a Ctrl-C
+    strikes during it: import it here, with a Ctrl-C held back until the import is done."""
+    from ..entry import interrupts_deferred
+
+    with interrupts_deferred():
+        import torch._dynamo  # noqa: F401
+
+
 def train_run(
     task,
     config: Mapping[str, Any],
@@ -168,6 +178,7 @@ def train_run(
             for settings that cannot change.
         MemoryLimitError: (a ConfigError) the run's estimated memory exceeds the machine's (``memory_check``).
     """
+    _import_dynamo_holding_ctrl_c()
     spec, ctx, run_dir = task.spec, ctx or DistContext(), Path(run_dir)
     cfg = validate_config(config)
     options = spec.resolve_options(task_options) if hasattr(spec, "resolve_options") else dict(task_options)
