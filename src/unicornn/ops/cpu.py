@@ -437,13 +437,13 @@ def _run(kernel, args, U: int, N: int) -> None:
         kernel(*args, 0, U)
         return
     todo = iter(_ranges(U, N, _PIECES))  # shared: next() is atomic under the GIL
+
+    def take():
+        for a, b in todo:
+            kernel(*args, a, b)
+
     parallel = _openmp_parallel() if os.getpid() == _IMPORT_PID else None
     if parallel is None:
-
-        def take():
-            for a, b in todo:
-                kernel(*args, a, b)
-
         pool = _pool(threads - 1)
         futures = [pool.submit(take) for _ in range(threads - 1)]
         take()
@@ -455,8 +455,7 @@ def _run(kernel, args, U: int, N: int) -> None:
     def body(_):
         # Runs on each thread of the team, holding the GIL only between kernel calls (they are nogil).
         try:
-            for a, b in todo:
-                kernel(*args, a, b)
+            take()
         except BaseException as err:  # ctypes would only print it: re-raised below
             errors.append(err)
 
