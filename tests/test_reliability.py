@@ -626,3 +626,30 @@ def test_import_unicornn_is_light_and_its_names_load_on_first_use():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize("joined", [True, False])
+def test_a_process_that_joined_a_process_group_ends_without_finalisation(joined):
+    """torchrun workers: a DDP model keeps the gloo group (and its worker threads) alive past
+    ``destroy_process_group``; a worker thread releasing a tensor during finalisation aborts the process. So
+    such a process runs the atexit functions, then ends with its exit code and no finalisation."""
+    proc = _entry_with_command(
+        f"""
+import atexit
+import unicornn.training.distributed as distributed
+distributed._joined = {joined}
+atexit.register(lambda: print("atexit ran", flush=True))
+print("done", end=" ")  # left in the buffer: it must be flushed
+return 3
+""",
+        then="""
+class Finalised:
+    def __del__(self):
+        print("finalised", flush=True)
+kept = Finalised()
+entry.run()
+""",
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.startswith("done atexit ran"), proc.stdout
+    assert ("finalised" in proc.stdout) is not joined, proc.stdout

@@ -132,13 +132,30 @@ def run() -> None:
     """The console script: :func:`main`, then exit with its code. After a Ctrl-C the process ends at once
     with 130, whether the command handled it (it has stopped and closed its files) or not (one that struck
     during imports, say): an import or a worker thread cut short can leave library state whose clean-up at
-    interpreter exit would report the interruption again, or end the process by the signal instead of 130."""
+    interpreter exit would report the interruption again, or end the process by the signal instead of 130.
+    A process that joined a torchrun process group runs the ``atexit`` functions, then ends without the
+    interpreter's finalisation (see :func:`unicornn.training.distributed.joined_a_process_group`)."""
     try:
         code = main()
     except _Interrupted:
         code = EXIT_INTERRUPTED
     if code == EXIT_INTERRUPTED:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(EXIT_INTERRUPTED)
+        _end_process(EXIT_INTERRUPTED)
+    if _joined_a_process_group():
+        import atexit
+
+        atexit._run_exitfuncs()  # what a normal exit runs first: flushes logs, stops worker processes
+        _end_process(code)
     sys.exit(code)
+
+
+def _joined_a_process_group() -> bool:
+    distributed = sys.modules.get("unicornn.training.distributed")  # not imported: no process group
+    return distributed is not None and distributed.joined_a_process_group()
+
+
+def _end_process(code: int) -> None:
+    """Flush stdout and stderr, then end the process with ``code`` at once (no interpreter finalisation)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -11,7 +11,17 @@ from torch.utils.data import Sampler
 
 from ..validation import ConfigError
 
-__all__ = ["DistContext", "init_distributed", "resolve_device", "ShardSampler", "all_reduce_sum", "barrier"]
+__all__ = [
+    "DistContext",
+    "init_distributed",
+    "resolve_device",
+    "ShardSampler",
+    "all_reduce_sum",
+    "barrier",
+    "joined_a_process_group",
+]
+
+_joined = False  # init_distributed created a process group in this process (see joined_a_process_group)
 
 
 @dataclass
@@ -67,11 +77,23 @@ def init_distributed(device: str = "auto") -> DistContext:
         return DistContext(0, 1, 0, dev, False)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+    global _joined
     created = False
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-        created = True
+        created = _joined = True
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, dev, created)
+
+
+def joined_a_process_group() -> bool:
+    """Whether :func:`init_distributed` created a process group in this process (even one closed since).
+
+    Such a process should end without the interpreter's finalisation (the console script does): a model
+    wrapped in DistributedDataParallel keeps its process group alive after ``destroy_process_group``, so the
+    group's worker threads outlive the interpreter, and one that drops its last reference to a tensor while
+    the interpreter is finalising aborts the process (``terminate called without an active exception``,
+    SIGABRT) after all the work is done. Rare, but a torchrun job would report a failure."""
+    return _joined
 
 
 def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
