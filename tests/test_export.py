@@ -7,6 +7,7 @@ The exported programs are traced at one length and run at lengths they were not 
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import torch
@@ -217,6 +218,15 @@ def test_missing_onnx_packages_name_the_extra(monkeypatch, tmp_path):
     )
     with pytest.raises(ImportError, match=r"missing: onnxscript.*unicornn\[export\]"):
         export_onnx(Stack().eval(), _inputs(2, 5, False), tmp_path / "m.onnx")
+
+
+def test_a_torch_without_the_exporters_node_helper_is_named(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.onnx._internal.exporter._torchlib.ops.hop", None)  # import fails
+    with pytest.raises(ImportError, match=rf"torch {re.escape(torch.__version__)} does not have.*export_pt2"):
+        export_onnx(Stack().eval(), _inputs(2, 5, False), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_the_padded_op_of_an_exported_program_refuses_a_gradient():

@@ -129,6 +129,7 @@ def export_onnx(
     Returns the path."""
     check_exportable(model)
     _require("onnx", "onnxscript")
+    _node_builder()
     example = _example(example)
     if dynamic_shapes is None:
         example = _traceable(example)
@@ -147,6 +148,21 @@ def export_onnx(
         )
     program.save(os.fspath(path), external_data=False)
     return path
+
+
+def _node_builder():
+    """The ONNX exporter's helper that adds one node with several outputs (``call_op``), for the ``Scan``:
+    onnxscript's ``op.Scan`` gives one output under torch's exporter. It is internal to torch, hence this
+    check up front: ImportError naming the torch version when this torch has no such helper."""
+    try:
+        from torch.onnx._internal.exporter._torchlib.ops.hop import call_op
+    except ImportError as err:
+        raise ImportError(
+            f"ONNX export writes the recurrence as an ONNX Scan with a helper of torch's ONNX exporter that "
+            f"torch {torch.__version__} does not have ({err}); the export is tested with torch 2.11 and 2.13: "
+            "upgrade torch, or export a torch.export program with export_pt2"
+        ) from err
+    return call_op
 
 
 def _require(*packages: str) -> None:
@@ -267,8 +283,8 @@ def _onnx_scan(x, weight_hh, c, dt, alpha, y0, z0, bias, mask):
     """The recurrence as one ONNX Scan (see :func:`_step_graph`); returns y (N, B, M), y_N, z_N (B, M)."""
     from onnx import TensorProto, helper
     from onnxscript import opset18 as op
-    from torch.onnx._internal.exporter._torchlib.ops.hop import call_op
 
+    call_op = _node_builder()
     f64 = TensorProto.DOUBLE
     xd = op.Cast(x, to=f64)
     if bias is not None:
