@@ -159,7 +159,7 @@ def _node_builder():
     except ImportError as err:
         raise ImportError(
             f"ONNX export writes the recurrence as an ONNX Scan with a helper of torch's ONNX exporter that "
-            f"torch {torch.__version__} does not have ({err}); the export is tested with torch 2.11 and 2.13: "
+            f"torch {torch.__version__} does not have ({err}); the export is tested with torch 2.13: "
             "upgrade torch, or export a torch.export program with export_pt2"
         ) from err
     return call_op
