@@ -271,8 +271,9 @@ def profile_step(name: str = "unicornn_final", N: int = 1000, batch: int = CPU_S
     untimed ones), summed into parts: ``scan_forward`` and ``scan_backward`` (the fused kernels, all
     layers), ``matmul`` (projections, their gradients and the head), ``fill`` (zero-fills) and ``other``
     (the step's wall time minus the rest: the remaining ops, autograd and Python). Also per layer: the
-    kernels' forward and backward times of each call, in call order (``scan_forward_calls_s``,
-    ``scan_backward_calls_s``, top layer last for the forward and first for the backward).
+    median over the steps of each kernel call's time, in call order (``scan_forward_calls_s``,
+    ``scan_backward_calls_s``, top layer last for the forward and first for the backward); single calls
+    under the profiler vary up to 3x (a median of a few steps, not the first step's calls).
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -288,7 +289,7 @@ def profile_step(name: str = "unicornn_final", N: int = 1000, batch: int = CPU_S
             wall = sum(_time_step(model, u, target, dev) for _ in range(steps))
         parts = dict.fromkeys(("scan_forward", "scan_backward", "matmul", "fill"), 0.0)
         calls: dict[str, list[float]] = {"scan_forward": [], "scan_backward": []}
-        for event in prof.events():
+        for event in sorted(prof.events(), key=lambda e: e.time_range.start):  # call order
             part = next((p for key, p in _PARTS if event.name.startswith(key)), None)
             if part is None:
                 continue
@@ -303,8 +304,8 @@ def profile_step(name: str = "unicornn_final", N: int = 1000, batch: int = CPU_S
         return {"model": name, "N": N, "batch": batch, "hidden": hidden, "layers": layers,
                 "input_size": input_size, "threads": torch.get_num_threads(), "steps": steps,
                 "step_s": step_s, **per_step, "backward_to_forward": bwd / fwd if fwd else None,
-                "scan_forward_calls_s": calls["scan_forward"][: layers],
-                "scan_backward_calls_s": calls["scan_backward"][: layers],
+                **{f"{part}_calls_s": [statistics.median(times[i::layers]) for i in range(layers)]
+                   for part, times in calls.items()},
                 "load_average": load_average()}  # fmt: skip
     finally:
         torch.set_num_threads(previous_threads)
