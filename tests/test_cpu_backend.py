@@ -30,7 +30,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def test_results_do_not_depend_on_thread_count(monkeypatch):
-    monkeypatch.setattr(cpu_ops, "_MIN_PARALLEL_WORK", 0)
+    monkeypatch.setattr(cpu_ops, "_MIN_THREAD_WORK", 0)
     inp = make_inputs(19, 5, 61, seed=3)  # 305 units: ranges of 16-aligned sizes, a ragged last one
     results = []
     for threads in (1, 3):
@@ -40,6 +40,17 @@ def test_results_do_not_depend_on_thread_count(monkeypatch):
     (o1, g1), (o3, g3) = results
     for a, b in zip(o1 + g1, o3 + g3, strict=True):
         assert torch.equal(a, b)
+
+
+def test_small_problems_run_on_as_many_threads_as_get_enough_work():
+    """Each thread gets at least ``_MIN_THREAD_WORK`` unit-steps: fewer threads for less work, one at least."""
+    work = cpu_ops._MIN_THREAD_WORK
+    with torch_threads(16):
+        for U, N, threads in [(4096, 10, 1), (4096, 2 * work // 4096, 2), (4096, 3 * work // 4096 + 1, 3),
+                              (700, work // 700, 1), (32768, 4 * work // 32768, 4), (64, 10**6, 4)]:  # fmt: skip
+            assert len(cpu_ops._ranges(U, N)) == threads, (U, N)
+    with torch_threads(2):
+        assert len(cpu_ops._ranges(1 << 20, 1000)) == 2
 
 
 def test_tanh_rational_accuracy():
@@ -194,7 +205,7 @@ tempfile.TemporaryFile = _refuse
 
 
 def _scan_in_child(queue):
-    cpu_ops._MIN_PARALLEL_WORK = 0
+    cpu_ops._MIN_THREAD_WORK = 0
     torch.set_num_threads(2)
     x = torch.randn(9, 4, 16)
     w = torch.rand(16)
@@ -210,7 +221,7 @@ def test_threads_work_in_a_forked_process(monkeypatch, parent_threads):
     module's pool, whose threads the child does not inherit) runs them on a pool of its own."""
     import multiprocessing
 
-    monkeypatch.setattr(cpu_ops, "_MIN_PARALLEL_WORK", 0)
+    monkeypatch.setattr(cpu_ops, "_MIN_THREAD_WORK", 0)
     if parent_threads == "pool":
         monkeypatch.setattr(cpu_ops, "_openmp_parallel", lambda: None)
     with torch_threads(2):
@@ -274,7 +285,7 @@ def test_every_range_runs_once(monkeypatch):
     """``_run`` hands each range to exactly one thread, ``_PIECES`` ranges per thread."""
     import threading
 
-    monkeypatch.setattr(cpu_ops, "_MIN_PARALLEL_WORK", 0)
+    monkeypatch.setattr(cpu_ops, "_MIN_THREAD_WORK", 0)
     seen = []
 
     def kernel(tag, u0, u1):
@@ -292,7 +303,7 @@ def test_every_range_runs_once(monkeypatch):
 
 @pytest.mark.parametrize("team", ["openmp", "pool"])
 def test_kernel_errors_surface_from_the_parallel_region(monkeypatch, team):
-    monkeypatch.setattr(cpu_ops, "_MIN_PARALLEL_WORK", 0)
+    monkeypatch.setattr(cpu_ops, "_MIN_THREAD_WORK", 0)
     if team == "pool":
         monkeypatch.setattr(cpu_ops, "_openmp_parallel", lambda: None)
 
@@ -313,7 +324,7 @@ def test_ranges_run_on_torchs_openmp_threads(monkeypatch):
     pool of this module; the opt-out ``UNICORNN_CPU_OPENMP=0`` gives the pool."""
     import threading
 
-    monkeypatch.setattr(cpu_ops, "_MIN_PARALLEL_WORK", 0)
+    monkeypatch.setattr(cpu_ops, "_MIN_THREAD_WORK", 0)
     assert cpu_ops._openmp_parallel() is not None
     seen = []
     barrier = threading.Barrier(2, timeout=30)
@@ -339,7 +350,7 @@ def test_calls_from_several_python_threads_at_once(monkeypatch):
     results of one call at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
-    monkeypatch.setattr(cpu_ops, "_MIN_PARALLEL_WORK", 0)
+    monkeypatch.setattr(cpu_ops, "_MIN_THREAD_WORK", 0)
     monkeypatch.setattr(cpu_ops, "_MIN_PIECE", 256)
     seed = int(np.random.default_rng().integers(2**31))
     problems = [make_inputs(17, 3, 600 + 16 * k, seed=seed + k) for k in range(4)]
@@ -359,7 +370,7 @@ def test_float64_through_several_ranges_per_thread_matches_reference(monkeypatch
     """The threaded path with several ranges per thread, ragged ones included, on a fresh random problem of
     odd shape: float64 results as the reference loop's (``docs/accuracy.md``: 1e-12 outputs, 1e-10
     gradients)."""
-    monkeypatch.setattr(cpu_ops, "_MIN_PARALLEL_WORK", 0)
+    monkeypatch.setattr(cpu_ops, "_MIN_THREAD_WORK", 0)
     monkeypatch.setattr(cpu_ops, "_MIN_PIECE", 256)
     seed = int(np.random.default_rng().integers(2**31))
     N, B, M = 29, 9, 181  # 1,629 units: 3 (3 threads: 2) ranges per thread, not aligned with M or a block
@@ -385,7 +396,7 @@ def _float64_matches_reference(inp, threads, bias, seed):
 def test_float64_ranges_of_several_blocks_match_reference(monkeypatch, threads):
     """Ranges longer than one block of ``_BLOCK`` units, the last block ragged: float64 results as the
     reference loop's, with and without a bias."""
-    monkeypatch.setattr(cpu_ops, "_MIN_PARALLEL_WORK", 0)
+    monkeypatch.setattr(cpu_ops, "_MIN_THREAD_WORK", 0)
     seed = int(np.random.default_rng().integers(2**31))
     N, B, M = 7, 3, 4 * cpu_ops._BLOCK + 37  # ranges of 1.5 to 12 blocks, the last ragged, not aligned with M
     inp = make_inputs(N, B, M, seed=seed, c_scale=2.0)

@@ -40,9 +40,9 @@ state in one 2-D array, since nine 1-D ones need more runtime alias checks than 
 stays scalar (4x slower; a test checks the machine code for packed divisions).
 
 Threads. The kernels are compiled ``nogil`` (not ``parallel=True``) and run over ranges of units on
-``torch.get_num_threads()`` threads (fewer for small problems, down to one), up to 4 ranges of at least
-``_MIN_PIECE`` units per thread, taken in turn, so that a thread slowed down by another process leaves more
-of the work to the others. Where torch runs on OpenMP, the threads are torch's own: one parallel region of
+``torch.get_num_threads()`` threads (fewer for small problems: ``_MIN_THREAD_WORK`` unit-steps per thread at
+least, down to one), up to 4 ranges of at least ``_MIN_PIECE`` units per thread, taken in turn, so that a
+thread slowed down by another process leaves more of the work to the others. Where torch runs on OpenMP, the threads are torch's own: one parallel region of
 its OpenMP runtime (``GOMP_parallel`` via ctypes, :func:`_run`), since torch's threads keep polling for
 work after each parallel matmul and a pool of our own would share their cores for a few milliseconds.
 Elsewhere, in a forked child, or with ``UNICORNN_CPU_OPENMP=0``, a small pool of this module plus the
@@ -103,8 +103,11 @@ _ALIGN = 16
 _PIECES = 4
 #: The fewest units of a range when a thread takes several (shorter rows cost more per unit, see _BLOCK).
 _MIN_PIECE = 2048
-#: Below this many unit-steps a call runs on the calling thread only.
-_MIN_PARALLEL_WORK = 1 << 16
+#: The fewest unit-steps (units x time steps) a thread is given: a call with less work than this per thread
+#: runs on fewer threads, down to the calling thread alone. Starting a parallel region and splitting the
+#: rows costs about 0.1 ms, so below ~260,000 unit-steps two threads are no faster than one (forward and
+#: backward, ``benchmarks/cpu_small_problems.py``).
+_MIN_THREAD_WORK = 1 << 17
 
 # Rational approximation of tanh on [0, 9.5] (see the module docstring): tanh(t) ~ t * P(t^2) / Q(t^2).
 _P0 = 9.9999999993035593e-01
@@ -410,10 +413,11 @@ _OPENMP_BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 def _ranges(U: int, N: int, pieces: int = 1) -> list[tuple[int, int]]:
     """Split units [0, U) into contiguous ranges aligned to ``_ALIGN`` units: ``pieces`` per thread (fewer
-    where a piece would hold less than ``_MIN_PIECE`` units), one thread for small problems."""
+    where a piece would hold less than ``_MIN_PIECE`` units), on as many threads as get ``_MIN_THREAD_WORK``
+    unit-steps each (at most ``torch.get_num_threads()``, at least one)."""
     threads = max(1, torch.get_num_threads())
-    if U * N < _MIN_PARALLEL_WORK:
-        threads = 1
+    if _MIN_THREAD_WORK:
+        threads = min(threads, max(1, U * N // _MIN_THREAD_WORK))
     threads = min(threads, max(1, U // _ALIGN))
     count = threads * max(1, min(pieces, U // (threads * _MIN_PIECE)))
     per = -(-U // count)
