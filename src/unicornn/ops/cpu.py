@@ -139,7 +139,7 @@ def _jit(**options):
 _FAST = {"nogil": True, "error_model": "numpy", "fastmath": {"contract"}}
 
 
-@_jit(**_FAST)
+@_jit(**_FAST, inline="always")
 def _tanh_rational(a):
     """tanh of a float64 to float32 accuracy (relative error 7e-11), branch-free and vectorisable."""
     t = min(max(a, -_CLAMP), _CLAMP)
@@ -154,7 +154,7 @@ def _tanh(a, storage):  # pragma: no cover - only called from compiled code
     return math.tanh(a)
 
 
-@overload(_tanh)
+@overload(_tanh, inline="always")
 def _tanh_overload(a, storage):
     if storage.dtype == numba.types.float32:
         return lambda a, storage: _tanh_rational(a)
@@ -187,7 +187,7 @@ def _at(a, i):  # pragma: no cover - only called from compiled code
     return a[i]
 
 
-@overload(_at)
+@overload(_at, inline="always")
 def _at_overload(a, i):
     if isinstance(a, numba.types.NoneType):
         return lambda a, i: 0.0
@@ -199,7 +199,7 @@ def _row(a, n, b0, L):  # pragma: no cover - only called from compiled code
     return a[n, b0 : b0 + L]
 
 
-@overload(_row)
+@overload(_row, inline="always")
 def _row_overload(a, n, b0, L):
     if isinstance(a, numba.types.NoneType):
         return lambda a, n, b0, L: None
@@ -207,11 +207,92 @@ def _row_overload(a, n, b0, L):
 
 
 @_jit(**_FAST)
-def _forward_range(x, w, c, dt, alpha, y0, z0, bias, y, yN, zN, u0, u1):
+def _project(u, vt, n, b0, L, out):
+    """``out[k] = sum_i u[n, b, i] * vt[i, m]`` (float64, bias excluded) for the units ``b0 + k = b*M + m``,
+    k < L: the layer's input ``x_n = V u_n`` of those units, computed from its narrow input ``u`` (N, B, d)
+    and the transposed projection ``vt`` (d, M) instead of read from memory. Returns ``out[:L]``."""
+    d, M = vt.shape
+    k = 0
+    while k < L:
+        b = (b0 + k) // M
+        m0 = b0 + k - b * M
+        seg = min(M - m0, L - k)
+        o = out[k : k + seg]
+        ub = np.float64(u[n, b, 0])
+        v = vt[0, m0 : m0 + seg]
+        for j in range(seg):
+            o[j] = ub * v[j]
+        for i in range(1, d):
+            ub = np.float64(u[n, b, i])
+            v = vt[i, m0 : m0 + seg]
+            for j in range(seg):
+                o[j] += ub * v[j]
+        k += seg
+    return out[:L]
+
+
+@_jit(**_FAST)
+def _accumulate_projection_grad(u, n, b0, L, M, g, acc):
+    """``acc[i, k] += g[k] * u[n, b, i]`` for the units ``b0 + k = b*M + m``, k < L: the running per-unit
+    sums of dL/dV from the gradient ``g`` of ``x_n`` (the projection's weight gradient, batch reduced later)."""
+    d = acc.shape[0]
+    k = 0
+    while k < L:
+        b = (b0 + k) // M
+        seg = min(M - (b0 + k - b * M), L - k)
+        gs = g[k : k + seg]
+        for i in range(d):
+            ub = np.float64(u[n, b, i])
+            a = acc[i, k : k + seg]
+            for j in range(seg):
+                a[j] += gs[j] * ub
+        k += seg
+
+
+def _input_row(x, u, vt, n, b0, L, buf):  # pragma: no cover - only called from compiled code
+    """Row n of the layer input for units [b0, b0 + L): ``x[n, b0:b0+L]``, or, when ``x`` is None, the
+    projection of ``u`` computed into ``buf`` (see :func:`_project`)."""
+    return x[n, b0 : b0 + L]
+
+
+@overload(_input_row, inline="always")
+def _input_row_overload(x, u, vt, n, b0, L, buf):
+    if isinstance(x, numba.types.NoneType):
+        return lambda x, u, vt, n, b0, L, buf: _project(u, vt, n, b0, L, buf)
+    return lambda x, u, vt, n, b0, L, buf: x[n, b0 : b0 + L]
+
+
+def _out_row(a, n, b0, L, buf):  # pragma: no cover - only called from compiled code
+    """Row n of the output ``a`` for units [b0, b0 + L), or ``buf[:L]`` when ``a`` is None (not stored)."""
+    return a[n, b0 : b0 + L]
+
+
+@overload(_out_row, inline="always")
+def _out_row_overload(a, n, b0, L, buf):
+    if isinstance(a, numba.types.NoneType):
+        return lambda a, n, b0, L, buf: buf[:L]
+    return lambda a, n, b0, L, buf: a[n, b0 : b0 + L]
+
+
+def _projection_grad(u, n, b0, L, M, g, acc):  # pragma: no cover - only called from compiled code
+    """:func:`_accumulate_projection_grad` when the input is projected in the kernel (``u`` given), else
+    nothing."""
+
+
+@overload(_projection_grad, inline="always")
+def _projection_grad_overload(u, n, b0, L, M, g, acc):
+    if isinstance(u, numba.types.NoneType):
+        return lambda u, n, b0, L, M, g, acc: None
+    return lambda u, n, b0, L, M, g, acc: _accumulate_projection_grad(u, n, b0, L, M, g, acc)
+
+
+@_jit(**_FAST)
+def _forward_range(x, w, c, dt, alpha, y0, z0, bias, y, yN, zN, u, vt, u0, u1):
     """Forward recurrence for units [u0, u1). x, y: (N, U); w, c: (M,); bias: (M,) or None;
-    y0, z0, yN, zN: (U,)."""
+    y0, z0, yN, zN: (U,). With ``x`` None the input is projected in the kernel from u (N, B, d) and the
+    transposed projection vt (d, M) (float64), see :func:`_project`; otherwise u and vt are None."""
     _wide_vectors()
-    N = x.shape[0]
+    N = y.shape[0]
     M = w.shape[0]
     size = min(_BLOCK, u1 - u0)
     yb = np.empty(size, np.float64)
@@ -219,6 +300,7 @@ def _forward_range(x, w, c, dt, alpha, y0, z0, bias, y, yN, zN, u0, u1):
     wb = np.empty(size, np.float64)
     sb = np.empty(size, np.float64)
     bb = np.empty(size, np.float64)
+    xbuf = np.empty(size, np.float64)
     for b0 in range(u0, u1, _BLOCK):
         L = min(_BLOCK, u1 - b0)
         for k in range(L):
@@ -229,12 +311,12 @@ def _forward_range(x, w, c, dt, alpha, y0, z0, bias, y, yN, zN, u0, u1):
             sb[k] = dt / (1.0 + math.exp(-np.float64(c[j])))  # s = dt * sigmoid(c), in float64
             bb[k] = _at(bias, j)
         for n in range(N):
-            xr = x[n, b0 : b0 + L]
+            xr = _input_row(x, u, vt, n, b0, L, xbuf)
             yr = y[n, b0 : b0 + L]
             for k in range(L):
                 yk = yb[k]
                 sk = sb[k]
-                zk = zb[k] - sk * (_tanh(wb[k] * yk + (xr[k] + bb[k]), x) + alpha * yk)
+                zk = zb[k] - sk * (_tanh(wb[k] * yk + (xr[k] + bb[k]), y) + alpha * yk)
                 yk = yk + sk * zk
                 zb[k] = zk
                 yb[k] = yk
@@ -250,7 +332,7 @@ def _forward_range(x, w, c, dt, alpha, y0, z0, bias, y, yN, zN, u0, u1):
 _GY, _GZ, _Z, _W, _S, _BIAS, _GW, _DS, _GB = range(9)
 
 
-@_jit(**_FAST)
+@_jit(**_FAST, inline="always")
 def _backward_step(yp, xk, gyk, gy, gz, z, w, s, b, alpha, ds, gw, gb, storage):
     """Step n of the Appendix-B backward for one unit: from y_{n-1} = ``yp``, x_n = ``xk``, the upstream
     gradient ``gyk`` of y_n and the unit's state after step n+1 (adjoints ``gy``, ``gz``, rebuilt z_n = ``z``,
@@ -266,24 +348,46 @@ def _backward_step(yp, xk, gyk, gy, gz, z, w, s, b, alpha, ds, gw, gb, storage):
     return gxk, (g_y + gxk * w) - gs * alpha, g, z + s * force, ds, gw + gxk * yp, gb + gxk
 
 
+def _width(u):  # pragma: no cover - only called from compiled code
+    """``u.shape[2]``, the width of a projected input, or 0 for None."""
+    return u.shape[2]
+
+
+@overload(_width, inline="always")
+def _width_overload(u):
+    if isinstance(u, numba.types.NoneType):
+        return lambda u: 0
+    return lambda u: u.shape[2]
+
+
 @_jit(**_FAST)
 def _backward_range(
-    grad_y, grad_yN, grad_zN, y, x, w, c, dt, alpha, y0, zN, bias, gx, gy0, gz0, gw_u, ds_u, gb_u, u0, u1
-):
+    grad_y, grad_yN, grad_zN, y, x, w, c, dt, alpha, y0, zN, bias, gx, gy0, gz0, gw_u, ds_u, gb_u, u, vt, gv_u,
+    u0, u1,
+):  # fmt: skip
     """Appendix-B backward for units [u0, u1), z rebuilt by inversion from the stored y.
 
     grad_y: (N, U) or None (not read: zeros); y, x, gx: (N, U); w, c: (M,); bias: (M,) or None;
     grad_yN, grad_zN, y0, zN, gy0, gz0: (U,); gw_u, ds_u, gb_u: (U,) float64 per-unit sums over time of
     dL/dw, dL/ds and dL/dbias (reduced over the batch later). Two steps per pass over a block: its state is
     read and written once for both (1.3x faster than a pass per step, measured; more steps per pass need
-    more arrays in the loop than LLVM vectorises).
+    more arrays in the loop than LLVM vectorises). With ``x`` None the input is projected in the kernel
+    from u (N, B, d) and vt (d, M) (see :func:`_forward_range`), gv_u (U, d) receives the per-unit sums of
+    dL/dV, and ``gx`` may be None (then grad_x is not written).
     """
     _wide_vectors()
-    N = x.shape[0]
+    N = y.shape[0]
     M = w.shape[0]
-    st = np.empty((9, min(_BLOCK, u1 - u0) + _PAD), np.float64)
+    size = min(_BLOCK, u1 - u0)
+    st = np.empty((9, size + _PAD), np.float64)
+    xb1 = np.empty(size, np.float64)
+    xb2 = np.empty(size, np.float64)
+    gb1 = np.empty(size, np.float64)
+    gb2 = np.empty(size, np.float64)
+    acc = np.empty((_width(u), size + _PAD), np.float64)
     for b0 in range(u0, u1, _BLOCK):
         L = min(_BLOCK, u1 - b0)
+        acc[:, :L] = 0.0
         for k in range(L):
             j = (b0 + k) % M
             st[_GY, k] = grad_yN[b0 + k]
@@ -297,45 +401,51 @@ def _backward_range(
             st[_GB, k] = 0
         n = N - 1
         while n >= 1:  # steps n and n - 1
-            x1 = x[n, b0 : b0 + L]
-            x2 = x[n - 1, b0 : b0 + L]
+            x1 = _input_row(x, u, vt, n, b0, L, xb1)
+            x2 = _input_row(x, u, vt, n - 1, b0, L, xb2)
             q1 = _row(grad_y, n, b0, L)
             q2 = _row(grad_y, n - 1, b0, L)
-            o1 = gx[n, b0 : b0 + L]
-            o2 = gx[n - 1, b0 : b0 + L]
+            o1 = _out_row(gx, n, b0, L, gb1)
+            o2 = _out_row(gx, n - 1, b0, L, gb2)
             p1 = y[n - 1, b0 : b0 + L]
             p2 = y[n - 2, b0 : b0 + L] if n > 1 else y0[b0 : b0 + L]
             for k in range(L):
                 sk, wk, bk = st[_S, k], st[_W, k], st[_BIAS, k]
                 gxk, gy, gz, z, ds, gw, gb = _backward_step(
                     p1[k], x1[k], _at(q1, k), st[_GY, k], st[_GZ, k], st[_Z, k], wk, sk, bk, alpha,
-                    st[_DS, k], st[_GW, k], st[_GB, k], x,
+                    st[_DS, k], st[_GW, k], st[_GB, k], gy0,
                 )  # fmt: skip
                 o1[k] = gxk
                 gxk, gy, gz, z, ds, gw, gb = _backward_step(
-                    p2[k], x2[k], _at(q2, k), gy, gz, z, wk, sk, bk, alpha, ds, gw, gb, x
+                    p2[k], x2[k], _at(q2, k), gy, gz, z, wk, sk, bk, alpha, ds, gw, gb, gy0
                 )
                 o2[k] = gxk
                 st[_GY, k], st[_GZ, k], st[_Z, k], st[_DS, k], st[_GW, k], st[_GB, k] = gy, gz, z, ds, gw, gb
+            _projection_grad(u, n, b0, L, M, o1, acc)
+            _projection_grad(u, n - 1, b0, L, M, o2, acc)
             n -= 2
         if n == 0:  # N odd: the first step alone
-            xr = x[0, b0 : b0 + L]
+            xr = _input_row(x, u, vt, 0, b0, L, xb1)
             gyr = _row(grad_y, 0, b0, L)
-            gxr = gx[0, b0 : b0 + L]
+            gxr = _out_row(gx, 0, b0, L, gb1)
             ypr = y0[b0 : b0 + L]
             for k in range(L):
                 gxk, gy, gz, z, ds, gw, gb = _backward_step(
                     ypr[k], xr[k], _at(gyr, k), st[_GY, k], st[_GZ, k], st[_Z, k], st[_W, k], st[_S, k],
-                    st[_BIAS, k], alpha, st[_DS, k], st[_GW, k], st[_GB, k], x,
+                    st[_BIAS, k], alpha, st[_DS, k], st[_GW, k], st[_GB, k], gy0,
                 )  # fmt: skip
                 gxr[k] = gxk
                 st[_GY, k], st[_GZ, k], st[_Z, k], st[_DS, k], st[_GW, k], st[_GB, k] = gy, gz, z, ds, gw, gb
+            _projection_grad(u, 0, b0, L, M, gxr, acc)
         for k in range(L):
             gy0[b0 + k] = st[_GY, k]
             gz0[b0 + k] = st[_GZ, k]
             gw_u[b0 + k] = st[_GW, k]
             ds_u[b0 + k] = st[_DS, k]
             gb_u[b0 + k] = st[_GB, k]
+        for i in range(acc.shape[0]):
+            for k in range(L):
+                gv_u[b0 + k, i] = acc[i, k]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -557,15 +667,27 @@ def scan_forward(x, weight_hh, c, dt, alpha, y0, z0, bias=None):
 
     ``y`` has x's dtype; the states have the compute dtype (``y0.dtype``: float32 or float64).
     """
+    return _forward(x, None, None, weight_hh, c, dt, alpha, y0, z0, bias)
+
+
+def scan_forward_projected(u, weight_ih, weight_hh, c, dt, alpha, y0, z0, bias=None):
+    """:func:`scan_forward` of ``x = u weight_ih^T`` without writing ``x``: each step's input is computed in
+    the kernel from u (N, B, d) and weight_ih (M, d) (float64 products). Returns y in u's dtype, y_N, z_N."""
+    return _forward(None, u, weight_ih, weight_hh, c, dt, alpha, y0, z0, bias)
+
+
+def _forward(x, u, weight_ih, weight_hh, c, dt, alpha, y0, z0, bias):
     cd = _compute_dtype(y0)
-    N, B, M = x.shape
+    inp = x if u is None else u
+    N, B = inp.shape[:2]
+    M = weight_hh.shape[0]
     U = B * M
-    keep_freed_blocks(x.numel() * x.element_size())
+    keep_freed_blocks(N * U * inp.element_size())
     y = torch.empty((N, B, M), dtype=cd)
     yN = torch.empty((B, M), dtype=cd)
     zN = torch.empty((B, M), dtype=cd)
     args = (
-        _np(x.to(cd), (N, U)),
+        None if x is None else _np(x.to(cd), (N, U)),
         _np(weight_hh.to(cd)),
         _np(c.to(cd)),
         float(dt),
@@ -576,9 +698,18 @@ def scan_forward(x, weight_hh, c, dt, alpha, y0, z0, bias=None):
         y.numpy().reshape(N, U),
         yN.numpy().reshape(U),
         zN.numpy().reshape(U),
+        *_projection_args(u, weight_ih, cd),
     )
     _run(_forward_range, args, U, N)
-    return y.to(x.dtype), yN, zN
+    return y.to(inp.dtype), yN, zN
+
+
+def _projection_args(u, weight_ih, cd):
+    """``(u, vt)`` of the kernels: u (N, B, d) in the compute dtype and the transposed projection (d, M) in
+    float64, or ``(None, None)`` without a projection in the kernel."""
+    if u is None:
+        return None, None
+    return _np(u.to(cd)), np.ascontiguousarray(_np(weight_ih.to(torch.float64)).T)
 
 
 def scan_backward(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, zN, bias=None):
@@ -589,19 +720,41 @@ def scan_backward(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, z
     ``s = dt * sigmoid(c)``, summed over the batch), grad_y0, grad_z0 (B, M) and grad_bias (M,) (``grad_x``
     summed over steps and batch, in float64 before rounding) in the compute dtype.
     """
+    gx, _, *rest = _backward(grad_y, grad_yN, grad_zN, y, x, None, None, weight_hh, c, dt, alpha, y0, zN, bias,
+                             True)  # fmt: skip
+    return (gx, *rest)
+
+
+def scan_backward_projected(grad_y, grad_yN, grad_zN, y, u, weight_ih, weight_hh, c, dt, alpha, y0, zN,
+                            bias=None, grad_x=False):  # fmt: skip
+    """Backward of :func:`scan_forward_projected`: ``x`` is computed again in the kernel and, unless
+    ``grad_x``, its gradient is not written but multiplied into the projection's weight gradient as it goes.
+
+    Returns grad_x (N, B, M) in u's dtype, or None unless ``grad_x``; grad_weight_ih (M, d) (summed in
+    float64); then as :func:`scan_backward`: grad_weight_hh, grad_s, grad_y0, grad_z0, grad_bias.
+    """
+    return _backward(grad_y, grad_yN, grad_zN, y, None, u, weight_ih, weight_hh, c, dt, alpha, y0, zN, bias,
+                     grad_x)  # fmt: skip
+
+
+def _backward(grad_y, grad_yN, grad_zN, y, x, u, weight_ih, weight_hh, c, dt, alpha, y0, zN, bias, grad_x):
     cd = _compute_dtype(y0)
-    N, B, M = x.shape
+    inp = x if u is None else u
+    N, B = inp.shape[:2]
+    M = weight_hh.shape[0]
     U = B * M
-    gx = torch.empty((N, B, M), dtype=cd)
+    d = 0 if u is None else u.shape[2]
+    gx = torch.empty((N, B, M), dtype=cd) if grad_x else None
     gy0 = torch.empty((B, M), dtype=cd)
     gz0 = torch.empty((B, M), dtype=cd)
     sums = np.empty((3, B, M), np.float64)  # per unit: dL/dw, dL/ds, dL/dbias
+    gv_u = np.empty((B, M, d), np.float64)
     args = (
         None if grad_y is None else _np(grad_y.to(cd), (N, U)),
         _np(grad_yN.to(cd), U),
         _np(grad_zN.to(cd), U),
         _np(y.to(cd), (N, U)),
-        _np(x.to(cd), (N, U)),
+        None if x is None else _np(x.to(cd), (N, U)),
         _np(weight_hh.to(cd)),
         _np(c.to(cd)),
         float(dt),
@@ -609,17 +762,20 @@ def scan_backward(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, z
         _np(y0, U),
         _np(zN.to(cd), U),
         None if bias is None else _np(bias.to(cd)),
-        gx.numpy().reshape(N, U),
+        None if gx is None else gx.numpy().reshape(N, U),
         gy0.numpy().reshape(U),
         gz0.numpy().reshape(U),
         sums[0].reshape(U),
         sums[1].reshape(U),
         sums[2].reshape(U),
+        *_projection_args(u, weight_ih, cd),
+        gv_u.reshape(U, d),
     )
     _run(_backward_range, args, U, N)
     # Sums over the batch: numpy, single-threaded, in float64 -- a fixed order, whatever the thread count.
     grad_w, grad_s, grad_b = (torch.from_numpy(part.sum(axis=0)).to(cd) for part in sums)
-    return gx.to(x.dtype), grad_w, grad_s, gy0, gz0, grad_b
+    grad_v = torch.from_numpy(gv_u.sum(axis=0)).to(cd) if d else None
+    return None if gx is None else gx.to(inp.dtype), grad_v, grad_w, grad_s, gy0, gz0, grad_b
 
 
 def tanh32(a: np.ndarray) -> np.ndarray:
