@@ -22,7 +22,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .lean import lean_stack
 from .ops.dispatch import backend_available, check_backend
-from .ops.scan import check_alpha, check_dt, scan_padded, unicornn_scan
+from .ops.scan import check_alpha, check_dt, scan_padded, unicornn_scan, unicornn_scan_projected
 from .validation import check_choice, check_int, check_real
 
 __all__ = ["UnICORNN", "dropout_over_time"]
@@ -417,17 +417,22 @@ class UnICORNN(nn.Module):
                 p = params[j]
                 # The bias goes to the scan, whose kernels add it as they read x (and sum its gradient as they
                 # write grad_x): the projection stays a plain matmul and x + b is never written.
-                x = F.linear(sequences[-1], p["weight_ih"])
-                if source is not None:
-                    x = x + F.linear(sequences[source], p["weight_skip"])
-                if d == 1:  # the backward direction: each sequence reversed within its length
-                    x = reverse_in_time(x, order)
                 args = (p["weight_hh"], p["c"], self.dt[k], self.alpha, y0[j], z0[j])
                 kw = dict(backend=self.backend, bias=p["bias_ih"])
-                if lengths is None:
-                    y, yN, zN = unicornn_scan(x, *args, **kw)
+                if source is None and lengths is None:
+                    # A narrow input is projected inside the fused kernels (x is never written), else a matmul.
+                    inp = sequences[-1] if d == 0 else reverse_in_time(sequences[-1], order)
+                    y, yN, zN = unicornn_scan_projected(inp, p["weight_ih"], *args, **kw)
                 else:
-                    y, yN, zN = scan_padded(x, *args, lengths=lengths, **kw)
+                    x = F.linear(sequences[-1], p["weight_ih"])
+                    if source is not None:
+                        x = x + F.linear(sequences[source], p["weight_skip"])
+                    if d == 1:  # the backward direction: each sequence reversed within its length
+                        x = reverse_in_time(x, order)
+                    if lengths is None:
+                        y, yN, zN = unicornn_scan(x, *args, **kw)
+                    else:
+                        y, yN, zN = scan_padded(x, *args, lengths=lengths, **kw)
                 outputs.append(y if d == 0 else reverse_in_time(y, order))
                 y_last.append(yN)
                 z_last.append(zN)

@@ -8,7 +8,7 @@
 
 from .dispatch import BACKENDS, backend_available, register_kernels, resolve_backend
 from .reference import scan_backward_loop, scan_forward_loop, scan_reference, step, step_sizes
-from .scan import unicornn_scan
+from .scan import unicornn_scan, unicornn_scan_projected
 
 __all__ = [
     "BACKENDS",
@@ -16,6 +16,7 @@ __all__ = [
     "register_kernels",
     "resolve_backend",
     "unicornn_scan",
+    "unicornn_scan_projected",
     "scan_reference",
     "scan_forward_loop",
     "scan_backward_loop",

@@ -89,7 +89,15 @@ import torch
 
 from .dispatch import register_kernels
 
-__all__ = ["scan_forward", "scan_backward", "tanh32", "keep_freed_blocks"]
+__all__ = [
+    "scan_forward",
+    "scan_backward",
+    "scan_forward_projected",
+    "scan_backward_projected",
+    "tanh32",
+    "keep_freed_blocks",
+    "MAX_PROJECTED_WIDTH",
+]
 
 #: Units per block: the state of one block stays in L2 (the backward's 9 float64 rows of 4,096: 288 KiB).
 #: Each time step of a block reads and writes contiguous rows of ``_BLOCK`` units; with fewer, the step
@@ -108,6 +116,12 @@ _MIN_PIECE = 2048
 #: rows costs about 0.1 ms, so below ~260,000 unit-steps two threads are no faster than one (forward and
 #: backward, ``benchmarks/cpu_small_problems.py``).
 _MIN_THREAD_WORK = 1 << 17
+
+#: The widest layer input the kernels project themselves (:func:`scan_forward_projected`): for wider inputs
+#: the d multiply-adds per unit and step cost more than reading ``x`` and writing ``grad_x`` (layer fwd+bwd
+#: at N=1000, B=32, M=128, 2 threads: 0.72x / 0.74x / 0.83x the time of a matmul and the kernels at d = 1 / 2 /
+#: 4, 1.28x at d = 8; ``benchmarks/cpu_projected_input.py``).
+MAX_PROJECTED_WIDTH = 4
 
 # Rational approximation of tanh on [0, 9.5] (see the module docstring): tanh(t) ~ t * P(t^2) / Q(t^2).
 _P0 = 9.9999999993035593e-01
@@ -792,4 +806,11 @@ def _tanh32_array(a):
     return out
 
 
-register_kernels("cpu", scan_forward, scan_backward, devices=("cpu",))
+register_kernels(
+    "cpu",
+    scan_forward,
+    scan_backward,
+    devices=("cpu",),
+    projected=(scan_forward_projected, scan_backward_projected),
+    max_projected_width=MAX_PROJECTED_WIDTH,
+)

@@ -46,12 +46,14 @@ _FLOATS = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
 class Kernels(NamedTuple):
-    """A registered kernel pair and what it takes."""
+    """A registered kernel pair and what it takes; optionally the pair that projects the input itself."""
 
     forward: Callable
     backward: Callable
     devices: tuple[str, ...]
     dtypes: tuple[torch.dtype, ...]
+    projected: tuple[Callable, Callable] | None = None
+    max_projected_width: int = 0
 
 
 _KERNELS: dict[str, Kernels] = {}
@@ -66,6 +68,8 @@ def register_kernels(
     *,
     devices: tuple[str, ...],
     dtypes: tuple[torch.dtype, ...] = _FLOATS,
+    projected: tuple[Callable, Callable] | None = None,
+    max_projected_width: int = 0,
 ) -> None:
     """Register a fused kernel pair under ``name``.
 
@@ -79,8 +83,18 @@ def register_kernels(
     sequence: taken as zeros and not read). ``x``/``y``/``grad_y``/``grad_x`` have ``x``'s dtype (possibly
     fp16/bf16); every other tensor has the compute dtype (float32, or float64 for float64 input). Outputs
     must be new tensors. ``devices``: device types the kernels run on; ``dtypes``: dtypes of ``x`` they take.
+
+    ``projected``, optional: a pair that takes the layer's input ``u`` (N, B, d) and the projection
+    ``weight_ih`` (M, d) in place of ``x = u weight_ih^T`` and computes ``x`` as it goes, for inputs at most
+    ``max_projected_width`` wide: ``forward(u, weight_ih, weight_hh, c, dt, alpha, y0, z0, bias=None)
+    -> (y, y_N, z_N)`` and ``backward(grad_y, grad_yN, grad_zN, y, u, weight_ih, weight_hh, c, dt, alpha, y0,
+    z_N, bias=None, grad_x=False) -> (grad_x or None, grad_weight_ih, grad_weight_hh, grad_s, grad_y0,
+    grad_z0, grad_bias)``; ``grad_x`` (N, B, M) only when asked for, ``grad_weight_ih`` (M, d) in the
+    compute dtype, the rest as above with ``u`` in the place of ``x``.
     """
-    _KERNELS[name] = Kernels(forward, backward, tuple(devices), tuple(dtypes))
+    _KERNELS[name] = Kernels(
+        forward, backward, tuple(devices), tuple(dtypes), projected, max_projected_width if projected else 0
+    )
 
 
 def _loop_forward(x, weight_hh, c, dt, alpha, y0, z0, bias=None):
@@ -97,7 +111,30 @@ def _loop_backward(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, 
     return gx.to(x.dtype), gw, gs, gy0, gz0, gx.sum((0, 1))
 
 
-register_kernels("loop", _loop_forward, _loop_backward, devices=("cpu", "cuda"))
+def _loop_projected_forward(u, weight_ih, weight_hh, c, dt, alpha, y0, z0, bias=None):
+    y, yN, zN = _loop_forward(torch.nn.functional.linear(u.to(y0.dtype), weight_ih), weight_hh, c, dt, alpha,
+                              y0, z0, bias)  # fmt: skip
+    return y.to(u.dtype), yN, zN
+
+
+def _loop_projected_backward(
+    grad_y, grad_yN, grad_zN, y, u, weight_ih, weight_hh, c, dt, alpha, y0, zN, bias=None, grad_x=False
+):
+    u_c = u.to(y0.dtype)
+    x = torch.nn.functional.linear(u_c, weight_ih)
+    gx, *rest = _loop_backward(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, zN, bias)
+    grad_weight_ih = gx.flatten(0, 1).T @ u_c.flatten(0, 1)
+    return (gx.to(u.dtype) if grad_x else None), grad_weight_ih, *rest
+
+
+register_kernels(
+    "loop",
+    _loop_forward,
+    _loop_backward,
+    devices=("cpu", "cuda"),
+    projected=(_loop_projected_forward, _loop_projected_backward),
+    max_projected_width=1 << 30,
+)
 
 
 def get_kernels(name: str) -> Kernels:

@@ -17,7 +17,7 @@ from ..validation import check_real
 from .dispatch import get_kernels, resolve_backend
 from .reference import scan_reference
 
-__all__ = ["unicornn_scan", "check_dt", "check_alpha"]
+__all__ = ["unicornn_scan", "unicornn_scan_projected", "check_dt", "check_alpha"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -86,21 +86,117 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # an output that does not reach the loss gets None, not zeros
 
 
-def _backward(ctx, grad_y, grad_yN, grad_zN):
-    x, y, weight_hh, c, y0, zN, bias = ctx.saved_tensors
-    # grad_y None: only the final state reaches the loss; the kernels then do not read a sequence of zeros.
+def _upstream(grad_y, grad_yN, grad_zN, y, y0, zN):
+    """The upstream gradients as the kernels take them: contiguous, in the compute dtype, zeros for unset
+    final-state gradients; ``grad_y`` None stays None (only the final state reaches the loss: the kernels then
+    do not read a sequence of zeros)."""
     grad_y = None if grad_y is None else grad_y.to(y.dtype).contiguous()
     grad_yN = torch.zeros_like(y0) if grad_yN is None else grad_yN.to(y0.dtype).contiguous()
     grad_zN = torch.zeros_like(zN) if grad_zN is None else grad_zN.to(zN.dtype).contiguous()
+    return grad_y, grad_yN, grad_zN
+
+
+def _grad_c(grad_s: Tensor, c: Tensor, dt: float) -> Tensor:
+    """dL/dc from dL/ds, ``s = dt * sigmoid(c)``: the one place of this chain rule."""
+    sig = torch.sigmoid(c)
+    return grad_s * dt * sig * (1.0 - sig)
+
+
+def _backward(ctx, grad_y, grad_yN, grad_zN):
+    x, y, weight_hh, c, y0, zN, bias = ctx.saved_tensors
+    grad_y, grad_yN, grad_zN = _upstream(grad_y, grad_yN, grad_zN, y, y0, zN)
     gx, gw, gs, gy0, gz0, gb = _scan_backward_op(
         grad_y, grad_yN, grad_zN, y, x, weight_hh, c, ctx.dt, ctx.alpha, y0, zN, bias, ctx.kernels
     )
-    sig = torch.sigmoid(c)
-    grad_c = gs * ctx.dt * sig * (1.0 - sig)  # ds/dc = dt * sigmoid'(c): the one place of this chain rule
-    return gx, gw, grad_c, None, None, gy0, gz0, None if bias is None else gb, None
+    return gx, gw, _grad_c(gs, c, ctx.dt), None, None, gy0, gz0, None if bias is None else gb, None
 
 
 torch.library.register_autograd("unicornn::scan", _backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------------
+# The scan with the input projection inside the kernels (narrow inputs)
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("unicornn::scan_projected", mutates_args=())
+def _scan_projected_op(
+    u: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    c: Tensor,
+    dt: float,
+    alpha: float,
+    y0: Tensor,
+    z0: Tensor,
+    bias: Tensor | None,
+    kernels: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    forward, _ = get_kernels(kernels).projected
+    return forward(u, weight_ih, weight_hh, c, dt, alpha, y0, z0, bias)
+
+
+@_scan_projected_op.register_fake
+def _(u, weight_ih, weight_hh, c, dt, alpha, y0, z0, bias, kernels):
+    return u.new_empty((*u.shape[:2], weight_ih.shape[0])), torch.empty_like(y0), torch.empty_like(z0)
+
+
+@torch.library.custom_op("unicornn::scan_projected_backward", mutates_args=())
+def _scan_projected_backward_op(
+    grad_y: Tensor | None,
+    grad_yN: Tensor,
+    grad_zN: Tensor,
+    y: Tensor,
+    u: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    c: Tensor,
+    dt: float,
+    alpha: float,
+    y0: Tensor,
+    zN: Tensor,
+    bias: Tensor | None,
+    kernels: str,
+    grad_x: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """As ``unicornn::scan_backward`` with ``grad_weight_ih`` second; ``grad_x`` is an empty tensor unless
+    asked for (it is needed only for the gradient of ``u``)."""
+    _, backward = get_kernels(kernels).projected
+    gx, *rest = backward(grad_y, grad_yN, grad_zN, y, u, weight_ih, weight_hh, c, dt, alpha, y0, zN, bias,
+                         grad_x=grad_x)  # fmt: skip
+    return (u.new_empty(0) if gx is None else gx), *rest
+
+
+@_scan_projected_backward_op.register_fake
+def _(grad_y, grad_yN, grad_zN, y, u, weight_ih, weight_hh, c, dt, alpha, y0, zN, bias, kernels, grad_x):
+    gx = u.new_empty(y.shape) if grad_x else u.new_empty(0)
+    return (gx, torch.empty_like(weight_ih), *(torch.empty_like(weight_hh) for _ in range(2)),
+            torch.empty_like(y0), torch.empty_like(y0), torch.empty_like(weight_hh))  # fmt: skip
+
+
+def _setup_context_projected(ctx, inputs, output):
+    u, weight_ih, weight_hh, c, dt, alpha, y0, _z0, bias, kernels = inputs
+    y, _yN, zN = output
+    ctx.save_for_backward(u, y, weight_ih, weight_hh, c, y0, zN, bias)
+    ctx.dt, ctx.alpha, ctx.kernels = dt, alpha, kernels
+    ctx.set_materialize_grads(False)
+
+
+def _backward_projected(ctx, grad_y, grad_yN, grad_zN):
+    u, y, weight_ih, weight_hh, c, y0, zN, bias = ctx.saved_tensors
+    grad_y, grad_yN, grad_zN = _upstream(grad_y, grad_yN, grad_zN, y, y0, zN)
+    need_u = ctx.needs_input_grad[0]
+    gx, gv, gw, gs, gy0, gz0, gb = _scan_projected_backward_op(
+        grad_y, grad_yN, grad_zN, y, u, weight_ih, weight_hh, c, ctx.dt, ctx.alpha, y0, zN, bias, ctx.kernels,
+        need_u,
+    )  # fmt: skip
+    grad_u = (gx.to(weight_ih.dtype) @ weight_ih).to(u.dtype) if need_u else None
+    return (grad_u, gv, gw, _grad_c(gs, c, ctx.dt), None, None, gy0, gz0, None if bias is None else gb, None)
+
+
+torch.library.register_autograd(
+    "unicornn::scan_projected", _backward_projected, setup_context=_setup_context_projected
+)
 
 
 def refuse_gradient(op: str, message: str) -> None:
@@ -113,12 +209,13 @@ def refuse_gradient(op: str, message: str) -> None:
     torch.library.register_autograd(op, refuse, setup_context=lambda ctx, inputs, output: None)
 
 
-# The backward op is differentiable only in name.
-refuse_gradient(
-    "unicornn::scan_backward",
-    "unicornn: double backward (differentiating a gradient computed with create_graph=True) is not "
-    "supported by the fused backends; use backend='reference' (plain autograd) for it",
-)
+# The backward ops are differentiable only in name.
+for _op in ("unicornn::scan_backward", "unicornn::scan_projected_backward"):
+    refuse_gradient(
+        _op,
+        "unicornn: double backward (differentiating a gradient computed with create_graph=True) is not "
+        "supported by the fused backends; use backend='reference' (plain autograd) for it",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -197,7 +294,7 @@ def check_alpha(alpha, name: str = "alpha") -> float:
     return check_real(name, _scalar(alpha), low=0.0)
 
 
-def _check_tensor(name: str, t, shape: tuple[int, ...], x: Tensor, meaning: str) -> None:
+def _check_tensor(name: str, t, shape: tuple[int, ...], x: Tensor, meaning: str, x_name: str = "x") -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a Tensor of shape {meaning} = {shape}, got {type(t).__name__}")
     if tuple(t.shape) != shape:
@@ -205,7 +302,7 @@ def _check_tensor(name: str, t, shape: tuple[int, ...], x: Tensor, meaning: str)
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
     if t.device != x.device:
-        raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+        raise ValueError(f"{name} is on {t.device} but {x_name} is on {x.device}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,31 +342,12 @@ def unicornn_scan(
         weight_hh, c, y0, z0 and bias. float16/bfloat16 inputs are computed in float32: y has x's dtype, the final
         states stay in float32 (so that carrying them loses nothing).
     """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
-    if x.dim() != 3:
-        raise ValueError(f"x must be 3-D (N, B, M), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    _check_input("x", x, "(N, B, M)")
     N, B, M = x.shape
-    _check_tensor("weight_hh", weight_hh, (M,), x, "(M,)")
-    _check_tensor("c", c, (M,), x, "(M,)")
-    for name, state in (("y0", y0), ("z0", z0)):
-        if state is not None:
-            _check_tensor(name, state, (B, M), x, "(B, M)")
-    if bias is not None:
-        _check_tensor("bias", bias, (M,), x, "(M,)")
-    dt = check_dt(dt)
-    alpha = check_alpha(alpha)
-    name = resolve_backend(backend, x.device, x.dtype)
-
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    weight_hh = weight_hh.to(compute)
-    c = c.to(compute)
-    y0 = x.new_zeros((B, M), dtype=compute) if y0 is None else y0.to(compute)
-    z0 = x.new_zeros((B, M), dtype=compute) if z0 is None else z0.to(compute)
-    bias = None if bias is None else bias.to(compute)
-
+    name, weight_hh, c, dt, alpha, y0, z0, bias = _checked(
+        x, M, weight_hh, c, dt, alpha, y0, z0, backend, bias
+    )
+    compute = y0.dtype
     if name == "reference" and torch.compiler.is_exporting():
         # A Python loop over a symbolic number of steps cannot be exported: the readable loop kernels run
         # behind the custom op instead (same arithmetic).
@@ -280,6 +358,89 @@ def unicornn_scan(
     if N == 0 and not torch.compiler.is_exporting():
         return x.new_zeros(x.shape), y0.clone(), z0.clone()
     return _scan_op(x.contiguous(), weight_hh, c, dt, alpha, y0.contiguous(), z0.contiguous(), bias, name)
+
+
+def unicornn_scan_projected(
+    u: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    c: Tensor,
+    dt: float,
+    alpha: float,
+    y0: Tensor | None = None,
+    z0: Tensor | None = None,
+    backend: str = "auto",
+    *,
+    bias: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`unicornn_scan` of the projected input ``x = u weight_ih^T``, projected inside the kernels where
+    the backend can and the input is narrow.
+
+    For a layer input at most a few features wide (the CPU backend: ``unicornn.ops.cpu.MAX_PROJECTED_WIDTH``),
+    the fused kernels compute each step's ``x_n = V u_n`` as they go and, in the backward pass, multiply its
+    gradient into ``dL/dV`` instead of writing it: ``x`` and ``grad_x`` (N, B, M) are never stored, which
+    saves their memory and three passes over them. Everywhere else (other backends, wider inputs, while
+    ``torch.export`` traces) this is ``unicornn_scan(F.linear(u, weight_ih), ...)``.
+
+    Args:
+        u: (N, B, d) time-major input of the layer.
+        weight_ih: (M, d) projection ``V``.
+        weight_hh, c, dt, alpha, y0, z0, backend, bias: as in :func:`unicornn_scan`.
+
+    Returns:
+        ``(y, y_N, z_N)`` as :func:`unicornn_scan`; differentiable in ``u`` and ``weight_ih`` too.
+    """
+    _check_input("u", u, "(N, B, d)")
+    if not isinstance(weight_ih, Tensor) or weight_ih.dim() != 2 or weight_ih.shape[1] != u.shape[2]:
+        got = tuple(weight_ih.shape) if isinstance(weight_ih, Tensor) else type(weight_ih).__name__
+        raise ValueError(
+            f"weight_ih must be a Tensor of shape (M, d) with d = {u.shape[2]} (u's width), got {got}"
+        )
+    M = weight_ih.shape[0]
+    _check_tensor("weight_ih", weight_ih, (M, u.shape[2]), u, "(M, d)", "u")
+    N, d = u.shape[0], u.shape[2]
+    name, weight_hh, c, dt, alpha, y0, z0, bias = _checked(
+        u, M, weight_hh, c, dt, alpha, y0, z0, backend, bias, "u"
+    )
+    projected = name != "reference" and d <= get_kernels(name).max_projected_width
+    if not projected or N == 0 or torch.compiler.is_exporting():
+        x = torch.nn.functional.linear(u, weight_ih)
+        return unicornn_scan(x, weight_hh, c, dt, alpha, y0, z0, backend=name, bias=bias)
+    return _scan_projected_op(
+        u.contiguous(), weight_ih.to(y0.dtype), weight_hh, c, dt, alpha, y0.contiguous(), z0.contiguous(), bias,
+        name,
+    )  # fmt: skip
+
+
+def _check_input(name: str, t, meaning: str) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+    if t.dim() != 3:
+        raise ValueError(f"{name} must be 3-D {meaning}, got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+
+
+def _checked(inp: Tensor, M: int, weight_hh, c, dt, alpha, y0, z0, backend: str, bias, inp_name: str = "x"):
+    """Validate what every scan takes besides its input ``inp`` (N, B, .) for M units, and convert it: the
+    backend's name, then weight_hh, c, dt, alpha, y0, z0 (zeros for None) and bias in the compute dtype
+    (float64 for float64 input, float32 otherwise)."""
+    N, B = inp.shape[:2]
+    _check_tensor("weight_hh", weight_hh, (M,), inp, "(M,)", inp_name)
+    _check_tensor("c", c, (M,), inp, "(M,)", inp_name)
+    for label, state in (("y0", y0), ("z0", z0)):
+        if state is not None:
+            _check_tensor(label, state, (B, M), inp, "(B, M)", inp_name)
+    if bias is not None:
+        _check_tensor("bias", bias, (M,), inp, "(M,)", inp_name)
+    dt = check_dt(dt)
+    alpha = check_alpha(alpha)
+    name = resolve_backend(backend, inp.device, inp.dtype)
+    compute = torch.float64 if inp.dtype == torch.float64 else torch.float32
+    y0 = inp.new_zeros((B, M), dtype=compute) if y0 is None else y0.to(compute)
+    z0 = inp.new_zeros((B, M), dtype=compute) if z0 is None else z0.to(compute)
+    bias = None if bias is None else bias.to(compute)
+    return name, weight_hh.to(compute), c.to(compute), dt, alpha, y0, z0, bias
 
 
 def scan_padded(

@@ -230,9 +230,27 @@ def count_parameters_without_allocating(spec, cfg: Mapping[str, Any]) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
-def _activation_bytes(cfg: Mapping[str, Any], spec, steps: int, batch: int, train: bool) -> float:
+def input_projected_in_kernels(cfg: Mapping[str, Any], spec, on_cpu: bool) -> bool:
+    """Whether UnICORNN's first layer projects its input inside the fused CPU kernels for these settings (an
+    input of at most ``unicornn.ops.cpu.MAX_PROJECTED_WIDTH`` features: ``x`` and ``grad_x`` of that layer are
+    never stored)."""
+    if (
+        not on_cpu
+        or cfg.get("model", "unicornn") != "unicornn"
+        or cfg.get("backend", "auto") not in ("auto", "cpu")
+    ):
+        return False
+    from ..ops.dispatch import backend_available, get_kernels
+
+    return backend_available("cpu") and spec.input_size <= get_kernels("cpu").max_projected_width
+
+
+def _activation_bytes(
+    cfg: Mapping[str, Any], spec, steps: int, batch: int, train: bool, projected_input: bool = False
+) -> float:
     """One batch of ``batch`` sequences of ``steps`` steps: what the forward pass keeps for the backward pass
-    (``train``) or, without gradients, what one layer's pass holds."""
+    (``train``) or, without gradients, what one layer's pass holds. ``projected_input``: the first layer's
+    input is projected inside the kernels (:func:`input_projected_in_kernels`)."""
     H, L, d = cfg["hidden_size"], cfg["num_layers"], spec.input_size
     if not all(isinstance(v, int) and v > 0 for v in (H, L)):
         return 0.0
@@ -249,6 +267,9 @@ def _activation_bytes(cfg: Mapping[str, Any], spec, steps: int, batch: int, trai
             top = steps * per_step if spec.readout == "all" else 0.0
             return inputs + outputs + anchors + top + (2 * L + 3) * chunk * per_step
         arrays = 2 * L + 3 + (L if cfg.get("dropout", 0) else 0)  # x and y per layer, masks, backward's own
+        arrays -= (
+            2 if projected_input else 0
+        )  # the first layer's x (kept) and grad_x (backward's) never exist
     elif model == "lstm":
         arrays = 15 * L + 3  # gates, cell and hidden states per step, and their workspaces
     elif model == "gru":
@@ -274,8 +295,9 @@ def estimate_memory(
     train_batch = cfg["batch_size"]
     if cfg.get("train_subset") is not None:
         train_batch = min(train_batch, cfg["train_subset"])
+    projected = input_projected_in_kernels(cfg, spec, on_cpu)
     acts = max(
-        _activation_bytes(cfg, spec, steps, train_batch, train=True),
+        _activation_bytes(cfg, spec, steps, train_batch, train=True, projected_input=projected),
         _activation_bytes(cfg, spec, steps, cfg["eval_batch_size"], train=False),
     )
     layers = cfg["num_layers"] if isinstance(cfg["num_layers"], int) else 0
