@@ -235,7 +235,9 @@ class _FloorTimer:
 #: :func:`profile_step` parts: profiler op name (or a prefix of it) -> part
 _PARTS = (
     ("unicornn::scan_backward", "scan_backward"),
+    ("unicornn::scan_projected_backward", "scan_backward"),
     ("GeneratedBackwardFor_unicornn_scan_defaultBackward", "scan_backward"),
+    ("GeneratedBackwardFor_unicornn_scan_projected_defaultBackward", "scan_backward"),
     ("GeneratedBackwardFor_unicornn_scan", "scan_forward"),  # the op's autograd node runs the forward kernel
     ("unicornn::scan", "scan_forward"),
     ("aten::mm", "matmul"),
@@ -246,7 +248,12 @@ _PARTS = (
 
 
 #: the profiler events that hold a kernel call's time (the op's autograd node runs the forward kernel)
-_KERNEL_CALLS = ("GeneratedBackwardFor_unicornn_scan_default", "unicornn::scan_backward")
+_KERNEL_CALLS = (
+    "GeneratedBackwardFor_unicornn_scan_default",
+    "GeneratedBackwardFor_unicornn_scan_projected_default",
+    "unicornn::scan_backward",
+    "unicornn::scan_projected_backward",
+)
 
 
 def _cpu_problem(name: str, N: int, batch: int, hidden: int, layers: int, input_size: int, seed: int):

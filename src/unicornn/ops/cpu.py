@@ -221,16 +221,31 @@ def _row_overload(a, n, b0, L):
 
 
 @_jit(**_FAST)
-def _project(u, vt, n, b0, L, out):
-    """``out[k] = sum_i u[n, b, i] * vt[i, m]`` (float64, bias excluded) for the units ``b0 + k = b*M + m``,
-    k < L: the layer's input ``x_n = V u_n`` of those units, computed from its narrow input ``u`` (N, B, d)
-    and the transposed projection ``vt`` (d, M) instead of read from memory. Returns ``out[:L]``."""
-    d, M = vt.shape
+def _segments(b0, L, M):
+    """The units [b0, b0 + L) cut where the batch row changes: rows ``(k, b, m0, length)`` of an int64 array,
+    units ``b0 + k .. b0 + k + length`` being the hidden units ``m0 ..`` of batch row ``b``."""
+    out = np.empty((L // M + 2, 4), np.int64)
+    count = 0
     k = 0
     while k < L:
         b = (b0 + k) // M
         m0 = b0 + k - b * M
         seg = min(M - m0, L - k)
+        out[count, 0], out[count, 1], out[count, 2], out[count, 3] = k, b, m0, seg
+        count += 1
+        k += seg
+    return out[:count]
+
+
+@_jit(**_FAST)
+def _project(u, vt, n, segs, L, out):
+    """``out[k] = sum_i u[n, b, i] * vt[i, m]`` (float64, bias excluded) for the units of ``segs`` (see
+    :func:`_segments`): the layer's input ``x_n = V u_n`` of those units, computed from its narrow input
+    ``u`` (N, B, d) and the transposed projection ``vt`` (d, M) instead of read from memory. Returns
+    ``out[:L]``."""
+    d = vt.shape[0]
+    for r in range(segs.shape[0]):
+        k, b, m0, seg = segs[r, 0], segs[r, 1], segs[r, 2], segs[r, 3]
         o = out[k : k + seg]
         ub = np.float64(u[n, b, 0])
         v = vt[0, m0 : m0 + seg]
@@ -241,39 +256,36 @@ def _project(u, vt, n, b0, L, out):
             v = vt[i, m0 : m0 + seg]
             for j in range(seg):
                 o[j] += ub * v[j]
-        k += seg
     return out[:L]
 
 
 @_jit(**_FAST)
-def _accumulate_projection_grad(u, n, b0, L, M, g, acc):
-    """``acc[i, k] += g[k] * u[n, b, i]`` for the units ``b0 + k = b*M + m``, k < L: the running per-unit
-    sums of dL/dV from the gradient ``g`` of ``x_n`` (the projection's weight gradient, batch reduced later)."""
+def _accumulate_projection_grad(u, n, segs, g, acc):
+    """``acc[i, k] += g[k] * u[n, b, i]`` for the units of ``segs`` (see :func:`_segments`): the running
+    per-unit sums of dL/dV from the gradient ``g`` of ``x_n`` (the projection's weight gradient, reduced over
+    the batch later)."""
     d = acc.shape[0]
-    k = 0
-    while k < L:
-        b = (b0 + k) // M
-        seg = min(M - (b0 + k - b * M), L - k)
+    for r in range(segs.shape[0]):
+        k, b, seg = segs[r, 0], segs[r, 1], segs[r, 3]
         gs = g[k : k + seg]
         for i in range(d):
             ub = np.float64(u[n, b, i])
             a = acc[i, k : k + seg]
             for j in range(seg):
                 a[j] += gs[j] * ub
-        k += seg
 
 
-def _input_row(x, u, vt, n, b0, L, buf):  # pragma: no cover - only called from compiled code
+def _input_row(x, u, vt, n, b0, L, buf, segs):  # pragma: no cover - only called from compiled code
     """Row n of the layer input for units [b0, b0 + L): ``x[n, b0:b0+L]``, or, when ``x`` is None, the
     projection of ``u`` computed into ``buf`` (see :func:`_project`)."""
     return x[n, b0 : b0 + L]
 
 
 @overload(_input_row, inline="always")
-def _input_row_overload(x, u, vt, n, b0, L, buf):
+def _input_row_overload(x, u, vt, n, b0, L, buf, segs):
     if isinstance(x, numba.types.NoneType):
-        return lambda x, u, vt, n, b0, L, buf: _project(u, vt, n, b0, L, buf)
-    return lambda x, u, vt, n, b0, L, buf: x[n, b0 : b0 + L]
+        return lambda x, u, vt, n, b0, L, buf, segs: _project(u, vt, n, segs, L, buf)
+    return lambda x, u, vt, n, b0, L, buf, segs: x[n, b0 : b0 + L]
 
 
 def _out_row(a, n, b0, L, buf):  # pragma: no cover - only called from compiled code
@@ -288,16 +300,16 @@ def _out_row_overload(a, n, b0, L, buf):
     return lambda a, n, b0, L, buf: a[n, b0 : b0 + L]
 
 
-def _projection_grad(u, n, b0, L, M, g, acc):  # pragma: no cover - only called from compiled code
+def _projection_grad(u, n, segs, g, acc):  # pragma: no cover - only called from compiled code
     """:func:`_accumulate_projection_grad` when the input is projected in the kernel (``u`` given), else
     nothing."""
 
 
 @overload(_projection_grad, inline="always")
-def _projection_grad_overload(u, n, b0, L, M, g, acc):
+def _projection_grad_overload(u, n, segs, g, acc):
     if isinstance(u, numba.types.NoneType):
-        return lambda u, n, b0, L, M, g, acc: None
-    return lambda u, n, b0, L, M, g, acc: _accumulate_projection_grad(u, n, b0, L, M, g, acc)
+        return lambda u, n, segs, g, acc: None
+    return lambda u, n, segs, g, acc: _accumulate_projection_grad(u, n, segs, g, acc)
 
 
 @_jit(**_FAST)
@@ -317,6 +329,7 @@ def _forward_range(x, w, c, dt, alpha, y0, z0, bias, y, yN, zN, u, vt, u0, u1):
     xbuf = np.empty(size, np.float64)
     for b0 in range(u0, u1, _BLOCK):
         L = min(_BLOCK, u1 - b0)
+        segs = _segments(b0, L, M)
         for k in range(L):
             j = (b0 + k) % M
             yb[k] = y0[b0 + k]
@@ -325,7 +338,7 @@ def _forward_range(x, w, c, dt, alpha, y0, z0, bias, y, yN, zN, u, vt, u0, u1):
             sb[k] = dt / (1.0 + math.exp(-np.float64(c[j])))  # s = dt * sigmoid(c), in float64
             bb[k] = _at(bias, j)
         for n in range(N):
-            xr = _input_row(x, u, vt, n, b0, L, xbuf)
+            xr = _input_row(x, u, vt, n, b0, L, xbuf, segs)
             yr = y[n, b0 : b0 + L]
             for k in range(L):
                 yk = yb[k]
@@ -401,6 +414,7 @@ def _backward_range(
     acc = np.empty((_width(u), size + _PAD), np.float64)
     for b0 in range(u0, u1, _BLOCK):
         L = min(_BLOCK, u1 - b0)
+        segs = _segments(b0, L, M)
         acc[:, :L] = 0.0
         for k in range(L):
             j = (b0 + k) % M
@@ -415,8 +429,8 @@ def _backward_range(
             st[_GB, k] = 0
         n = N - 1
         while n >= 1:  # steps n and n - 1
-            x1 = _input_row(x, u, vt, n, b0, L, xb1)
-            x2 = _input_row(x, u, vt, n - 1, b0, L, xb2)
+            x1 = _input_row(x, u, vt, n, b0, L, xb1, segs)
+            x2 = _input_row(x, u, vt, n - 1, b0, L, xb2, segs)
             q1 = _row(grad_y, n, b0, L)
             q2 = _row(grad_y, n - 1, b0, L)
             o1 = _out_row(gx, n, b0, L, gb1)
@@ -435,11 +449,11 @@ def _backward_range(
                 )
                 o2[k] = gxk
                 st[_GY, k], st[_GZ, k], st[_Z, k], st[_DS, k], st[_GW, k], st[_GB, k] = gy, gz, z, ds, gw, gb
-            _projection_grad(u, n, b0, L, M, o1, acc)
-            _projection_grad(u, n - 1, b0, L, M, o2, acc)
+            _projection_grad(u, n, segs, o1, acc)
+            _projection_grad(u, n - 1, segs, o2, acc)
             n -= 2
         if n == 0:  # N odd: the first step alone
-            xr = _input_row(x, u, vt, 0, b0, L, xb1)
+            xr = _input_row(x, u, vt, 0, b0, L, xb1, segs)
             gyr = _row(grad_y, 0, b0, L)
             gxr = _out_row(gx, 0, b0, L, gb1)
             ypr = y0[b0 : b0 + L]
@@ -450,7 +464,7 @@ def _backward_range(
                 )  # fmt: skip
                 gxr[k] = gxk
                 st[_GY, k], st[_GZ, k], st[_Z, k], st[_DS, k], st[_GW, k], st[_GB, k] = gy, gz, z, ds, gw, gb
-            _projection_grad(u, 0, b0, L, M, gxr, acc)
+            _projection_grad(u, 0, segs, gxr, acc)
         for k in range(L):
             gy0[b0 + k] = st[_GY, k]
             gz0[b0 + k] = st[_GZ, k]
