@@ -153,14 +153,15 @@ def _projected_in(t: torch.Tensor) -> bool:
 
 
 def test_which_inputs_are_projected_in_the_kernels():
-    from unicornn.ops.cpu import MAX_PROJECTED_WIDTH
+    from unicornn.ops.cpu import max_projected_width
 
-    for d, backend, expected in [(1, "cpu", True), (MAX_PROJECTED_WIDTH, "auto", True),
-                                 (MAX_PROJECTED_WIDTH + 1, "cpu", False), (1, "reference", False)]:  # fmt: skip
-        f = _problem(6, 2, 3, d, seed=d)
+    assert [max_projected_width(M) for M in (1, 32, 127, 128, 256)] == [3, 3, 3, 4, 8]
+    for d, M, backend, expected in [(1, 3, "cpu", True), (3, 5, "auto", True), (4, 5, "cpu", False),
+                                    (4, 128, "cpu", True), (5, 128, "cpu", False), (1, 3, "reference", False)]:  # fmt: skip
+        f = _problem(6, 2, M, d, seed=d)
         V = f["V"].clone().requires_grad_()
         y, _, _ = unicornn_scan_projected(f["u"], V, f["w"], f["c"], 0.1, 1.0, backend=backend)
-        assert _projected_in(y) == expected, (d, backend)
+        assert _projected_in(y) == expected, (d, M, backend)
 
 
 def test_the_module_projects_a_narrow_first_layer_input():

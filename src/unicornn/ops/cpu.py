@@ -96,7 +96,7 @@ __all__ = [
     "scan_backward_projected",
     "tanh32",
     "keep_freed_blocks",
-    "MAX_PROJECTED_WIDTH",
+    "max_projected_width",
 ]
 
 #: Units per block: the state of one block stays in L2 (the backward's 9 float64 rows of 4,096: 288 KiB).
@@ -117,11 +117,6 @@ _MIN_PIECE = 2048
 #: backward, ``benchmarks/cpu_small_problems.py``).
 _MIN_THREAD_WORK = 1 << 17
 
-#: The widest layer input the kernels project themselves (:func:`scan_forward_projected`): for wider inputs
-#: the d multiply-adds per unit and step cost more than reading ``x`` and writing ``grad_x`` (layer fwd+bwd
-#: at N=1000, B=32, M=128, 2 threads: 0.72x / 0.74x / 0.83x the time of a matmul and the kernels at d = 1 / 2 /
-#: 4, 1.28x at d = 8; ``benchmarks/cpu_projected_input.py``).
-MAX_PROJECTED_WIDTH = 4
 
 # Rational approximation of tanh on [0, 9.5] (see the module docstring): tanh(t) ~ t * P(t^2) / Q(t^2).
 _P0 = 9.9999999993035593e-01
@@ -732,6 +727,17 @@ def _forward(x, u, weight_ih, weight_hh, c, dt, alpha, y0, z0, bias):
     return y.to(inp.dtype), yN, zN
 
 
+def max_projected_width(M: int) -> int:
+    """The widest layer input (features) that :func:`scan_forward_projected` computes itself for layers of M
+    units: ``max(3, M // 32)``. Each input feature costs a multiply-add per unit and step in both kernels (in
+    short loops over the hidden units of each batch row), against a matmul that writes ``x``, the kernels'
+    pass over it, ``grad_x`` written and read by another matmul. One layer forward + backward at N=1000,
+    B=32, 2 threads (``benchmarks/cpu_projected_input.py``): in the kernels / with the matmul 0.64-0.89 for
+    d = 1, 0.89-0.97 at d = 3, at d = 4 1.09 (M=32), 1.04 (M=64), 0.88 (M=128), 0.79 (M=256), at d = 8
+    1.46 (M=32) to 0.97 (M=256)."""
+    return max(3, M // 32)
+
+
 def _projection_args(u, weight_ih, cd):
     """``(u, vt)`` of the kernels: u (N, B, d) in the compute dtype and the transposed projection (d, M) in
     float64, or ``(None, None)`` without a projection in the kernel."""
@@ -826,5 +832,5 @@ register_kernels(
     scan_backward,
     devices=("cpu",),
     projected=(scan_forward_projected, scan_backward_projected),
-    max_projected_width=MAX_PROJECTED_WIDTH,
+    max_projected_width=max_projected_width,
 )

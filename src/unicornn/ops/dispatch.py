@@ -53,7 +53,7 @@ class Kernels(NamedTuple):
     devices: tuple[str, ...]
     dtypes: tuple[torch.dtype, ...]
     projected: tuple[Callable, Callable] | None = None
-    max_projected_width: int = 0
+    max_projected_width: Callable[[int], int] = lambda M: 0
 
 
 _KERNELS: dict[str, Kernels] = {}
@@ -69,7 +69,7 @@ def register_kernels(
     devices: tuple[str, ...],
     dtypes: tuple[torch.dtype, ...] = _FLOATS,
     projected: tuple[Callable, Callable] | None = None,
-    max_projected_width: int = 0,
+    max_projected_width: Callable[[int], int] | None = None,
 ) -> None:
     """Register a fused kernel pair under ``name``.
 
@@ -86,15 +86,16 @@ def register_kernels(
 
     ``projected``, optional: a pair that takes the layer's input ``u`` (N, B, d) and the projection
     ``weight_ih`` (M, d) in place of ``x = u weight_ih^T`` and computes ``x`` as it goes, for inputs at most
-    ``max_projected_width`` wide: ``forward(u, weight_ih, weight_hh, c, dt, alpha, y0, z0, bias=None)
+    ``max_projected_width(M)`` wide: ``forward(u, weight_ih, weight_hh, c, dt, alpha, y0, z0, bias=None)
     -> (y, y_N, z_N)`` and ``backward(grad_y, grad_yN, grad_zN, y, u, weight_ih, weight_hh, c, dt, alpha, y0,
     z_N, bias=None, grad_x=False) -> (grad_x or None, grad_weight_ih, grad_weight_hh, grad_s, grad_y0,
     grad_z0, grad_bias)``; ``grad_x`` (N, B, M) only when asked for, ``grad_weight_ih`` (M, d) in the
     compute dtype, the rest as above with ``u`` in the place of ``x``.
     """
-    _KERNELS[name] = Kernels(
-        forward, backward, tuple(devices), tuple(dtypes), projected, max_projected_width if projected else 0
+    widest = (
+        max_projected_width if projected is not None and max_projected_width is not None else (lambda M: 0)
     )
+    _KERNELS[name] = Kernels(forward, backward, tuple(devices), tuple(dtypes), projected, widest)
 
 
 def _loop_forward(x, weight_hh, c, dt, alpha, y0, z0, bias=None):
@@ -133,7 +134,7 @@ register_kernels(
     _loop_backward,
     devices=("cpu", "cuda"),
     projected=(_loop_projected_forward, _loop_projected_backward),
-    max_projected_width=1 << 30,
+    max_projected_width=lambda M: 1 << 30,
 )
 
 

@@ -376,7 +376,7 @@ def unicornn_scan_projected(
     """:func:`unicornn_scan` of the projected input ``x = u weight_ih^T``, projected inside the kernels where
     the backend can and the input is narrow.
 
-    For a layer input at most a few features wide (the CPU backend: ``unicornn.ops.cpu.MAX_PROJECTED_WIDTH``),
+    For a layer input at most a few features wide (the CPU backend: ``unicornn.ops.cpu.max_projected_width``),
     the fused kernels compute each step's ``x_n = V u_n`` as they go and, in the backward pass, multiply its
     gradient into ``dL/dV`` instead of writing it: ``x`` and ``grad_x`` (N, B, M) are never stored, which
     saves their memory and three passes over them. Everywhere else (other backends, wider inputs, while
@@ -402,7 +402,7 @@ def unicornn_scan_projected(
     name, weight_hh, c, dt, alpha, y0, z0, bias = _checked(
         u, M, weight_hh, c, dt, alpha, y0, z0, backend, bias, "u"
     )
-    projected = name != "reference" and d <= get_kernels(name).max_projected_width
+    projected = name != "reference" and d <= get_kernels(name).max_projected_width(M)
     if not projected or N == 0 or torch.compiler.is_exporting():
         x = torch.nn.functional.linear(u, weight_ih)
         return unicornn_scan(x, weight_hh, c, dt, alpha, y0, z0, backend=name, bias=bias)

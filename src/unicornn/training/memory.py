@@ -232,7 +232,7 @@ def count_parameters_without_allocating(spec, cfg: Mapping[str, Any]) -> float:
 
 def input_projected_in_kernels(cfg: Mapping[str, Any], spec, on_cpu: bool) -> bool:
     """Whether UnICORNN's first layer projects its input inside the fused CPU kernels for these settings (an
-    input of at most ``unicornn.ops.cpu.MAX_PROJECTED_WIDTH`` features: ``x`` and ``grad_x`` of that layer are
+    input of at most ``unicornn.ops.cpu.max_projected_width(hidden_size)`` features: ``x`` and ``grad_x`` of that layer are
     never stored)."""
     if (
         not on_cpu
@@ -242,7 +242,12 @@ def input_projected_in_kernels(cfg: Mapping[str, Any], spec, on_cpu: bool) -> bo
         return False
     from ..ops.dispatch import backend_available, get_kernels
 
-    return backend_available("cpu") and spec.input_size <= get_kernels("cpu").max_projected_width
+    H = cfg["hidden_size"]
+    return (
+        backend_available("cpu")
+        and isinstance(H, int)
+        and spec.input_size <= get_kernels("cpu").max_projected_width(H)
+    )
 
 
 def _activation_bytes(
