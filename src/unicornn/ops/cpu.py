@@ -216,6 +216,15 @@ def _row_overload(a, n, b0, L):
 
 
 @_jit(**_FAST)
+def _step_sizes(c, dt):
+    """``s = dt * sigmoid(c)`` (M,) in float64, once per hidden unit (not per unit of the batch)."""
+    s = np.empty(c.shape[0], np.float64)
+    for m in range(c.shape[0]):
+        s[m] = dt / (1.0 + math.exp(-np.float64(c[m])))
+    return s
+
+
+@_jit(**_FAST)
 def _segments(b0, L, M):
     """The units [b0, b0 + L) cut where the batch row changes: rows ``(k, b, m0, length)`` of an int64 array,
     units ``b0 + k .. b0 + k + length`` being the hidden units ``m0 ..`` of batch row ``b``."""
@@ -315,6 +324,7 @@ def _forward_range(x, w, c, dt, alpha, y0, z0, bias, y, yN, zN, u, vt, u0, u1):
     _wide_vectors()
     N = y.shape[0]
     M = w.shape[0]
+    s_m = _step_sizes(c, dt)
     size = min(_BLOCK, u1 - u0)
     yb = np.empty(size, np.float64)
     zb = np.empty(size, np.float64)
@@ -330,7 +340,7 @@ def _forward_range(x, w, c, dt, alpha, y0, z0, bias, y, yN, zN, u, vt, u0, u1):
             yb[k] = y0[b0 + k]
             zb[k] = z0[b0 + k]
             wb[k] = w[j]
-            sb[k] = dt / (1.0 + math.exp(-np.float64(c[j])))  # s = dt * sigmoid(c), in float64
+            sb[k] = s_m[j]
             bb[k] = _at(bias, j)
         for n in range(N):
             xr = _input_row(x, u, vt, n, b0, L, xbuf, segs)
@@ -400,6 +410,7 @@ def _backward_range(
     _wide_vectors()
     N = y.shape[0]
     M = w.shape[0]
+    s_m = _step_sizes(c, dt)
     size = min(_BLOCK, u1 - u0)
     st = np.empty((9, size + _PAD), np.float64)
     xb1 = np.empty(size, np.float64)
@@ -417,7 +428,7 @@ def _backward_range(
             st[_GZ, k] = grad_zN[b0 + k]
             st[_Z, k] = zN[b0 + k]
             st[_W, k] = w[j]
-            st[_S, k] = dt / (1.0 + math.exp(-np.float64(c[j])))
+            st[_S, k] = s_m[j]
             st[_BIAS, k] = _at(bias, j)
             st[_GW, k] = 0
             st[_DS, k] = 0
@@ -732,9 +743,9 @@ def max_projected_width(M: int) -> int:
     units: ``max(3, M // 32)``. Each input feature costs a multiply-add per unit and step in both kernels (in
     short loops over the hidden units of each batch row), against a matmul that writes ``x``, the kernels'
     pass over it, ``grad_x`` written and read by another matmul. One layer forward + backward at N=1000,
-    B=32, 2 threads (``benchmarks/cpu_projected_input.py``): in the kernels / with the matmul 0.64-0.89 for
-    d = 1, 0.89-0.97 at d = 3, at d = 4 1.09 (M=32), 1.04 (M=64), 0.88 (M=128), 0.79 (M=256), at d = 8
-    1.46 (M=32) to 0.97 (M=256)."""
+    B=32, 2 threads (``benchmarks/cpu_projected_input.py``), in the kernels / with the matmul: 0.63-0.94 for
+    d <= 3 at M = 32-256; at d = 4 1.08 (M=32), 1.04 (M=64), 0.95 (M=128), 0.78 (M=256); at d = 8 1.47 (M=32)
+    to 0.97-1.07 (M=256, two runs)."""
     return max(3, M // 32)
 
 
