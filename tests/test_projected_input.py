@@ -74,17 +74,23 @@ def test_float64_matches_linear_then_reference(N, B, M, d, states, bias, grad_u,
             assert rel_err(a, r) < 1e-10, name
 
 
-@pytest.mark.parametrize("d", [1, 3])
-def test_float32_within_the_accuracy_contract(d):
-    """psMNIST's setting (N=1,000, dt=0.19, alpha=30.65): errors against float64 at most those of float32
-    autograd through a matmul and the reference loop (the yardstick) times the contract's factors (1.5 for
-    the gradients, 2 for y)."""
-    f = _problem(1000, 4, 32, d, seed=2021)
+@pytest.mark.parametrize(
+    "N, dt, alpha, d",
+    [
+        (1000, 0.19, 30.65, 1),  # psMNIST
+        (1000, 0.19, 30.65, 3),
+        pytest.param(17984, 0.0343, 0.0, 1, marks=pytest.mark.slow),  # EigenWorms
+    ],
+)
+def test_float32_within_the_accuracy_contract(N, dt, alpha, d):
+    """Errors against float64 at most those of float32 autograd through a matmul and the reference loop (the
+    yardstick) times the contract's factors (1.5 for the gradients, 2 for y)."""
+    f = _problem(N, 4, 32, d, seed=2021)
     f32 = {k: None if v is None else v.float() for k, v in f.items()}
-    exact = _run(f, "reference", 0.19, 30.65, projected=False)
-    fused = _run(f32, "cpu", 0.19, 30.65)
+    exact = _run(f, "reference", dt, alpha, projected=False)
+    fused = _run(f32, "cpu", dt, alpha)
     with torch_threads(1):
-        yardstick = _run(f32, "reference", 0.19, 30.65, projected=False)
+        yardstick = _run(f32, "reference", dt, alpha, projected=False)
     names = ("y", "y_N", "z_N", "u", "V", "w", "c", "y0", "z0", "bias")
     for name, a, y, r in zip(names, sum(fused, []), sum(yardstick, []), sum(exact, []), strict=True):
         limit = 2.0 if name == "y" else 1.5
