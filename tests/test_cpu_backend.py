@@ -241,29 +241,32 @@ def test_threads_work_in_a_forked_process(monkeypatch, parent_threads):
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="checks x86 vector instructions")
 @pytest.mark.parametrize("kernel", ["_forward_range", "_backward_range"])
-@pytest.mark.parametrize("variant", ["grad_y_and_bias", "neither", "projected"])
+@pytest.mark.parametrize("variant", ["grad_y_and_bias", "neither", "projected", "one_feature"])
 def test_kernels_are_vectorised(kernel, variant):
     """The unit loop compiles to packed (ymm/zmm) float64 divisions, the tanh's: a loop LLVM declines to
     vectorise (e.g. one needing too many runtime alias checks) runs about 4x slower. Compiled afresh (numba
     does not show the machine code of cached kernels). ``projected``: the input computed in the kernel, its
-    gradient not written (grad_x None)."""
+    gradient not written (grad_x None); ``one_feature``: the backward's one-feature input (N, B), multiplied
+    in the unit loop."""
+    if kernel == "_forward_range" and variant == "one_feature":
+        pytest.skip("the forward kernel takes the projected input as (N, B, d) only")
     fn = numba.njit(**cpu_ops._FAST)(getattr(cpu_ops, kernel).py_func)
     N, B, M, d = 3, 2, 40, 2
     U = B * M
     a2, a1, p = np.ones((N, U), np.float32), np.ones(U, np.float32), np.ones(M, np.float32)
     bias = p if variant == "grad_y_and_bias" else None
-    x, projection = (
-        (None, (np.ones((N, B, d), np.float32), np.ones((d, M))))
-        if variant == "projected"
-        else (a2, (None, None))
-    )
+    x, projection = a2, (None, None)
+    if variant == "projected":
+        x, projection = None, (np.ones((N, B, d), np.float32), np.ones((d, M)))
+    elif variant == "one_feature":
+        x, projection = None, (np.ones((N, B), np.float32), np.ones((1, M)))
     if kernel == "_forward_range":
         args = (x, p, p, 0.1, 0.0, a1, a1, bias, a2.copy(), a1.copy(), a1.copy(), *projection, 0, U)
     else:
         gy = a2 if variant == "grad_y_and_bias" else None
-        gx = None if variant == "projected" else a2.copy()
+        gx = None if x is None else a2.copy()
         sums = [np.empty(U) for _ in range(3)]
-        gv = np.empty((U, d if variant == "projected" else 0))
+        gv = np.empty((U, 0 if x is not None else projection[1].shape[0]))
         args = (
             gy,
             a1,

@@ -279,6 +279,96 @@ def _accumulate_projection_grad(u, n, segs, g, acc):
                 a[j] += gs[j] * ub
 
 
+@_jit(**_FAST)
+def _project_pair(u, vt, n1, n2, segs, out1, out2):
+    """:func:`_project` of steps n1 and n2 in one pass over ``vt`` (the backward kernel's two steps)."""
+    d = vt.shape[0]
+    for r in range(segs.shape[0]):
+        k, b, m0, seg = segs[r, 0], segs[r, 1], segs[r, 2], segs[r, 3]
+        o1 = out1[k : k + seg]
+        o2 = out2[k : k + seg]
+        u1 = np.float64(u[n1, b, 0])
+        u2 = np.float64(u[n2, b, 0])
+        v = vt[0, m0 : m0 + seg]
+        for j in range(seg):
+            o1[j] = u1 * v[j]
+            o2[j] = u2 * v[j]
+        for i in range(1, d):
+            u1 = np.float64(u[n1, b, i])
+            u2 = np.float64(u[n2, b, i])
+            v = vt[i, m0 : m0 + seg]
+            for j in range(seg):
+                o1[j] += u1 * v[j]
+                o2[j] += u2 * v[j]
+
+
+@_jit(**_FAST)
+def _accumulate_projection_grad_pair(u, n1, n2, segs, g1, g2, acc):
+    """:func:`_accumulate_projection_grad` of steps n1 and n2 in one pass over ``acc``."""
+    d = acc.shape[0]
+    for r in range(segs.shape[0]):
+        k, b, seg = segs[r, 0], segs[r, 1], segs[r, 3]
+        h1 = g1[k : k + seg]
+        h2 = g2[k : k + seg]
+        for i in range(d):
+            u1 = np.float64(u[n1, b, i])
+            u2 = np.float64(u[n2, b, i])
+            a = acc[i, k : k + seg]
+            for j in range(seg):
+                a[j] += h1[j] * u1 + h2[j] * u2
+
+
+@_jit(**_FAST)
+def _broadcast_rows(u, n1, n2, segs, out1, out2):
+    """``out1[k] = u[n1, b]``, ``out2[k] = u[n2, b]`` (float64) for the units of ``segs``: a one-feature input
+    (N, B) spread over the hidden units of each batch row."""
+    for r in range(segs.shape[0]):
+        k, b, seg = segs[r, 0], segs[r, 1], segs[r, 3]
+        u1 = np.float64(u[n1, b])
+        u2 = np.float64(u[n2, b])
+        o1 = out1[k : k + seg]
+        o2 = out2[k : k + seg]
+        for j in range(seg):
+            o1[j] = u1
+            o2[j] = u2
+
+
+def _input_rows(x, u, vt, n, b0, L, buf1, buf2, segs):  # pragma: no cover - only called from compiled code
+    """Rows n and n - 1 of the layer input for units [b0, b0 + L) (see :func:`_input_row`)."""
+    return x[n, b0 : b0 + L], x[n - 1, b0 : b0 + L]
+
+
+@overload(_input_rows, inline="always")
+def _input_rows_overload(x, u, vt, n, b0, L, buf1, buf2, segs):
+    if isinstance(x, numba.types.NoneType) and u.ndim == 2:
+
+        def spread(x, u, vt, n, b0, L, buf1, buf2, segs):
+            _broadcast_rows(u, n, n - 1, segs, buf1, buf2)
+            return (buf1[:L],), (buf2[:L],)
+
+        return spread
+    if isinstance(x, numba.types.NoneType):
+
+        def project(x, u, vt, n, b0, L, buf1, buf2, segs):
+            _project_pair(u, vt, n, n - 1, segs, buf1, buf2)
+            return buf1[:L], buf2[:L]
+
+        return project
+    return lambda x, u, vt, n, b0, L, buf1, buf2, segs: (x[n, b0 : b0 + L], x[n - 1, b0 : b0 + L])
+
+
+def _projection_grads(u, n, segs, g1, g2, acc):  # pragma: no cover - only called from compiled code
+    """:func:`_accumulate_projection_grad_pair` of steps n and n - 1 when the input is projected in the
+    kernel (``u`` given), else nothing."""
+
+
+@overload(_projection_grads, inline="always")
+def _projection_grads_overload(u, n, segs, g1, g2, acc):
+    if isinstance(u, numba.types.NoneType) or u.ndim == 2:  # 2-D: summed in the unit loop (_put)
+        return lambda u, n, segs, g1, g2, acc: None
+    return lambda u, n, segs, g1, g2, acc: _accumulate_projection_grad_pair(u, n, n - 1, segs, g1, g2, acc)
+
+
 def _input_row(x, u, vt, n, b0, L, buf, segs):  # pragma: no cover - only called from compiled code
     """Row n of the layer input for units [b0, b0 + L): ``x[n, b0:b0+L]``, or, when ``x`` is None, the
     projection of ``u`` computed into ``buf`` (see :func:`_project`)."""
@@ -287,6 +377,13 @@ def _input_row(x, u, vt, n, b0, L, buf, segs):  # pragma: no cover - only called
 
 @overload(_input_row, inline="always")
 def _input_row_overload(x, u, vt, n, b0, L, buf, segs):
+    if isinstance(x, numba.types.NoneType) and u.ndim == 2:
+
+        def spread(x, u, vt, n, b0, L, buf, segs):
+            _broadcast_rows(u, n, n, segs, buf, buf)
+            return (buf[:L],)
+
+        return spread
     if isinstance(x, numba.types.NoneType):
         return lambda x, u, vt, n, b0, L, buf, segs: _project(u, vt, n, segs, L, buf)
     return lambda x, u, vt, n, b0, L, buf, segs: x[n, b0 : b0 + L]
@@ -311,7 +408,7 @@ def _projection_grad(u, n, segs, g, acc):  # pragma: no cover - only called from
 
 @overload(_projection_grad, inline="always")
 def _projection_grad_overload(u, n, segs, g, acc):
-    if isinstance(u, numba.types.NoneType):
+    if isinstance(u, numba.types.NoneType) or u.ndim == 2:  # 2-D: summed in the unit loop (_put)
         return lambda u, n, segs, g, acc: None
     return lambda u, n, segs, g, acc: _accumulate_projection_grad(u, n, segs, g, acc)
 
@@ -361,7 +458,55 @@ def _forward_range(x, w, c, dt, alpha, y0, z0, bias, y, yN, zN, u, vt, u0, u1):
 # Rows of the backward kernel's per-block state. One 2-D array rather than nine 1-D ones: LLVM then sees
 # that the rows cannot overlap (one base, constant distance), while nine separate arrays need more runtime
 # alias checks than it allows, and the loop is no longer vectorised (4x slower).
-_GY, _GZ, _Z, _W, _S, _BIAS, _GW, _DS, _GB = range(9)
+# With a one-feature input projected in the kernel, rows _V (the unit's weight V[m, 0]) and _GV (its running
+# sum of dL/dV) are used too.
+_GY, _GZ, _Z, _W, _S, _BIAS, _GW, _DS, _GB, _V, _GV = range(11)
+
+
+def _x_at(xr, k, st):  # pragma: no cover - only called from compiled code
+    """Unit k's input in the backward kernel: ``xr[k]``, or for a one-feature input (``xr`` a 1-tuple holding
+    the input spread over the units) that times the unit's weight ``st[_V, k]``."""
+    return xr[k]
+
+
+@overload(_x_at, inline="always")
+def _x_at_overload(xr, k, st):
+    if isinstance(xr, numba.types.BaseTuple):
+        return lambda xr, k, st: xr[0][k] * st[_V, k]
+    return lambda xr, k, st: xr[k]
+
+
+def _put(out, k, g, xr, st):  # pragma: no cover - only called from compiled code
+    """Store unit k's gradient ``g`` of its input: ``out[k] = g``, or for a one-feature input (``xr`` a
+    1-tuple) add ``g`` times the input to the unit's running sum of dL/dV, ``st[_GV, k]``."""
+    out[k] = g
+
+
+@overload(_put, inline="always")
+def _put_overload(out, k, g, xr, st):
+    if isinstance(xr, numba.types.BaseTuple):
+
+        def accumulate(out, k, g, xr, st):
+            st[_GV, k] += g * xr[0][k]
+
+        return accumulate
+
+    def store(out, k, g, xr, st):
+        out[k] = g
+
+    return store
+
+
+def _weight_at(vt, j):  # pragma: no cover - only called from compiled code
+    """``vt[0, j]``, the weight of hidden unit j on a one-feature input, or 0.0 without one."""
+    return vt[0, j]
+
+
+@overload(_weight_at, inline="always")
+def _weight_at_overload(vt, j):
+    if isinstance(vt, numba.types.NoneType):
+        return lambda vt, j: 0.0
+    return lambda vt, j: vt[0, j]
 
 
 @_jit(**_FAST, inline="always")
@@ -381,15 +526,41 @@ def _backward_step(yp, xk, gyk, gy, gz, z, w, s, b, alpha, ds, gw, gb, storage):
 
 
 def _width(u):  # pragma: no cover - only called from compiled code
-    """``u.shape[2]``, the width of a projected input, or 0 for None."""
+    """Rows of the backward kernel's sums of dL/dV kept outside its state: ``u.shape[2]`` for an input
+    projected through buffers, 0 for none or a one-feature input (summed in the state, row _GV)."""
     return u.shape[2]
 
 
 @overload(_width, inline="always")
 def _width_overload(u):
-    if isinstance(u, numba.types.NoneType):
+    if isinstance(u, numba.types.NoneType) or u.ndim == 2:
         return lambda u: 0
     return lambda u: u.shape[2]
+
+
+def _store_projection_grad(u, gv_u, acc, st, b0, L):  # pragma: no cover - only called from compiled code
+    """Write a block's per-unit sums of dL/dV (from ``st[_GV]`` for a one-feature input, else from ``acc``)
+    to ``gv_u[b0 : b0 + L]``."""
+
+
+@overload(_store_projection_grad, inline="always")
+def _store_projection_grad_overload(u, gv_u, acc, st, b0, L):
+    if isinstance(u, numba.types.NoneType):
+        return lambda u, gv_u, acc, st, b0, L: None
+    if u.ndim == 2:
+
+        def from_state(u, gv_u, acc, st, b0, L):
+            for k in range(L):
+                gv_u[b0 + k, 0] = st[_GV, k]
+
+        return from_state
+
+    def from_acc(u, gv_u, acc, st, b0, L):
+        for i in range(acc.shape[0]):
+            for k in range(L):
+                gv_u[b0 + k, i] = acc[i, k]
+
+    return from_acc
 
 
 @_jit(**_FAST)
@@ -412,7 +583,7 @@ def _backward_range(
     M = w.shape[0]
     s_m = _step_sizes(c, dt)
     size = min(_BLOCK, u1 - u0)
-    st = np.empty((9, size + _PAD), np.float64)
+    st = np.empty((11, size + _PAD), np.float64)
     xb1 = np.empty(size, np.float64)
     xb2 = np.empty(size, np.float64)
     gb1 = np.empty(size, np.float64)
@@ -433,10 +604,11 @@ def _backward_range(
             st[_GW, k] = 0
             st[_DS, k] = 0
             st[_GB, k] = 0
+            st[_V, k] = _weight_at(vt, j)
+            st[_GV, k] = 0
         n = N - 1
         while n >= 1:  # steps n and n - 1
-            x1 = _input_row(x, u, vt, n, b0, L, xb1, segs)
-            x2 = _input_row(x, u, vt, n - 1, b0, L, xb2, segs)
+            x1, x2 = _input_rows(x, u, vt, n, b0, L, xb1, xb2, segs)
             q1 = _row(grad_y, n, b0, L)
             q2 = _row(grad_y, n - 1, b0, L)
             o1 = _out_row(gx, n, b0, L, gb1)
@@ -446,17 +618,16 @@ def _backward_range(
             for k in range(L):
                 sk, wk, bk = st[_S, k], st[_W, k], st[_BIAS, k]
                 gxk, gy, gz, z, ds, gw, gb = _backward_step(
-                    p1[k], x1[k], _at(q1, k), st[_GY, k], st[_GZ, k], st[_Z, k], wk, sk, bk, alpha,
+                    p1[k], _x_at(x1, k, st), _at(q1, k), st[_GY, k], st[_GZ, k], st[_Z, k], wk, sk, bk, alpha,
                     st[_DS, k], st[_GW, k], st[_GB, k], gy0,
                 )  # fmt: skip
-                o1[k] = gxk
+                _put(o1, k, gxk, x1, st)
                 gxk, gy, gz, z, ds, gw, gb = _backward_step(
-                    p2[k], x2[k], _at(q2, k), gy, gz, z, wk, sk, bk, alpha, ds, gw, gb, gy0
+                    p2[k], _x_at(x2, k, st), _at(q2, k), gy, gz, z, wk, sk, bk, alpha, ds, gw, gb, gy0
                 )
-                o2[k] = gxk
+                _put(o2, k, gxk, x2, st)
                 st[_GY, k], st[_GZ, k], st[_Z, k], st[_DS, k], st[_GW, k], st[_GB, k] = gy, gz, z, ds, gw, gb
-            _projection_grad(u, n, segs, o1, acc)
-            _projection_grad(u, n - 1, segs, o2, acc)
+            _projection_grads(u, n, segs, o1, o2, acc)
             n -= 2
         if n == 0:  # N odd: the first step alone
             xr = _input_row(x, u, vt, 0, b0, L, xb1, segs)
@@ -465,10 +636,10 @@ def _backward_range(
             ypr = y0[b0 : b0 + L]
             for k in range(L):
                 gxk, gy, gz, z, ds, gw, gb = _backward_step(
-                    ypr[k], xr[k], _at(gyr, k), st[_GY, k], st[_GZ, k], st[_Z, k], st[_W, k], st[_S, k],
-                    st[_BIAS, k], alpha, st[_DS, k], st[_GW, k], st[_GB, k], gy0,
+                    ypr[k], _x_at(xr, k, st), _at(gyr, k), st[_GY, k], st[_GZ, k], st[_Z, k], st[_W, k],
+                    st[_S, k], st[_BIAS, k], alpha, st[_DS, k], st[_GW, k], st[_GB, k], gy0,
                 )  # fmt: skip
-                gxr[k] = gxk
+                _put(gxr, k, gxk, xr, st)
                 st[_GY, k], st[_GZ, k], st[_Z, k], st[_DS, k], st[_GW, k], st[_GB, k] = gy, gz, z, ds, gw, gb
             _projection_grad(u, 0, segs, gxr, acc)
         for k in range(L):
@@ -477,9 +648,7 @@ def _backward_range(
             gw_u[b0 + k] = st[_GW, k]
             ds_u[b0 + k] = st[_DS, k]
             gb_u[b0 + k] = st[_GB, k]
-        for i in range(acc.shape[0]):
-            for k in range(L):
-                gv_u[b0 + k, i] = acc[i, k]
+        _store_projection_grad(u, gv_u, acc, st, b0, L)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -749,12 +918,17 @@ def max_projected_width(M: int) -> int:
     return max(3, M // 32)
 
 
-def _projection_args(u, weight_ih, cd):
+def _projection_args(u, weight_ih, cd, spread=False):
     """``(u, vt)`` of the kernels: u (N, B, d) in the compute dtype and the transposed projection (d, M) in
-    float64, or ``(None, None)`` without a projection in the kernel."""
+    float64, or ``(None, None)`` without a projection in the kernel. With ``spread`` a one-feature u is passed
+    as (N, B): the backward kernel then multiplies it in its unit loop and sums dL/dV in its state (no
+    buffers for x and grad_x)."""
     if u is None:
         return None, None
-    return _np(u.to(cd)), np.ascontiguousarray(_np(weight_ih.to(torch.float64)).T)
+    vt = np.ascontiguousarray(_np(weight_ih.to(torch.float64)).T)
+    if spread and u.shape[2] == 1:
+        return _np(u[:, :, 0].to(cd)), vt
+    return _np(u.to(cd)), vt
 
 
 def scan_backward(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, zN, bias=None):
@@ -813,7 +987,7 @@ def _backward(grad_y, grad_yN, grad_zN, y, x, u, weight_ih, weight_hh, c, dt, al
         sums[0].reshape(U),
         sums[1].reshape(U),
         sums[2].reshape(U),
-        *_projection_args(u, weight_ih, cd),
+        *_projection_args(u, weight_ih, cd, spread=not grad_x),
         gv_u.reshape(U, d),
     )
     _run(_backward_range, args, U, N)
