@@ -163,9 +163,9 @@ def _projected_in(t: torch.Tensor) -> bool:
 def test_which_inputs_are_projected_in_the_kernels():
     from unicornn.ops.cpu import max_projected_width
 
-    assert [max_projected_width(M) for M in (1, 32, 127, 128, 256)] == [3, 3, 3, 4, 8]
+    assert [max_projected_width(M) for M in (1, 32, 159, 160, 256)] == [3, 3, 3, 4, 6]
     for d, M, backend, expected in [(1, 3, "cpu", True), (3, 5, "auto", True), (4, 5, "cpu", False),
-                                    (4, 128, "cpu", True), (5, 128, "cpu", False), (1, 3, "reference", False)]:  # fmt: skip
+                                    (4, 160, "cpu", True), (5, 160, "cpu", False), (1, 3, "reference", False)]:  # fmt: skip
         f = _problem(6, 2, M, d, seed=d)
         V = f["V"].clone().requires_grad_()
         y, _, _ = unicornn_scan_projected(f["u"], V, f["w"], f["c"], 0.1, 1.0, backend=backend)

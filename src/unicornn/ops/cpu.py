@@ -909,13 +909,13 @@ def _forward(x, u, weight_ih, weight_hh, c, dt, alpha, y0, z0, bias):
 
 def max_projected_width(M: int) -> int:
     """The widest layer input (features) that :func:`scan_forward_projected` computes itself for layers of M
-    units: ``max(3, M // 32)``. Each input feature costs a multiply-add per unit and step in both kernels (in
+    units: ``max(3, M // 40)``. Each input feature costs a multiply-add per unit and step in both kernels (in
     short loops over the hidden units of each batch row), against a matmul that writes ``x``, the kernels'
     pass over it, ``grad_x`` written and read by another matmul. One layer forward + backward at N=1000,
-    B=32, 2 threads (``benchmarks/cpu_projected_input.py``), in the kernels / with the matmul: 0.63-0.94 for
-    d <= 3 at M = 32-256; at d = 4 1.08 (M=32), 1.04 (M=64), 0.95 (M=128), 0.78 (M=256); at d = 8 1.47 (M=32)
-    to 0.97-1.07 (M=256, two runs)."""
-    return max(3, M // 32)
+    B=32, 2 threads (``benchmarks/cpu_projected_input.py``, three runs), in the kernels / with the matmul:
+    0.68-0.96 for d <= 3 at M = 32-256; at d = 4 1.05-1.09 (M=32), 0.97-1.04 (M=64), 0.88-0.95 (M=128),
+    0.78-0.82 (M=256); at d = 6 0.83-0.97 (M=256); at d = 8 0.97-1.08 (M=256) and more for narrower layers."""
+    return max(3, M // 40)
 
 
 def _projection_args(u, weight_ih, cd, spread=False):
