@@ -1,6 +1,7 @@
 """Memory-lean training: the paper's O(N b d + L b m) memory, for stacks of layers (its Sec. 2.3).
 
-In the standard mode autograd keeps, for every layer, its projected input and output sequence: memory grows as
+In the standard mode autograd keeps, for every layer, its projected input (except for a narrow input projected
+inside the CPU kernels) and output sequence: memory grows as
 ``L * N * B * M``. Here the forward pass runs the whole stack chunk by chunk (``K`` steps at a time) without
 autograd and keeps only
 
