@@ -39,6 +39,16 @@ That needs ``error_model="numpy"`` (numba's default error model puts a zero-divi
 state in one 2-D array, since nine 1-D ones need more runtime alias checks than LLVM allows and the loop then
 stays scalar (4x slower; a test checks the machine code for packed divisions).
 
+Projected input. :func:`scan_forward_projected` / :func:`scan_backward_projected` take the layer's input
+``u`` (N, B, d) and the projection (M, d) instead of ``x = u V^T`` for narrow inputs (d at most
+:func:`max_projected_width`): each step's ``x_n`` is computed in a pass over the block before the unit loop
+(float64 products, in loops over the hidden units of each batch row), and the backward kernel multiplies
+``dL/dx_n`` into per-unit sums of ``dL/dV`` instead of writing it (written only when ``u`` needs a gradient).
+For one feature the backward kernel does both in its unit loop (``u`` passed as (N, B); rows ``_V`` and
+``_GV`` of its state). The helpers called in the unit loops are inlined in numba's IR (``inline="always"``):
+with the projection added, LLVM's own inliner left a call to the tanh in the larger backward kernel and
+the loop was no longer vectorised.
+
 Threads. The kernels are compiled ``nogil`` (not ``parallel=True``) and run over ranges of units on
 ``torch.get_num_threads()`` threads (fewer for small problems: ``_MIN_THREAD_WORK`` unit-steps per thread at
 least, down to one), up to 4 ranges of at least ``_MIN_PIECE`` units per thread, taken in turn, so that a
