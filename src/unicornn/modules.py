@@ -419,14 +419,18 @@ class UnICORNN(nn.Module):
                 # write grad_x): the projection stays a plain matmul and x + b is never written.
                 args = (p["weight_hh"], p["c"], self.dt[k], self.alpha, y0[j], z0[j])
                 kw = dict(backend=self.backend, bias=p["bias_ih"])
-                if source is None and lengths is None:
-                    # A narrow input is projected inside the fused kernels (x is never written), else a matmul.
+                if source is None:
+                    # A narrow input is projected inside the fused kernels (x is never written), else a matmul;
+                    # the backward direction reverses each sequence within its length.
                     inp = sequences[-1] if d == 0 else reverse_in_time(sequences[-1], order)
-                    y, yN, zN = unicornn_scan_projected(inp, p["weight_ih"], *args, **kw)
-                else:
-                    x = F.linear(sequences[-1], p["weight_ih"])
-                    if source is not None:
-                        x = x + F.linear(sequences[source], p["weight_skip"])
+                    if lengths is None:
+                        y, yN, zN = unicornn_scan_projected(inp, p["weight_ih"], *args, **kw)
+                    else:
+                        y, yN, zN = scan_padded(inp, *args, lengths=lengths, weight_ih=p["weight_ih"], **kw)
+                else:  # a residual skip adds a second projection: both are matmuls
+                    x = F.linear(sequences[-1], p["weight_ih"]) + F.linear(
+                        sequences[source], p["weight_skip"]
+                    )
                     if d == 1:  # the backward direction: each sequence reversed within its length
                         x = reverse_in_time(x, order)
                     if lengths is None:

@@ -444,7 +444,18 @@ def _checked(inp: Tensor, M: int, weight_hh, c, dt, alpha, y0, z0, backend: str,
 
 
 def scan_padded(
-    x, weight_hh, c, dt, alpha, y0=None, z0=None, *, lengths: Tensor, backend: str = "auto", bias=None
+    x,
+    weight_hh,
+    c,
+    dt,
+    alpha,
+    y0=None,
+    z0=None,
+    *,
+    lengths: Tensor,
+    backend: str = "auto",
+    bias=None,
+    weight_ih=None,
 ):
     """:func:`unicornn_scan` over a right-padded batch, exact per sequence.
 
@@ -452,9 +463,22 @@ def scan_padded(
     never enters a computation, and each sequence's final state is taken at its own last step. Costs one
     scan per distinct length (while :func:`torch.export.export` traces, one ``unicornn::scan_padded`` op that
     does this when the exported program runs). x: (N, B, M); lengths: (B,) int64 on CPU in [0, N] (0: the state passes
-    through unchanged); bias: (M,) or None, as in :func:`unicornn_scan`. Returns y (N, B, M) zero past each length, and y_n, z_n (B, M).
+    through unchanged); bias: (M,) or None, as in :func:`unicornn_scan`. With ``weight_ih`` (M, d), ``x`` is the
+    layer's input ``u`` (N, B, d) and each segment runs :func:`unicornn_scan_projected`. Returns y (N, B, M)
+    zero past each length, and y_n, z_n (B, M).
     """
-    N, B, M = x.shape
+    if weight_ih is not None and torch.compiler.is_exporting():
+        x, weight_ih = torch.nn.functional.linear(x, weight_ih), None  # the exported graph keeps the matmul
+    N, B = x.shape[:2]
+    M = x.shape[2] if weight_ih is None else weight_ih.shape[0]
+
+    def scan(inp, y_start, z_start):
+        if weight_ih is None:
+            return unicornn_scan(inp, weight_hh, c, dt, alpha, y_start, z_start, backend=backend, bias=bias)
+        return unicornn_scan_projected(
+            inp, weight_ih, weight_hh, c, dt, alpha, y_start, z_start, backend=backend, bias=bias
+        )
+
     if torch.compiler.is_exporting():
         state_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         y0 = x.new_zeros(B, M, dtype=state_dtype) if y0 is None else y0.to(state_dtype)
@@ -462,7 +486,7 @@ def scan_padded(
         name = resolve_backend(backend, x.device, x.dtype)
         return _scan_padded_op(x, weight_hh, c, dt, alpha, y0, z0, bias, lengths, name)
     if int(lengths.min()) >= N:
-        return unicornn_scan(x, weight_hh, c, dt, alpha, y0, z0, backend=backend, bias=bias)
+        return scan(x, y0, z0)
     device = x.device
     state_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     yc = x.new_zeros(B, M, dtype=state_dtype) if y0 is None else y0.to(state_dtype)
@@ -473,10 +497,9 @@ def scan_padded(
         if end == 0:
             continue  # sequences that already ended: their state passes through
         active = torch.nonzero(lengths >= end).flatten().to(device)
-        y_seg, yN, zN = unicornn_scan(
-            x[start:end].index_select(1, active), weight_hh, c, dt, alpha,
-            yc.index_select(0, active), zc.index_select(0, active), backend=backend, bias=bias,
-        )  # fmt: skip
+        y_seg, yN, zN = scan(
+            x[start:end].index_select(1, active), yc.index_select(0, active), zc.index_select(0, active)
+        )
         pieces.append(x.new_zeros(end - start, B, M).index_copy(1, active, y_seg))
         yc = yc.index_copy(0, active, yN)
         zc = zc.index_copy(0, active, zN)
