@@ -799,6 +799,10 @@ def _run(kernel, args, U: int, N: int) -> None:
 KEEP_FREED_BLOCKS_ENV = "UNICORNN_KEEP_FREED_BLOCKS"
 #: The largest block size :func:`keep_freed_blocks` keeps for reuse (bytes; twice this fits a C int).
 _KEEP_MAX = 1 << 29
+#: The highest ``mmap`` threshold glibc's dynamic rule reaches by itself (``DEFAULT_MMAP_THRESHOLD_MAX``:
+#: 32 MiB on 64-bit systems). :func:`keep_freed_blocks` never sets a lower one: a fixed threshold turns the
+#: dynamic rule off, and one below glibc's own would send every larger block to a fresh ``mmap``.
+_GLIBC_DYNAMIC_MAX = 4 * 1024 * 1024 * ctypes.sizeof(ctypes.c_long)
 #: The most free memory at the top of the heap it lets glibc keep (bytes; fits a C int).
 _TRIM_MAX = 1 << 30
 # mallopt parameters of glibc's malloc.h.
@@ -828,7 +832,8 @@ def _allocator_is_ours() -> bool:
 
 
 def keep_freed_blocks(nbytes: int) -> int:
-    """Let glibc keep freed blocks of up to ``2 * nbytes`` (at most 512 MiB) for reuse; returns the size kept.
+    """Let glibc keep freed blocks of up to ``2 * nbytes`` (at least 32 MiB, at most 512 MiB) for reuse;
+    returns the size kept.
 
     A training step allocates and frees a few tensors of (N, B, M) per layer. glibc's malloc serves every
     block above a threshold (dynamic, at most 32 MiB by default) with a fresh ``mmap`` and returns it on
@@ -836,14 +841,19 @@ def keep_freed_blocks(nbytes: int) -> int:
     touches that memory for the first time again: one page fault per 4 KiB (psMNIST shape: 259,000 faults,
     a third of the step). The CPU kernels call this with the size of their (N, B, M) tensors, which raises
     the ``mmap`` threshold above it and the trim threshold to 8 times that (at most 1 GiB), so these blocks
-    stay in the process and are reused. It only ever raises the thresholds; the price is memory held by the process
-    after a step (measured in ``docs/performance.md``). Nothing happens outside glibc, when the
+    stay in the process and are reused. It only ever raises the thresholds: the ``mmap`` threshold is set to
+    no less than the 32 MiB glibc's dynamic rule reaches by itself, and the trim threshold to no less than
+    twice that, as glibc's rule does (setting either turns that rule off; a first call on small tensors once
+    fixed the threshold at twice their size, e.g. 32 KiB, and every larger block of the process, the
+    kernels' own state included, was then mapped and faulted in again on every call: a one-step call took
+    1.6x as long). The price is memory held by the process after a step (measured in
+    ``docs/performance.md``). Nothing happens outside glibc, when the
     environment variable ``UNICORNN_KEEP_FREED_BLOCKS`` is ``"0"``, or when the user set glibc's malloc
     thresholds themselves (``MALLOC_*_THRESHOLD_``, ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_MAX_`` or
     ``glibc.malloc`` tunables in ``GLIBC_TUNABLES``).
     """
     global _kept_bytes
-    want = min(2 * int(nbytes), _KEEP_MAX)
+    want = min(max(2 * int(nbytes), _GLIBC_DYNAMIC_MAX), _KEEP_MAX)
     if want <= _kept_bytes or not _allocator_is_ours():
         return _kept_bytes
     with _kept_lock:
@@ -851,7 +861,7 @@ def keep_freed_blocks(nbytes: int) -> int:
         if want > _kept_bytes and mallopt is not None:
             if (
                 mallopt(_M_MMAP_THRESHOLD, want) == 1
-                and mallopt(_M_TRIM_THRESHOLD, min(8 * want, _TRIM_MAX)) == 1
+                and mallopt(_M_TRIM_THRESHOLD, min(max(16 * int(nbytes), 2 * want), _TRIM_MAX)) == 1
             ):
                 _kept_bytes = want
         return _kept_bytes
