@@ -844,10 +844,10 @@ def keep_freed_blocks(nbytes: int) -> int:
     stay in the process and are reused. It only ever raises the thresholds: the ``mmap`` threshold is set to
     no less than the 32 MiB glibc's dynamic rule reaches by itself, and the trim threshold to no less than
     twice that, as glibc's rule does (setting either turns that rule off; a first call on small tensors once
-    fixed the threshold at twice their size, e.g. 32 KiB, and every larger block of the process, the
-    kernels' own state included, was then mapped and faulted in again on every call: a one-step call took
-    1.6x as long). The price is memory held by the process after a step (measured in
-    ``docs/performance.md``). Nothing happens outside glibc, when the
+    fixed the threshold at twice their size, e.g. 32 KiB; every larger block of the process then went to a
+    fresh ``mmap``, and in some runs a one-step training step page-faulted on every call and took up to 1.6x
+    as long). The price is memory held by the process after a step (measured in ``docs/performance.md``).
+    Nothing happens outside glibc, when the
     environment variable ``UNICORNN_KEEP_FREED_BLOCKS`` is ``"0"``, or when the user set glibc's malloc
     thresholds themselves (``MALLOC_*_THRESHOLD_``, ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_MAX_`` or
     ``glibc.malloc`` tunables in ``GLIBC_TUNABLES``).
