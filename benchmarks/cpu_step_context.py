@@ -33,25 +33,15 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from unicornn.bench import machine_info  # noqa: E402
 from unicornn.bench.common import load_average  # noqa: E402
-from unicornn.bench.speed import ALPHA, DT  # noqa: E402
+from unicornn.bench.speed import ALPHA, DT, _median_time  # noqa: E402
 from unicornn.ops import cpu  # noqa: E402
 
 N, B, M, LAYERS = 1000, 32, 128, 2
+CPU = torch.device("cpu")
 
 
 def _median_ms(values) -> float:
     return statistics.median(values) * 1e3
-
-
-def _timed(fn, repeats: int) -> float:
-    """Median ms of ``fn()`` over ``repeats`` calls after one untimed call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return _median_ms(times)
 
 
 class _Stack:
@@ -120,7 +110,7 @@ def in_step(steps: int, repeats: int) -> dict:
     stack.times.clear()
     for _ in range(steps):
         stack.run()
-    rows = [{"part": name, "in_step_ms": _median_ms(times), "repeated_ms": _timed(stack.last[name], repeats)}
+    rows = [{"part": name, "in_step_ms": _median_ms(times), "repeated_ms": _median_time(stack.last[name], CPU, repeats) * 1e3}
             for name, times in stack.times.items()]  # fmt: skip
     whole = sum(row["in_step_ms"] for row in rows)
     return {"rows": rows, "steps": steps, "sum_in_step_ms": whole,
