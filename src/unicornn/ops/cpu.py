@@ -808,6 +808,8 @@ _TRIM_MAX = 1 << 30
 # mallopt parameters of glibc's malloc.h.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _kept_bytes = 0
+#: The trim threshold :func:`keep_freed_blocks` has set (bytes; 0: none).
+_kept_trim = 0
 _kept_lock = threading.Lock()
 
 
@@ -846,24 +848,30 @@ def keep_freed_blocks(nbytes: int) -> int:
     twice that, as glibc's rule does (setting either turns that rule off; a first call on small tensors once
     fixed the threshold at twice their size, e.g. 32 KiB; every larger block of the process then went to a
     fresh ``mmap``, and in some runs a one-step training step page-faulted on every call and took up to 1.6x
-    as long). The price is memory held by the process after a step (measured in ``docs/performance.md``).
+    as long). Each threshold rises on its own: the trim threshold follows the largest tensors seen, also when
+    the ``mmap`` threshold already covers them (steps of 4 MB tensors and then of 16 MB ones once left it at
+    64 MiB, and every step of the larger shape gave ~100 MB back at its end and faulted it in again at the
+    next). The price is memory held by the process after a step (measured in ``docs/performance.md``).
     Nothing happens outside glibc, when the
     environment variable ``UNICORNN_KEEP_FREED_BLOCKS`` is ``"0"``, or when the user set glibc's malloc
     thresholds themselves (``MALLOC_*_THRESHOLD_``, ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_MAX_`` or
     ``glibc.malloc`` tunables in ``GLIBC_TUNABLES``).
     """
-    global _kept_bytes
+    global _kept_bytes, _kept_trim
     want = min(max(2 * int(nbytes), _GLIBC_DYNAMIC_MAX), _KEEP_MAX)
-    if want <= _kept_bytes or not _allocator_is_ours():
+    trim = min(max(16 * int(nbytes), 2 * want), _TRIM_MAX)
+    if (want <= _kept_bytes and trim <= _kept_trim) or not _allocator_is_ours():
         return _kept_bytes
     with _kept_lock:
         mallopt = _mallopt()
-        if want > _kept_bytes and mallopt is not None:
-            if (
-                mallopt(_M_MMAP_THRESHOLD, want) == 1
-                and mallopt(_M_TRIM_THRESHOLD, min(max(16 * int(nbytes), 2 * want), _TRIM_MAX)) == 1
-            ):
-                _kept_bytes = want
+        if mallopt is None:
+            return _kept_bytes
+        # Each threshold only ever rises, on its own: tensors of 4 MB first and of 16 MB later need the same
+        # mmap threshold (32 MiB) but a higher trim threshold.
+        if want > _kept_bytes and mallopt(_M_MMAP_THRESHOLD, want) == 1:
+            _kept_bytes = want
+        if _kept_bytes and trim > _kept_trim and mallopt(_M_TRIM_THRESHOLD, trim) == 1:
+            _kept_trim = trim
         return _kept_bytes
 
 
