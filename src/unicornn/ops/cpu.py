@@ -850,7 +850,7 @@ def keep_freed_blocks(nbytes: int) -> int:
     fresh ``mmap``, and in some runs a one-step training step page-faulted on every call and took up to 1.6x
     as long). Each threshold rises on its own: the trim threshold follows the largest tensors seen, also when
     the ``mmap`` threshold already covers them (steps of 4 MB tensors and then of 16 MB ones once left it at
-    64 MiB, and every step of the larger shape gave ~100 MB back at its end and faulted it in again at the
+    64 MiB, and most steps of the larger shape gave ~100 MB back at their end and faulted it in again in the
     next). The price is memory held by the process after a step (measured in ``docs/performance.md``).
     Nothing happens outside glibc, when the
     environment variable ``UNICORNN_KEEP_FREED_BLOCKS`` is ``"0"``, or when the user set glibc's malloc
