@@ -431,3 +431,78 @@ def test_torch_compile_captures_the_op(backend, compiler):
     torch.testing.assert_close(out_c, out, **tol)
     for a, b in zip(grads_c, grads, strict=True):
         torch.testing.assert_close(a, b, **tol)
+
+
+# --------------------------------------------------------------------------------------------------
+# Eager calls skip the dispatcher; traced calls run the op
+# --------------------------------------------------------------------------------------------------
+
+
+def _op_and_eager_results(fn, leaves, upstream):
+    """Outputs of ``fn(*leaves)`` and the gradients of ``<outputs, upstream>`` (None where no gradient)."""
+    args = [None if t is None else t.detach().clone().requires_grad_(t.requires_grad) for t in leaves]
+    outs = fn(*args)
+    loss = sum((o * g).sum() for o, g in zip(outs, upstream, strict=True) if g is not None)
+    tensors = [a for a in args if a is not None and a.requires_grad]
+    return [o.detach() for o in outs], torch.autograd.grad(loss, tensors, allow_unused=True)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("sequence_grad", [True, False], ids=["grad_y", "final_state_only"])
+@pytest.mark.parametrize("projected", [False, True], ids=["x", "projected"])
+def test_eager_calls_match_the_op_bitwise(backend, sequence_grad, projected):
+    """Eager calls run an autograd function instead of the registered op: the same kernels, saved tensors and
+    formula, so outputs and gradients are bitwise the op's, with and without an upstream gradient of y."""
+    from unicornn.ops import scan
+
+    dtype = F64 if takes_float64(backend) else torch.float32
+    dev = device_for(backend)
+    N, B, M, d = 13, 3, 7, 2
+    g = torch.Generator().manual_seed(1234 + 2 * projected + sequence_grad)
+
+    def rand(*shape, grad=True):
+        return torch.randn(*shape, generator=g, dtype=F64).to(dtype=dtype, device=dev).requires_grad_(grad)
+
+    w, c, y0, z0, bias = rand(M), rand(M), rand(B, M), rand(B, M), rand(M)
+    upstream = [rand(N, B, M, grad=False) if sequence_grad else None, rand(B, M, grad=False), None]
+    if projected:
+        if backend == "triton":
+            pytest.skip("the triton backend projects no input in its kernels")
+        u, V = rand(N, B, d), rand(M, d)
+        leaves = (u, V, w, c, y0, z0, bias)
+
+        def through(call):
+            return lambda u, V, w, c, y0, z0, bias: call(u, V, w, c, 0.3, 2.0, y0, z0, bias, backend)
+
+        op, eager = through(scan._scan_projected_op), through(scan._EagerScanProjected.apply)
+    else:
+        leaves = (rand(N, B, M), w, c, y0, z0, bias)
+
+        def through(call):
+            return lambda x, w, c, y0, z0, bias: call(x, w, c, 0.3, 2.0, y0, z0, bias, backend)
+
+        op, eager = through(scan._scan_op), through(scan._EagerScan.apply)
+    out_op, grads_op = _op_and_eager_results(op, leaves, upstream)
+    out_eager, grads_eager = _op_and_eager_results(eager, leaves, upstream)
+    for a, b in zip(out_eager + list(grads_eager), out_op + list(grads_op), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_traced_calls_run_the_op():
+    """Under a dispatch mode (``make_fx``, fake tensors) the registered op runs: a tracer records one node, and
+    no kernel sees a fake tensor."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    inp = make_inputs(6, 2, 4, seed=3)
+
+    def f(x, w, c, y0, z0):
+        return unicornn_scan(x, w, c, 0.3, 2.0, y0, z0, backend="cpu")
+
+    graph = make_fx(f)(*(inp[k] for k in INPUTS))
+    targets = {str(n.target) for n in graph.graph.nodes if n.op == "call_function"}
+    assert "unicornn.scan.default" in targets, targets
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(inp[k]) for k in INPUTS]
+        y, yN, zN = f(*fake)
+    assert y.shape == (6, 2, 4) and yN.shape == zN.shape == (2, 4)

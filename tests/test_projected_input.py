@@ -157,7 +157,8 @@ def _ops_in_graph(t: torch.Tensor) -> set[str]:
 
 
 def _projected_in(t: torch.Tensor) -> bool:
-    return any("scan_projected" in name for name in _ops_in_graph(t))
+    """Whether ``t`` comes from a projected scan: the op's node, or that of its eager path."""
+    return any("scan_projected" in name or "ScanProjected" in name for name in _ops_in_graph(t))
 
 
 def test_which_inputs_are_projected_in_the_kernels():

@@ -247,8 +247,11 @@ _PARTS = (
 )
 
 
-#: the profiler events that hold a kernel call's time (the op's autograd node runs the forward kernel)
+#: the profiler events that hold a kernel call's time (eager calls record the op's name; the op's autograd
+#: node runs the forward kernel)
 _KERNEL_CALLS = (
+    "unicornn::scan",
+    "unicornn::scan_projected",
     "GeneratedBackwardFor_unicornn_scan_default",
     "GeneratedBackwardFor_unicornn_scan_projected_default",
     "unicornn::scan_backward",
