@@ -39,7 +39,9 @@ def _run_forward(x, weight_hh, c, dt, alpha, y0, z0, bias, kernels: str):
 
 
 def _run_backward(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, zN, bias, kernels: str):
-    return get_kernels(kernels).backward(grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, zN, bias)
+    return get_kernels(kernels).backward(
+        grad_y, grad_yN, grad_zN, y, x, weight_hh, c, dt, alpha, y0, zN, bias
+    )
 
 
 def _run_projected_forward(u, weight_ih, weight_hh, c, dt, alpha, y0, z0, bias, kernels: str):
