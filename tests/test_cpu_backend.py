@@ -525,3 +525,108 @@ def test_larger_tensors_after_smaller_ones_raise_the_trim_threshold():
     trim, faults, *per_step = map(int, out.stdout.split())
     assert trim == 16 * 1000 * 32 * 128 * 4
     assert faults < 10_000, per_step
+
+
+_OPENMP = pytest.mark.skipif(
+    "parallel backend: OpenMP" not in torch.__config__.parallel_info() or os.name != "posix",
+    reason="torch does not run on OpenMP here",
+)
+
+
+def _all_kernel_variants(seed, dtype, N=23, B=5, M=67):
+    """Outputs and gradients of every kernel variant on a fresh problem: the scan on ``x`` with and without
+    bias and upstream gradient of the sequence, and the projected scan on 1 and 2 input features, with and
+    without a gradient of the input."""
+    from unicornn.ops import unicornn_scan_projected
+
+    g = torch.Generator().manual_seed(seed)
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+
+    w, c, b, y0, z0 = leaf(M), leaf(M), leaf(M), leaf(B, M), leaf(B, M)
+    results = []
+    for bias in (None, b):
+        for sequence in (True, False):
+            x = leaf(N, B, M)
+            y, yN, zN = unicornn_scan(x, w, c, 0.3, 2.0, y0, z0, backend="cpu", bias=bias)
+            loss = (yN * 1.5 + zN).sum() + ((y * y).sum() if sequence else 0)
+            results += [y, yN, zN, *torch.autograd.grad(loss, [x, w, c, y0, z0])]
+    for d in (1, 2):
+        for grad_u in (True, False):
+            u, V = leaf(N, B, d).requires_grad_(grad_u), leaf(M, d)
+            y, yN, zN = unicornn_scan_projected(u, V, w, c, 0.3, 2.0, y0, z0, backend="cpu", bias=b)
+            inputs = [u, V, w, c, b] if grad_u else [V, w, c, b]
+            results += [y, *torch.autograd.grad((y * y).sum() + yN.sum(), inputs)]
+    return [r.detach() for r in results]
+
+
+@_OPENMP
+@pytest.mark.parametrize("threads", [2, 3])
+def test_compiled_region_bodies_give_the_python_bodys_results(monkeypatch, threads):
+    """The threads of a parallel region run a compiled body (no Python) for the kernels of this module: on a
+    fresh random problem of odd shape, every kernel variant, float32 and float64, several ranges per thread,
+    the results are bitwise those of the Python body."""
+    monkeypatch.setattr(cpu_ops, "_MIN_THREAD_WORK", 0)
+    monkeypatch.setattr(cpu_ops, "_MIN_PIECE", 256)
+    seed = int(np.random.default_rng().integers(2**31))
+    compiled = []
+    real = cpu_ops._region_body
+
+    def counting(text):
+        compiled.append(text)
+        return real(text)
+
+    for dtype in (torch.float32, torch.float64):
+        with torch_threads(threads):
+            monkeypatch.setattr(cpu_ops, "_region_body", counting)
+            fast = _all_kernel_variants(seed, dtype)
+            assert compiled and all(real(text) is not None for text in compiled)
+            monkeypatch.setattr(cpu_ops, "_REGION_KERNELS", set())
+            slow = _all_kernel_variants(seed, dtype)
+            monkeypatch.undo()
+            monkeypatch.setattr(cpu_ops, "_MIN_THREAD_WORK", 0)
+            monkeypatch.setattr(cpu_ops, "_MIN_PIECE", 256)
+        for a, b in zip(fast, slow, strict=True):
+            assert torch.equal(a, b), f"seed {seed}, {dtype}"
+
+
+def test_argument_specs_of_region_bodies():
+    """What a compiled body takes: C-contiguous writable float32/float64 arrays, floats, ints and None; any
+    other argument sends the call to the Python body."""
+    a = np.zeros((3, 4), np.float32)
+    assert cpu_ops._arg_spec((a, a[0], None, 0.5, 7, np.zeros(2))) == "f2,f1,n,s,i,d1"
+    types = cpu_ops._spec_types("f2,f1,n,s,i,d1")
+    assert [str(t) for t in types] == ["array(float32, 2d, C)", "array(float32, 1d, C)", "none", "float64",
+                                       "int64", "array(float64, 1d, C)"]  # fmt: skip
+    readonly = a.copy()
+    readonly.flags.writeable = False
+    for odd in (a[:, ::2], a.T, readonly, np.zeros(3, np.int32), "text"):
+        assert cpu_ops._arg_spec((a, odd)) is None
+
+
+@pytest.mark.slow  # fresh Python processes
+@_OPENMP
+def test_compiled_region_bodies_are_cached(tmp_path):
+    """A second process loads the region bodies from numba's cache instead of compiling them again."""
+    code = """
+    import torch
+    from unicornn.ops import cpu, unicornn_scan
+    torch.set_num_threads(2)
+    cpu._MIN_THREAD_WORK = 0
+    x = torch.randn(9, 4, 64, requires_grad=True)
+    y, _, _ = unicornn_scan(x, torch.rand(64), torch.zeros(64), 0.3, 1.0, backend="cpu")
+    y.sum().backward()
+    print("bodies", cpu._region_body.cache_info().currsize)
+    """
+    env = {"NUMBA_CACHE_DIR": str(tmp_path), "NUMBA_DEBUG_CACHE": "1"}
+    first = _python(code, env)
+    assert first.returncode == 0, first.stderr
+    assert "bodies 2" in first.stdout
+    assert any("_region_body" in line and "data saved" in line for line in first.stdout.splitlines())
+    second = _python(code, env)
+    assert second.returncode == 0, second.stderr
+    lines = second.stdout.splitlines()
+    assert any("_region_body" in line and "data loaded" in line for line in lines)
+    saved = [line for line in lines if "index saved" in line or "data saved" in line]
+    assert not saved, saved

@@ -52,10 +52,13 @@ the loop was no longer vectorised.
 Threads. The kernels are compiled ``nogil`` (not ``parallel=True``) and run over ranges of units on
 ``torch.get_num_threads()`` threads (fewer for small problems: ``_MIN_THREAD_WORK`` unit-steps per thread at
 least, down to one), up to 4 ranges of at least ``_MIN_PIECE`` units per thread, taken in turn, so that a
-thread slowed down by another process leaves more of the work to the others. Where torch runs on OpenMP, the threads are torch's own: one parallel region of
-its OpenMP runtime (``GOMP_parallel`` via ctypes, :func:`_run`), since torch's threads keep polling for
-work after each parallel matmul and a pool of our own would share their cores for a few milliseconds.
-Elsewhere, in a forked child, or with ``UNICORNN_CPU_OPENMP=0``, a small pool of this module plus the
+thread slowed down by another process leaves more of the work to the others. Where torch runs on OpenMP,
+the threads are torch's own: one parallel region of its OpenMP runtime (``GOMP_parallel`` via ctypes,
+:func:`_run`), since torch's threads keep polling for work after each parallel matmul and a pool of our own
+would share their cores for a few milliseconds. The region's body is compiled (a numba ``cfunc`` per set of
+argument types, :func:`_region_body`, cached like the kernels): it reads the kernel's address and arguments
+from a block of int64 and calls the kernel on each range it takes, so no thread enters the interpreter (about
+2 us per region against 60 us for a Python callback on two threads). Elsewhere, in a forked child, or with ``UNICORNN_CPU_OPENMP=0``, a small pool of this module plus the
 calling thread. The units never interact, so this scales like numba's ``prange``; it needs no numba
 threading layer (safe to call from several Python threads and in forked processes), follows the thread
 count users already set for PyTorch, and compiles faster. The batch reductions of ``grad_w`` and ``grad_c``
@@ -91,7 +94,13 @@ from concurrent.futures import ThreadPoolExecutor
 try:
     import numba
     import numpy as np
-    from numba.extending import intrinsic, overload
+    from llvmlite import ir
+    from numba import literal_unroll
+    from numba.core import cgutils
+    from numba.core.callconv import excinfo_t
+    from numba.core.imputils import lower_constant
+    from numba.extending import intrinsic, models, overload, register_model, typeof_impl
+    from numba.np.arrayobj import make_array, populate_array
 except ImportError as err:  # pragma: no cover - exercised when numba is absent
     raise ImportError(f"the fused CPU backend needs numba (pip install numba): {err}") from err
 
@@ -122,10 +131,13 @@ _PIECES = 4
 #: The fewest units of a range when a thread takes several (shorter rows cost more per unit, see _BLOCK).
 _MIN_PIECE = 2048
 #: The fewest unit-steps (units x time steps) a thread is given: a call with less work than this per thread
-#: runs on fewer threads, down to the calling thread alone. Starting a parallel region and splitting the
-#: rows costs about 0.1 ms, so below ~260,000 unit-steps two threads are no faster than one (forward and
-#: backward, ``benchmarks/cpu_small_problems.py``).
-_MIN_THREAD_WORK = 1 << 17
+#: runs on fewer threads, down to the calling thread alone. A parallel region with a compiled body (see
+#: :func:`_region_body`) costs a few microseconds, and two threads are faster than one from about 60,000
+#: unit-steps on (forward and backward, ``benchmarks/cpu_small_problems.py``).
+_MIN_THREAD_WORK = 1 << 15
+#: How much more work a thread needs where the region's body is Python (a thread pool, or no compiled body):
+#: such a region costs about 0.1 ms, and two threads there were no faster than one below ~260,000 unit-steps.
+_PYTHON_REGION_FACTOR = 4
 
 
 # Rational approximation of tanh on [0, 9.5] (see the module docstring): tanh(t) ~ t * P(t^2) / Q(t^2).
@@ -734,18 +746,289 @@ def _openmp_parallel():
 _OPENMP_BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 
-def _ranges(U: int, N: int, pieces: int = 1) -> list[tuple[int, int]]:
+def _ranges(U: int, N: int, pieces: int = 1, python_body: bool = False) -> list[tuple[int, int]]:
     """Split units [0, U) into contiguous ranges aligned to ``_ALIGN`` units: ``pieces`` per thread (fewer
     where a piece would hold less than ``_MIN_PIECE`` units), on as many threads as get ``_MIN_THREAD_WORK``
-    unit-steps each (at most ``torch.get_num_threads()``, at least one)."""
+    unit-steps each, ``_PYTHON_REGION_FACTOR`` times that for a region with a Python body (at most
+    ``torch.get_num_threads()``, at least one)."""
     threads = max(1, torch.get_num_threads())
-    if _MIN_THREAD_WORK:
-        threads = min(threads, max(1, U * N // _MIN_THREAD_WORK))
+    work = _MIN_THREAD_WORK * (_PYTHON_REGION_FACTOR if python_body else 1)
+    if work:
+        threads = min(threads, max(1, U * N // work))
     threads = min(threads, max(1, U // _ALIGN))
     count = threads * max(1, min(pieces, U // (threads * _MIN_PIECE)))
     per = -(-U // count)
     per = -(-per // _ALIGN) * _ALIGN
     return [(a, min(a + per, U)) for a in range(0, U, per)]
+
+
+# Parallel regions without Python. Where the team is torch's OpenMP one, every thread of a region runs a numba
+# ``cfunc`` compiled for the types of the kernel's arguments: it reads the kernel's address and its arguments
+# (array addresses and shapes, numbers) from a control block of int64 that ``_run`` fills, takes ranges with an
+# atomic counter and calls the kernel on each, so no thread of the team enters the interpreter. A Python body
+# costs ~60 us per call on two threads (the callback's thread state, the GIL passed between the threads); this
+# one ~2 us. Control block: [next range, number of ranges R, kernel address, R (start, end) pairs, then the
+# arguments in order: an array as its address and shape (C-contiguous), a float as its bits, an int as itself,
+# None as nothing].
+
+
+class _Spec:
+    """The types of a kernel's arguments as text (one item per argument, see :func:`_spec_types`): what a
+    region body is compiled for. It pickles the same in every process, so numba's cache keys bodies by it."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class _SpecType(numba.types.Dummy):
+    def __init__(self, text: str) -> None:
+        self.text = text
+        super().__init__(name=f"unicornn.region({text})")
+
+
+@typeof_impl.register(_Spec)
+def _typeof_spec(val, c):
+    return _SpecType(val.text)
+
+
+register_model(_SpecType)(models.OpaqueModel)
+
+
+@lower_constant(_SpecType)
+def _lower_spec(context, builder, ty, pyval):
+    return context.get_dummy_value()
+
+
+#: dtype characters of the spec (numpy's) -> numba dtypes
+_SPEC_DTYPES = {"f": numba.types.float32, "d": numba.types.float64}
+
+
+def _spec_types(text: str) -> list:
+    """The numba types of a spec's arguments: ``n`` None, ``s`` a float, ``i`` an int, ``<dtype char><ndim>``
+    a C-contiguous writable array (the types numba gives such Python arguments)."""
+    out = []
+    for item in text.split(","):
+        if item == "n":
+            out.append(numba.types.none)
+        elif item == "s":
+            out.append(numba.types.float64)
+        elif item == "i":
+            out.append(numba.types.int64)
+        else:
+            out.append(numba.types.Array(_SPEC_DTYPES[item[0]], int(item[1:]), "C"))
+    return out
+
+
+def _arg_spec(args) -> str | None:
+    """The spec of ``args``, or None where an argument is none of :func:`_spec_types` (the call then takes the
+    Python body)."""
+    items = []
+    for a in args:
+        if a is None:
+            items.append("n")
+        elif isinstance(a, float):
+            items.append("s")
+        elif isinstance(a, int):
+            items.append("i")
+        elif (
+            isinstance(a, np.ndarray)
+            and a.dtype.char in _SPEC_DTYPES
+            and a.flags.c_contiguous
+            and a.flags.writeable
+        ):
+            items.append(f"{a.dtype.char}{a.ndim}")
+        else:
+            return None
+    return ",".join(items)
+
+
+def _words(builder, ctl):
+    return builder.bitcast(ctl, ir.IntType(64).as_pointer())
+
+
+@intrinsic
+def _ctl_load(typingctx, ctl, i):
+    """``ctl[i]`` of the control block at ``ctl`` (a voidptr)."""
+
+    def codegen(context, builder, sig, args):
+        return builder.load(builder.gep(_words(builder, args[0]), [args[1]]))
+
+    return numba.types.int64(numba.types.voidptr, numba.types.intp), codegen
+
+
+@intrinsic
+def _ctl_next(typingctx, ctl):
+    """The next range's index: ``ctl[0]``, incremented atomically."""
+
+    def codegen(context, builder, sig, args):
+        one = ir.Constant(ir.IntType(64), 1)
+        return builder.atomic_rmw("add", _words(builder, args[0]), one, "monotonic")
+
+    return numba.types.int64(numba.types.voidptr), codegen
+
+
+@intrinsic
+def _ctl_args(typingctx, ctl, start, spec):
+    """The kernel's arguments, a tuple of the spec's types, read from ``ctl[start:]`` (arrays without a
+    meminfo: they borrow the memory of the caller's arrays, alive until the region ends)."""
+    arg_types = _spec_types(spec.text)
+    tuple_type = numba.types.Tuple(arg_types)
+
+    def codegen(context, builder, sig, args):
+        words = _words(builder, args[0])
+        pos = [args[1]]
+
+        def word():
+            value = builder.load(builder.gep(words, [pos[0]]))
+            pos[0] = builder.add(pos[0], context.get_constant(numba.types.intp, 1))
+            return value
+
+        values = []
+        for ty in arg_types:
+            if isinstance(ty, numba.types.NoneType):
+                values.append(context.get_dummy_value())
+            elif isinstance(ty, numba.types.Float):
+                values.append(builder.bitcast(word(), ir.DoubleType()))
+            elif isinstance(ty, numba.types.Integer):
+                values.append(word())
+            else:
+                data = builder.inttoptr(word(), context.get_data_type(ty.dtype).as_pointer())
+                shape = [word() for _ in range(ty.ndim)]
+                itemsize = context.get_constant(numba.types.intp, context.get_abi_sizeof(data.type.pointee))
+                strides = [itemsize]
+                for extent in reversed(shape[1:]):
+                    strides.insert(0, builder.mul(strides[0], extent))
+                array = make_array(ty)(context, builder)
+                populate_array(array, data=data, shape=cgutils.pack_array(builder, shape),
+                               strides=cgutils.pack_array(builder, strides), itemsize=itemsize, meminfo=None)  # fmt: skip
+                values.append(array._getvalue())
+        return context.make_tuple(builder, tuple_type, values)
+
+    return tuple_type(numba.types.voidptr, numba.types.intp, spec), codegen
+
+
+@intrinsic
+def _call_kernel(typingctx, address, args, u0, u1):
+    """Call the compiled kernel at ``address`` (numba's calling convention, returning None) on ``args`` and the
+    range [u0, u1). By address rather than by name: the body then does not contain the kernel, and compiles in
+    a fraction of a second instead of compiling the kernel again."""
+    arg_types = [*args.types, numba.types.int64, numba.types.int64]
+
+    def codegen(context, builder, sig, llargs):
+        conv = context.call_conv
+        fn = builder.inttoptr(llargs[0], conv.get_function_type(numba.types.none, arg_types).as_pointer())
+        result = cgutils.alloca_once(builder, conv.get_return_type(numba.types.none).pointee)
+        builder.store(cgutils.get_null_value(result.type.pointee), result)
+        excinfo = cgutils.alloca_once(builder, ir.PointerType(excinfo_t))
+        values = [builder.extract_value(llargs[1], i) for i in range(len(args.types))] + list(llargs[2:])
+        builder.call(fn, [result, excinfo, *conv._get_arg_packer(arg_types).as_arguments(builder, values)])
+        return context.get_dummy_value()
+
+    return numba.types.none(numba.types.int64, args, numba.types.int64, numba.types.int64), codegen
+
+
+@functools.cache
+def _region_body(text: str):
+    """The compiled body of a parallel region for the spec ``text`` (a function pointer of type
+    ``_OPENMP_BODY``), or None where numba cannot compile it (then the Python body runs)."""
+    spec = _Spec(text)
+
+    def body(ctl):
+        count = _ctl_load(ctl, 1)
+        kernel = _ctl_load(ctl, 2)
+        args = _ctl_args(ctl, 3 + 2 * count, spec)
+        while True:
+            i = _ctl_next(ctl)
+            if i >= count:
+                break
+            _call_kernel(kernel, args, _ctl_load(ctl, 3 + 2 * i), _ctl_load(ctl, 4 + 2 * i))
+
+    signature = numba.types.void(numba.types.voidptr)
+    try:
+        try:
+            compiled = numba.cfunc(signature, cache=True)(body)
+        except RuntimeError:  # no cache locator (see _jit)
+            compiled = numba.cfunc(signature, cache=False)(body)
+    except Exception:  # noqa: BLE001 - a numba without what the body needs: the Python body does the same work
+        return None
+    return _OPENMP_BODY(compiled.address)
+
+
+@functools.cache
+def _kernel_address(kernel, text: str) -> int:
+    """The address of ``kernel`` compiled for the spec ``text`` and a range (u0, u1): the overload a Python
+    call with those arguments runs (compiled, or loaded from the cache, on first use)."""
+    signature = (*_spec_types(text), numba.types.int64, numba.types.int64)
+    if signature not in kernel.overloads:
+        kernel.compile(signature)
+    compiled = kernel.overloads[signature]
+    return compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
+
+
+#: The numba kernels :func:`_run` runs in region bodies without Python.
+_REGION_KERNELS: set = set()
+
+
+def _control_block(kernel, text: str, args, ranges) -> np.ndarray:
+    """The control block of a region of ``kernel`` on ``args`` (spec ``text``) over ``ranges``."""
+    R = len(ranges)
+    size = sum(0 if a is None else a.ndim + 1 if isinstance(a, np.ndarray) else 1 for a in args)
+    ctl = np.zeros(3 + 2 * R + size, np.int64)
+    ctl[1] = R
+    ctl[2] = _kernel_address(kernel, text)
+    ctl[3 : 3 + 2 * R] = np.asarray(ranges, np.int64).reshape(-1)
+    _ctl_fill(ctl, 3 + 2 * R, args)
+    return ctl
+
+
+def _ctl_put(ctl, pos, a):  # pragma: no cover - only called from compiled code
+    """Write ``a`` into the control block at ``pos``; returns the position after it."""
+
+
+@overload(_ctl_put, inline="always")
+def _ctl_put_overload(ctl, pos, a):
+    if isinstance(a, numba.types.NoneType):
+        return lambda ctl, pos, a: pos
+    if isinstance(a, numba.types.Float):
+
+        def put_float(ctl, pos, a):
+            ctl[pos] = _float_bits(np.float64(a))
+            return pos + 1
+
+        return put_float
+    if isinstance(a, numba.types.Integer):
+
+        def put_int(ctl, pos, a):
+            ctl[pos] = a
+            return pos + 1
+
+        return put_int
+
+    def put_array(ctl, pos, a):
+        ctl[pos] = a.ctypes.data
+        for i in range(a.ndim):
+            ctl[pos + 1 + i] = a.shape[i]
+        return pos + 1 + a.ndim
+
+    return put_array
+
+
+@intrinsic
+def _float_bits(typingctx, x):
+    """The bits of a float64 as an int64."""
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return numba.types.int64(numba.types.float64), codegen
+
+
+@_jit()
+def _ctl_fill(ctl, pos, args):
+    """Write the kernel's arguments ``args`` (a tuple) into the control block from ``pos`` on."""
+    for a in literal_unroll(args):
+        pos = _ctl_put(ctl, pos, a)
+    return pos
 
 
 def _run(kernel, args, U: int, N: int) -> None:
@@ -755,21 +1038,34 @@ def _run(kernel, args, U: int, N: int) -> None:
     The threads are torch's own OpenMP threads where torch runs on OpenMP (one parallel region through
     ``GOMP_parallel``): after each parallel matmul those threads keep polling for their next region for a
     while (GNU OpenMP: 300,000 polls, ~3 ms here), so threads of our own would share a core with them and
-    start late. Elsewhere, and in a forked child, the calling thread and a pool of this module run them.
+    start late. The region's body is compiled for the numba kernels of this module (:func:`_region_body`),
+    Python for any other ``kernel`` or where it cannot be compiled. Elsewhere, and in a forked child, the
+    calling thread and a pool of this module run them.
     """
     if U == 0:
         return
-    threads = len(_ranges(U, N))
+    if len(_ranges(U, N)) == 1:
+        kernel(*args, 0, U)
+        return
+    parallel = _openmp_parallel() if os.getpid() == _IMPORT_PID else None
+    if parallel is not None and kernel in _REGION_KERNELS:
+        text = _arg_spec(args)
+        body = None if text is None else _region_body(text)
+        if body is not None:
+            ranges = _ranges(U, N, _PIECES)
+            ctl = _control_block(kernel, text, args, ranges)
+            parallel(body, ctl.ctypes.data, len(_ranges(U, N)), 0)
+            return
+    threads = len(_ranges(U, N, python_body=True))
     if threads == 1:
         kernel(*args, 0, U)
         return
-    todo = iter(_ranges(U, N, _PIECES))  # shared: next() is atomic under the GIL
+    todo = iter(_ranges(U, N, _PIECES, python_body=True))  # shared: next() is atomic under the GIL
 
     def take():
         for a, b in todo:
             kernel(*args, a, b)
 
-    parallel = _openmp_parallel() if os.getpid() == _IMPORT_PID else None
     if parallel is None:
         pool = _pool(threads - 1)
         futures = [pool.submit(take) for _ in range(threads - 1)]
@@ -1038,6 +1334,8 @@ def _tanh32_array(a):
         out[i] = _tanh_rational(np.float64(a[i]))
     return out
 
+
+_REGION_KERNELS.update((_forward_range, _backward_range))
 
 register_kernels(
     "cpu",
