@@ -506,3 +506,29 @@ def test_traced_calls_run_the_op():
         fake = [mode.from_tensor(inp[k]) for k in INPUTS]
         y, yN, zN = f(*fake)
     assert y.shape == (6, 2, 4) and yN.shape == zN.shape == (2, 4)
+
+
+@pytest.mark.parametrize("projected", [False, True], ids=["x", "projected"])
+def test_eager_gradients_with_create_graph_refuse_a_second_derivative(projected):
+    """``create_graph=True`` gives the same first gradients, which refuse to be differentiated again (the
+    backward op runs then), instead of silently leaving the graph."""
+    from unicornn.ops import unicornn_scan_projected
+
+    inp = make_inputs(8, 2, 5, seed=21)
+    u = torch.randn(8, 2, 1, dtype=F64, requires_grad=True)
+    V = torch.randn(5, 1, dtype=F64)
+    x = inp["x"].clone().requires_grad_()
+
+    def first(create_graph):
+        if projected:
+            y, _, _ = unicornn_scan_projected(u, V, inp["w"], inp["c"], 0.3, 2.0, backend="cpu")
+            leaf = u
+        else:
+            y, _, _ = unicornn_scan(x, inp["w"], inp["c"], 0.3, 2.0, backend="cpu")
+            leaf = x
+        return torch.autograd.grad((y * y).sum(), leaf, create_graph=create_graph)[0]
+
+    g = first(True)
+    assert torch.equal(g.detach(), first(False))
+    with pytest.raises(RuntimeError, match="double backward .* not supported"):
+        torch.autograd.grad(g.sum(), u if projected else x)

@@ -272,7 +272,13 @@ class _EagerScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y, grad_yN, grad_zN):
-        return _grads(ctx, grad_y, grad_yN, grad_zN, _profiled_call("unicornn::scan_backward", _run_backward))
+        # With create_graph=True the backward op runs: its gradients then refuse to be differentiated again.
+        call = (
+            _scan_backward_op
+            if torch.is_grad_enabled()
+            else _profiled_call("unicornn::scan_backward", _run_backward)
+        )
+        return _grads(ctx, grad_y, grad_yN, grad_zN, call)
 
 
 class _EagerScanProjected(torch.autograd.Function):
@@ -287,7 +293,10 @@ class _EagerScanProjected(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y, grad_yN, grad_zN):
-        call = _profiled_call("unicornn::scan_projected_backward", _run_projected_backward)
+        if torch.is_grad_enabled():  # create_graph=True: see _EagerScan.backward
+            call = _scan_projected_backward_op
+        else:
+            call = _profiled_call("unicornn::scan_projected_backward", _run_projected_backward)
         return _grads_projected(ctx, grad_y, grad_yN, grad_zN, call)
 
 
