@@ -34,7 +34,7 @@ from unicornn.bench.speed import _cpu_problem, _time_step  # noqa: E402
 from unicornn.ops import cpu, scan  # noqa: E402
 
 #: (N, B, rounds)
-SHAPES = ((1, 32, 400), (1000, 8, 40), (1000, 32, 25))
+SHAPES = ((1, 32, 400), (1000, 8, 40), (1000, 32, 40))
 MODELS = ("unicornn", "unicornn_final")
 
 
