@@ -6,8 +6,9 @@ in interleaved rounds: on one thread, on all of torch's threads, and as the pack
 (``_MIN_THREAD_WORK`` unit-steps per thread at least), in an order that rotates round by round (a way
 that follows a parallel region shares the machine with torch's threads still polling for work). Medians
 over rounds; ``rule / best`` is the package's
-choice against the faster of the other two. Starting a parallel region costs about 0.1 ms, so short or narrow
-problems run faster on one thread.
+choice against the faster of the other two. A parallel region whose threads run the compiled body costs a few
+microseconds, the kernels' per-range set-up some more, so the shortest or narrowest problems still run faster on
+one thread.
 
 Usage: ``python benchmarks/cpu_small_problems.py [--repeats 41] [--threads 2]
 [--out benchmarks/results/cpu_small_problems.json]``.
