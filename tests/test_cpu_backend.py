@@ -156,11 +156,18 @@ if os.geteuid() == 0:
 
 _SMALL_RUN = """
 import torch
-from unicornn.ops import unicornn_scan
+from unicornn.ops import cpu, unicornn_scan
 x = torch.randn(6, 2, 3, requires_grad=True)
 w = torch.rand(3, requires_grad=True)
 c = torch.zeros(3, requires_grad=True)
 y, _, _ = unicornn_scan(x, w, c, 0.5, 1.0, backend="cpu")
+y.sum().backward()
+assert torch.isfinite(x.grad).all()
+# two threads: parallel regions with compiled bodies, where torch runs on OpenMP
+torch.set_num_threads(2)
+cpu._MIN_THREAD_WORK = 0
+x = torch.randn(6, 2, 64, requires_grad=True)
+y, _, _ = unicornn_scan(x, torch.rand(64), torch.zeros(64), 0.5, 1.0, backend="cpu")
 y.sum().backward()
 assert torch.isfinite(x.grad).all()
 print("run ok")
