@@ -8,7 +8,7 @@ with respect to the step size ``s = dt * sigmoid(c)``; the autograd formula appl
 once, for every backend. Because it is a registered custom op, ``torch.compile`` captures it as one node.
 
 Eager calls skip the dispatcher: an autograd function runs the same kernel pair, saves the same tensors and
-applies the same formula (:class:`_EagerScan`), since the op's Python wrappers cost about 0.1 ms per layer
+applies the same formula (:func:`_eager_function`), since the op's Python wrappers cost about 0.1 ms per layer
 and training step (9% of a one-step training step of two layers; 1-2% at N = 1000, B = 32). Wherever the call
 is traced or compiled, or sees fake tensors or tensor subclasses (:func:`_traced`), the op runs instead.
 Both paths give bitwise the same results (tested).
@@ -259,45 +259,33 @@ def _profiler_enabled() -> bool:
     return True if enabled is None else enabled()
 
 
-class _EagerScan(torch.autograd.Function):
-    """``unicornn::scan`` for eager calls: the op's kernels, saved tensors and autograd formula, run by an
-    autograd function instead of through the dispatcher (which costs ~0.1 ms per layer and training step)."""
+def _eager_function(name: str, op: str, run_forward, setup_context, grads, run_backward, backward_op):
+    """An autograd function (class ``name``) that runs the custom op ``op`` for eager calls: its kernels
+    (``run_forward``, ``run_backward``), saved tensors (``setup_context``) and formula (``grads``), without the
+    dispatcher (which costs ~0.1 ms per layer and training step). With ``create_graph=True`` the backward op
+    ``backward_op`` runs instead: its gradients then refuse to be differentiated again, as the op's do."""
 
-    @staticmethod
-    def forward(ctx, *inputs):  # the inputs of unicornn::scan (a separate setup_context costs ~20 us a call)
-        with _profiled("unicornn::scan"):
-            output = _run_forward(*inputs)
-        _setup_context(ctx, inputs, output)
+    def forward(ctx, *inputs):  # the op's inputs (a separate setup_context costs ~20 us a call)
+        with _profiled(op):
+            output = run_forward(*inputs)
+        setup_context(ctx, inputs, output)
         return output
 
-    @staticmethod
     def backward(ctx, grad_y, grad_yN, grad_zN):
-        # With create_graph=True the backward op runs: its gradients then refuse to be differentiated again.
-        call = (
-            _scan_backward_op
-            if torch.is_grad_enabled()
-            else _profiled_call("unicornn::scan_backward", _run_backward)
-        )
-        return _grads(ctx, grad_y, grad_yN, grad_zN, call)
+        call = backward_op if torch.is_grad_enabled() else _profiled_call(f"{op}_backward", run_backward)
+        return grads(ctx, grad_y, grad_yN, grad_zN, call)
+
+    return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward),
+                                                   "backward": staticmethod(backward)})  # fmt: skip
 
 
-class _EagerScanProjected(torch.autograd.Function):
-    """``unicornn::scan_projected`` for eager calls (see :class:`_EagerScan`)."""
-
-    @staticmethod
-    def forward(ctx, *inputs):  # the inputs of unicornn::scan_projected
-        with _profiled("unicornn::scan_projected"):
-            output = _run_projected_forward(*inputs)
-        _setup_context_projected(ctx, inputs, output)
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_y, grad_yN, grad_zN):
-        if torch.is_grad_enabled():  # create_graph=True: see _EagerScan.backward
-            call = _scan_projected_backward_op
-        else:
-            call = _profiled_call("unicornn::scan_projected_backward", _run_projected_backward)
-        return _grads_projected(ctx, grad_y, grad_yN, grad_zN, call)
+_EagerScan = _eager_function(
+    "_EagerScan", "unicornn::scan", _run_forward, _setup_context, _grads, _run_backward, _scan_backward_op
+)
+_EagerScanProjected = _eager_function(
+    "_EagerScanProjected", "unicornn::scan_projected", _run_projected_forward, _setup_context_projected,
+    _grads_projected, _run_projected_backward, _scan_projected_backward_op,
+)  # fmt: skip
 
 
 def _profiled_call(name: str, fn):
