@@ -659,3 +659,23 @@ def test_compiled_region_bodies_are_cached(tmp_path):
     assert any("_region_body" in line and "data loaded" in line for line in lines)
     saved = [line for line in lines if "index saved" in line or "data saved" in line]
     assert not saved, saved
+
+
+@_OPENMP
+def test_regions_fall_back_to_python_bodies(monkeypatch):
+    """Where a compiled region cannot be set up (numba internals moved), the call runs a Python body with the
+    same results, and that spec is not tried again."""
+    monkeypatch.setattr(cpu_ops, "_MIN_THREAD_WORK", 0)
+    monkeypatch.setattr(cpu_ops, "_FAILED_SPECS", set())
+    inp = make_inputs(11, 3, 70, seed=int(np.random.default_rng().integers(2**31)))
+    with torch_threads(2):
+        expected = run_scan(inp, "cpu", 0.3, 2.0, dtype=torch.float32)
+
+        def broken(kernel, text):
+            raise AttributeError("moved")
+
+        monkeypatch.setattr(cpu_ops, "_kernel_address", broken)
+        got = run_scan(inp, "cpu", 0.3, 2.0, dtype=torch.float32)
+    assert len(cpu_ops._FAILED_SPECS) == 2  # the forward's and the backward's
+    for a, b in zip(expected[0] + expected[1], got[0] + got[1], strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)

@@ -102,16 +102,20 @@ try:
     from llvmlite import ir
     from numba import literal_unroll
     from numba.core import cgutils
-    from numba.core.callconv import excinfo_t
     from numba.core.imputils import lower_constant
     from numba.extending import intrinsic, models, overload, register_model, typeof_impl
-    from numba.np.arrayobj import make_array, populate_array
 except ImportError as err:  # pragma: no cover - exercised when numba is absent
     raise ImportError(f"the fused CPU backend needs numba (pip install numba): {err}") from err
 
 import torch
 
 from .dispatch import register_kernels
+
+try:  # numba internals that compiled region bodies use (see _region_body); without them, Python bodies run
+    from numba.core.callconv import excinfo_t
+    from numba.np.arrayobj import make_array, populate_array
+except ImportError:  # pragma: no cover - a numba whose internals moved
+    excinfo_t = make_array = populate_array = None
 
 __all__ = [
     "scan_forward",
@@ -1073,6 +1077,29 @@ def _ctl_fill(ctl, pos, args):
     return pos
 
 
+#: Specs whose compiled region could not be set up (numba internals changed): their calls take Python bodies.
+_FAILED_SPECS: set = set()
+
+
+def _compiled_region(kernel, args, U: int, N: int):
+    """``(body, control block)`` of a compiled parallel region of ``kernel`` on ``args``, or None where the call
+    cannot have one (a kernel of its own, an argument outside the specs, or numba internals this relies on
+    changed): then a Python body runs, which does the same work."""
+    if kernel not in _REGION_KERNELS or excinfo_t is None:
+        return None
+    text = _arg_spec(args)
+    if text is None or text in _FAILED_SPECS:
+        return None
+    body = _region_body(text)
+    if body is None:
+        return None
+    try:
+        return body, _control_block(kernel, text, args, _ranges(U, N, _PIECES))
+    except Exception:  # noqa: BLE001 - see the docstring
+        _FAILED_SPECS.add(text)
+        return None
+
+
 def _run(kernel, args, U: int, N: int) -> None:
     """Run ``kernel(*args, u0, u1)`` over all units on ``torch.get_num_threads()`` threads (one for small
     problems), which take the ranges of :func:`_ranges` in turn, ``_PIECES`` per thread at most.
@@ -1090,14 +1117,11 @@ def _run(kernel, args, U: int, N: int) -> None:
         kernel(*args, 0, U)
         return
     parallel = _openmp_parallel() if os.getpid() == _IMPORT_PID else None
-    if parallel is not None and kernel in _REGION_KERNELS:
-        text = _arg_spec(args)
-        body = None if text is None else _region_body(text)
-        if body is not None:
-            ranges = _ranges(U, N, _PIECES)
-            ctl = _control_block(kernel, text, args, ranges)
-            parallel(body, ctl.ctypes.data, len(_ranges(U, N)), 0)
-            return
+    region = _compiled_region(kernel, args, U, N) if parallel is not None else None
+    if region is not None:
+        body, ctl = region
+        parallel(body, ctl.ctypes.data, len(_ranges(U, N)), 0)
+        return
     threads = len(_ranges(U, N, python_body=True))
     if threads == 1:
         kernel(*args, 0, U)
