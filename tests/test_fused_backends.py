@@ -506,6 +506,11 @@ def test_traced_calls_run_the_op():
         fake = [mode.from_tensor(inp[k]) for k in INPUTS]
         y, yN, zN = f(*fake)
     assert y.shape == (6, 2, 4) and yN.shape == zN.shape == (2, 4)
+    # torch.func.vmap over sequences: the op (through PyTorch's fallback), one result per sequence
+    xs = torch.randn(3, 6, 2, 4, dtype=F64)
+    batched = torch.func.vmap(lambda x: f(x, *(inp[k] for k in INPUTS[1:]))[0])(xs)
+    for i in range(3):
+        assert torch.equal(batched[i], f(xs[i], *(inp[k] for k in INPUTS[1:]))[0])
 
 
 @pytest.mark.parametrize("projected", [False, True], ids=["x", "projected"])

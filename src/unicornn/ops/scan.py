@@ -300,13 +300,15 @@ def _profiled_call(name: str, fn):
 
 def _traced(tensors) -> bool:
     """Whether a call on ``tensors`` is being traced or compiled (``torch.compile``, ``torch.export``,
-    ``torch.jit.trace``, a dispatch mode such as ``make_fx`` or fake tensors) or involves tensor subclasses:
-    then the registered op runs, which every tracer records as one node."""
+    ``torch.jit.trace``, a dispatch mode such as ``make_fx`` or fake tensors), runs under a ``torch.func``
+    transform (``vmap``) or involves tensor subclasses: then the registered op runs, which every tracer records
+    as one node."""
     return (
         torch.compiler.is_compiling()
         or torch.compiler.is_exporting()
         or torch.jit.is_tracing()
         or torch._C._len_torch_dispatch_stack() > 0
+        or torch._C._are_functorch_transforms_active()
         or torch.overrides.has_torch_function(tensors)
     )
 
