@@ -18,7 +18,6 @@ Usage: ``python benchmarks/cpu_call_overhead.py [--threads 2] [--out benchmarks/
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ from unicornn.bench import machine_info  # noqa: E402
 from unicornn.bench.common import load_average  # noqa: E402
 from unicornn.bench.speed import _cpu_problem, _time_step  # noqa: E402
 from unicornn.ops import cpu, scan  # noqa: E402
+from unicornn.plotting import write_json  # noqa: E402
 
 #: (N, B, rounds)
 SHAPES = ((1, 32, 400), (1000, 8, 40), (1000, 32, 40))
@@ -98,9 +98,7 @@ def main() -> None:
             print(f"| {name} | {N} | {B} | {times} | " + " | ".join(f"{ratios[n]:.3f}" for n in names[1:]) + " |",
                   flush=True)  # fmt: skip
     result["load_average_after"] = load_average()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"written: {args.out}")
+    print(f"written: {write_json(result, args.out)}")
 
 
 if __name__ == "__main__":

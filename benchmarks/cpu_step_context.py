@@ -18,7 +18,6 @@ Usage: ``python benchmarks/cpu_step_context.py [--steps 40] [--repeats 15] [--th
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -35,6 +34,7 @@ from unicornn.bench import machine_info  # noqa: E402
 from unicornn.bench.common import load_average  # noqa: E402
 from unicornn.bench.speed import ALPHA, DT, _median_time  # noqa: E402
 from unicornn.ops import cpu  # noqa: E402
+from unicornn.plotting import write_json  # noqa: E402
 
 N, B, M, LAYERS = 1000, 32, 128, 2
 CPU = torch.device("cpu")
@@ -192,9 +192,7 @@ def main(argv=None) -> dict:
         print(f"\n{timed} right after: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row.items()))
     chunks = ", ".join(f"{k} {v:.1f} ms" for k, v in result["in_chunks_ms"].items())
     print(f"\nthe whole sequence and in time chunks: {chunks}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"\nwritten: {args.out}")
+    print(f"\nwritten: {write_json(result, args.out)}")
     return result
 
 

@@ -32,6 +32,7 @@ from unicornn.bench import machine_info  # noqa: E402
 from unicornn.bench.common import load_average  # noqa: E402
 from unicornn.bench.speed import _cpu_problem, _time_step  # noqa: E402
 from unicornn.ops.cpu import KEEP_FREED_BLOCKS_ENV  # noqa: E402
+from unicornn.plotting import write_json  # noqa: E402
 
 CONFIGURATIONS = {"package default": "1", "glibc defaults": "0"}
 
@@ -86,9 +87,7 @@ def main() -> None:
                 f"| {name} | {B} | {statistics.median(f):.0f}, {max(f)} | {statistics.median(s) * 1e3:.1f} |"
             )
     result["load_average_after"] = load_average()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"written: {args.out}")
+    print(f"written: {write_json(result, args.out)}")
 
 
 if __name__ == "__main__":

@@ -19,15 +19,15 @@ tanh is 15-20% of the forward kernel's time) and removes the accumulation of flo
 sequences: the float32 results carry essentially only the rounding of the stored values, which is well
 inside the accuracy contract (``docs/accuracy.md``: 1.5x the error of float32 autograd) even at N = 17,984.
 
-tanh. The float32 forward kernel uses :func:`_tanh_rational`, ``t * P(t^2) / Q(t^2)`` with P, Q of degree 5, fitted for
-this project to tanh on [0, 9.5] (linearised weighted least squares of the relative error with Lawson
+tanh. The float32 forward kernel uses :func:`_tanh_rational`, ``t * P(t^2) / Q(t^2)`` with P, Q of degree 5,
+fitted for this project to tanh on [0, 9.5] (linearised weighted least squares of the relative error with Lawson
 reweighting; relative fit error 7e-11) and evaluated in float64 with inputs clamped to [-9.5, 9.5] (beyond,
 float32 tanh rounds to +-1). It is branch-free, so the loop vectorises, and rounded to float32 it is within
 0.502 ulp of the exact tanh over the float32 range (tested). float64 kernels call libm's ``tanh``: full
 accuracy, not vectorised; the float64 path is for verification and gradcheck rather than speed. The float32
 backward kernel evaluates the same rational in float32 (:func:`_tanh_lanes32`, within 6 ulp): there the tanh
 gives the factor ``1 - tanh^2`` and the step that rebuilds ``z``, whose errors do not build up along the
-trajectory, and the float32 operations run on twice the lanes (the backward kernel 6-11% faster; gradient
+trajectory, and the float32 operations run on twice the lanes (the backward kernel 3-10% faster; gradient
 errors as with the float64 rational, measured at N = 17,984). The forward's tanh enters the trajectory, and
 evaluated in float32 there it doubled the float32 gradient errors at that length: it stays in float64.
 
@@ -63,8 +63,8 @@ the threads are torch's own: one parallel region of its OpenMP runtime (``GOMP_p
 would share their cores for a few milliseconds. The region's body is compiled (a numba ``cfunc`` per set of
 argument types, :func:`_region_body`, cached like the kernels): it reads the kernel's address and arguments
 from a block of int64 and calls the kernel on each range it takes, so no thread enters the interpreter (about
-2 us per region against 60 us for a Python callback on two threads). Elsewhere, in a forked child, or with ``UNICORNN_CPU_OPENMP=0``, a small pool of this module plus the
-calling thread. The units never interact, so this scales like numba's ``prange``; it needs no numba
+2 us per region against 60 us for a Python callback on two threads). Elsewhere, in a forked child, or with
+``UNICORNN_CPU_OPENMP=0``, a small pool of this module plus the calling thread. The units never interact, so this scales like numba's ``prange``; it needs no numba
 threading layer (safe to call from several Python threads and in forked processes), follows the thread
 count users already set for PyTorch, and compiles faster. The batch reductions of ``grad_w`` and ``grad_c``
 run afterwards, sequentially over the batch in float64: results are bitwise independent of the number of
@@ -1113,14 +1113,15 @@ def _run(kernel, args, U: int, N: int) -> None:
     """
     if U == 0:
         return
-    if len(_ranges(U, N)) == 1:
+    threads = len(_ranges(U, N))
+    if threads == 1:
         kernel(*args, 0, U)
         return
     parallel = _openmp_parallel() if os.getpid() == _IMPORT_PID else None
     region = _compiled_region(kernel, args, U, N) if parallel is not None else None
     if region is not None:
         body, ctl = region
-        parallel(body, ctl.ctypes.data, len(_ranges(U, N)), 0)
+        parallel(body, ctl.ctypes.data, threads, 0)
         return
     threads = len(_ranges(U, N, python_body=True))
     if threads == 1:
