@@ -123,6 +123,10 @@ def test_memory_default_env_drops_allocator_settings(monkeypatch):
     src = env["PYTHONPATH"].split(os.pathsep)[0]
     assert Path(src, "unicornn").resolve() == Path(unicornn.__file__).resolve().parent
     assert default_env({"MALLOC_MMAP_THRESHOLD_": "65536"})["MALLOC_MMAP_THRESHOLD_"] == "65536"
+    # nor thread counts or the CPU backend's own switches: a default process
+    for name in ("UNICORNN_KEEP_FREED_BLOCKS", "UNICORNN_CPU_OPENMP", "OMP_NUM_THREADS"):
+        monkeypatch.setenv(name, "0" if name.startswith("UNICORNN") else "1")
+    assert not {"UNICORNN_KEEP_FREED_BLOCKS", "UNICORNN_CPU_OPENMP", "OMP_NUM_THREADS"} & set(default_env())
 
 
 def test_memory_summary_ratios_and_growth():

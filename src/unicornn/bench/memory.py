@@ -13,7 +13,8 @@ One training step (forward, a cross-entropy loss on the top layer's last state, 
 Measured as the user's own process sees it:
 
 * CPU: every (model, N) point runs in a fresh Python process started with the caller's interpreter and
-  environment, less any glibc allocator setting (``MALLOC_*``, ``GLIBC_TUNABLES``): a default process. The
+  environment, less any glibc allocator setting (``MALLOC_*``, ``GLIBC_TUNABLES``), thread-count variable and
+  switch of the CPU backend (:func:`default_env`): a default process. The
   point's memory is the process's peak resident memory (``VmHWM``; ``ru_maxrss`` where there is no /proc)
   minus its resident memory after a warm-up step on a short sequence, with the model and the input already
   allocated. The peak is reset after the warm-up where Linux allows it (``/proc/self/clear_refs``;
@@ -67,6 +68,22 @@ DEFAULTS = {"batch": 16, "hidden": 128, "layers": 3, "input_size": 6, "dt": 0.03
 CLASSES = 4
 WARMUP_STEPS = 64
 _ALLOCATOR_VARS = ("MALLOC_", "GLIBC_TUNABLES")
+#: Thread-count variables: a default process leaves the thread count to torch (or to ``threads``).
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _setting_vars() -> tuple[str, ...]:
+    """The environment variables a default process has none of besides glibc's: the thread counts and the CPU
+    backend's own switches (freed blocks kept, OpenMP team)."""
+    try:
+        from ..ops import cpu
+    except ImportError:  # no numba: no CPU kernels to switch
+        return _THREAD_VARS
+    return (*_THREAD_VARS, cpu.KEEP_FREED_BLOCKS_ENV, cpu.OPENMP_TEAM_ENV)
+
+
+def _is_setting(name: str) -> bool:
+    return name.startswith(_ALLOCATOR_VARS) or name in _setting_vars()
 
 
 def _rss_bytes() -> int:
@@ -137,7 +154,8 @@ def measure_point(
     On CPU call it in a fresh process (:func:`measure_in_fresh_process`): the peak resident memory of a
     process never goes down. Returns a JSON-able dict: ``peak_bytes``, ``input_bytes``, ``output_bytes``
     (one ``N x batch x hidden`` float32 sequence), ``step_s``, ``runs_s``, ``backend``, ``allocator_env`` (the
-    glibc allocator variables this process runs with).
+    glibc allocator variables this process runs with), ``settings_env`` (thread-count variables and the CPU
+    backend's switches it runs with) and ``threads_used`` (torch's thread count).
     """
     _check_model(model)
     dev = torch.device(device)
@@ -187,14 +205,17 @@ def measure_point(
         "runs_s": times,
         "backend": getattr(rnn, "backend", "torch"),
         "allocator_env": {k: v for k, v in os.environ.items() if k.startswith(_ALLOCATOR_VARS)},
+        "settings_env": {k: v for k, v in os.environ.items() if k in _setting_vars()},
+        "threads_used": torch.get_num_threads(),
         **({} if dev.type == "cuda" else {"peak_reset": peak_reset}),
     }
 
 
 def default_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment less glibc allocator settings (``MALLOC_*``, ``GLIBC_TUNABLES``), with this
-    copy of :mod:`unicornn` first on ``PYTHONPATH``, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_ALLOCATOR_VARS)}
+    """This process's environment less glibc allocator settings (``MALLOC_*``, ``GLIBC_TUNABLES``), thread-count
+    variables and the CPU backend's switches (``UNICORNN_KEEP_FREED_BLOCKS``, ``UNICORNN_CPU_OPENMP``), with
+    this copy of :mod:`unicornn` first on ``PYTHONPATH``, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not _is_setting(k)}
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     env.update(extra or {})
